@@ -1,0 +1,180 @@
+"""MongoDB work store (Atlas free tier friendly): few round trips, compact documents.
+
+A claim costs three round trips whatever the batch size (find candidate ids, update those still
+claimable under a fresh token, read back what that token got); complete is one bulk write.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, Iterable
+
+from bson import ObjectId
+from pymongo import ASCENDING, MongoClient, UpdateMany, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
+from pymongo.server_api import ServerApi
+
+from tasks.cli import UserError, redact
+from tasks.store import Claim, Item
+
+DEFAULT_DATABASE = "fleetgen"
+SERVER_SELECTION_TIMEOUT_MS = 8000
+CLAIM_ROUNDS = 3  # re-tries when other workers took every candidate first
+
+
+def _first_clause(message: str) -> str:
+    """The gist of a pymongo error, without its topology dump."""
+    return redact(re.split(r" \(configured timeouts|, Timeout:", message)[0])[:300]
+
+
+def _item(doc: dict[str, Any]) -> Item:
+    return Item(
+        question_id=doc["question_id"], question=doc["question"], reference=doc["reference"],
+        stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=doc.get("result"),
+        attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
+        lease_expires=doc.get("lease_expires"), error=doc.get("error"), id=str(doc["_id"]),
+    )
+
+
+def _claimable(run: str, now: float) -> dict[str, Any]:
+    return {"run": run, "$or": [{"status": "pending"}, {"status": "running", "lease_expires": {"$lt": now}}]}
+
+
+class MongoStore:
+    def __init__(self, db: Database, url: str = "mongodb://"):
+        self.url = redact(url)
+        self._db = db
+        self._items = db["items"]
+        self._runs = db["runs"]
+        self._items.create_index(
+            [("run", ASCENDING), ("question_id", ASCENDING), ("stage", ASCENDING), ("sample", ASCENDING)],
+            unique=True, name="item_key",
+        )
+        self._items.create_index(
+            [("run", ASCENDING), ("status", ASCENDING), ("lease_expires", ASCENDING)], name="claim"
+        )
+
+    @classmethod
+    def connect(cls, url: str, **client_options: Any) -> "MongoStore":
+        """Connect with a short server-selection timeout; unreachable servers fail in seconds."""
+        where = redact(url)
+        try:
+            client: MongoClient = MongoClient(
+                url, server_api=ServerApi("1"), retryWrites=True, appname="fleetgen",
+                serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
+                connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, **client_options,
+            )
+            client.admin.command("ping")
+            return cls(client.get_default_database(default=DEFAULT_DATABASE), url)
+        except (InvalidURI, ConfigurationError) as error:
+            raise UserError(f"The MongoDB URL {where} is not valid: {redact(str(error))}.") from error
+        except OperationFailure as error:
+            raise UserError(
+                f"MongoDB at {where} refused the request: {redact(str(error))}. "
+                "Check the user name, password and the user's database permissions."
+            ) from error
+        except PyMongoError as error:
+            raise UserError(
+                f"Cannot reach MongoDB at {where} within {SERVER_SELECTION_TIMEOUT_MS // 1000} s "
+                f"({_first_clause(str(error))}). Check the host name, that the server runs, and "
+                "for Atlas that this machine's IP is in the project's network access list."
+            ) from error
+
+    def ensure_run(self, run: str, config: dict[str, Any]) -> None:
+        self._runs.update_one(
+            {"_id": run}, {"$setOnInsert": {"config": config, "created": time.time()}}, upsert=True
+        )
+
+    def runs(self) -> list[str]:
+        return [doc["_id"] for doc in self._runs.find({}, {"_id": 1}).sort("created", ASCENDING)]
+
+    def seed(self, run: str, items: Iterable[Item], chunk: int = 1000) -> int:
+        ops = []
+        for item in items:
+            doc = {"run": run, "stage": item.stage, "question_id": item.question_id, "sample": item.sample,
+                   "question": item.question, "reference": item.reference, "status": item.status,
+                   "attempts": 0}
+            if item.result is not None:
+                doc["result"] = item.result
+            key = {k: doc[k] for k in ("run", "question_id", "stage", "sample")}
+            ops.append(UpdateOne(key, {"$setOnInsert": doc}, upsert=True))
+        return sum(
+            self._items.bulk_write(ops[start:start + chunk], ordered=False).upserted_count
+            for start in range(0, len(ops), chunk)
+        )
+
+    def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
+        token = uuid.uuid4().hex
+        for _ in range(CLAIM_ROUNDS):
+            now = time.time()
+            ids = [doc["_id"] for doc in self._items.find(_claimable(run, now), {"_id": 1}).limit(limit)]
+            if not ids:
+                break
+            taken = self._items.update_many(
+                {"_id": {"$in": ids}, **_claimable(run, now)},
+                {"$set": {"status": "running", "worker": worker, "token": token,
+                          "lease_expires": now + lease_seconds}},
+            ).modified_count
+            if taken:
+                docs = self._items.find({"_id": {"$in": ids}, "token": token})
+                return Claim(token, worker, [_item(doc) for doc in docs])
+        return Claim(token, worker, [])
+
+    def _held(self, claim: Claim, ids: list[str]) -> dict[str, Any]:
+        return {"_id": {"$in": [ObjectId(i) for i in ids]}, "token": claim.token, "status": "running"}
+
+    def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
+        update = {"$set": {"lease_expires": time.time() + lease_seconds}}
+        return self._items.update_many(self._held(claim, claim.ids), update).modified_count
+
+    def complete(self, claim: Claim, results: dict[str, dict[str, Any]]) -> int:
+        if not results:
+            return 0
+        ops = [
+            UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
+                      {"$set": {"status": "done", "result": result}, "$unset": {"lease_expires": "", "error": ""}})
+            for id_, result in results.items()
+        ]
+        return self._items.bulk_write(ops, ordered=False).modified_count
+
+    def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
+        if not ids:
+            return 0
+        held = self._held(claim, ids)
+        last = {**held, "attempts": {"$gte": max_attempts - 1}}
+        again = {**held, "attempts": {"$lt": max_attempts - 1}}
+        ops = [
+            UpdateMany(last, {"$set": {"status": "failed", "error": error}, "$inc": {"attempts": 1},
+                              "$unset": {"lease_expires": ""}}),
+            UpdateMany(again, {"$set": {"status": "pending", "error": error}, "$inc": {"attempts": 1},
+                               "$unset": {"lease_expires": "", "worker": "", "token": ""}}),
+        ]
+        return self._items.bulk_write(ops, ordered=True).modified_count
+
+    def release(self, claim: Claim) -> int:
+        update = {"$set": {"status": "pending"}, "$unset": {"lease_expires": "", "worker": "", "token": ""}}
+        return self._items.update_many(self._held(claim, claim.ids), update).modified_count
+
+    def counts(self, run: str) -> list[dict[str, Any]]:
+        now = time.time()
+        expired = {"$and": [{"$eq": ["$status", "running"]}, {"$lt": ["$lease_expires", now]}]}
+        pipeline = [
+            {"$match": {"run": run}},
+            {"$group": {"_id": {"stage": "$stage", "status": "$status", "worker": "$worker"},
+                        "n": {"$sum": 1}, "expired": {"$sum": {"$cond": [expired, 1, 0]}}}},
+        ]
+        rows = [{**doc["_id"], "n": doc["n"], "expired": doc["expired"]} for doc in self._items.aggregate(pipeline)]
+        for row in rows:
+            row.setdefault("worker", None)
+        return sorted(rows, key=lambda r: (r["stage"], r["status"], r["worker"] or ""))
+
+    def items(self, run: str) -> list[Item]:
+        docs = self._items.find({"run": run}).sort([("stage", ASCENDING), ("question_id", ASCENDING),
+                                                   ("sample", ASCENDING)])
+        return [_item(doc) for doc in docs]
+
+    def close(self) -> None:
+        self._db.client.close()

@@ -1,0 +1,152 @@
+"""Embedded SQLite work store: WAL, immediate transactions, a busy timeout.
+
+Safe for many processes on one machine (each claim is one `BEGIN IMMEDIATE` transaction) and
+for many threads of one process (one connection behind a lock).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from tasks.cli import UserError
+from tasks.store import Claim, Item
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    name TEXT PRIMARY KEY, config TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL, stage INTEGER NOT NULL, question_id TEXT NOT NULL, sample INTEGER NOT NULL,
+    question TEXT NOT NULL, reference TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT,
+    UNIQUE (run, question_id, stage, sample));
+CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
+"""
+COLUMNS = "id, question_id, question, reference, stage, sample, status, result, attempts, worker, token, lease_expires, error"
+
+
+def _item(row: tuple) -> Item:
+    item = Item(*row[1:])
+    item.id, item.result = str(row[0]), json.loads(row[7]) if row[7] else None
+    return item
+
+
+class SqliteStore:
+    def __init__(self, path: Path, busy_timeout_s: float = 60.0):
+        self.url = f"sqlite:///{path}"
+        if path.parent and not path.parent.is_dir():
+            raise UserError(f"Cannot create the SQLite store {path}: folder {path.parent} does not exist.")
+        try:
+            self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            raise UserError(f"Cannot open the SQLite store {path}: {error}. Is it an SQLite file you can write?") from error
+        self._lock = threading.Lock()
+
+    def _write(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
+        """Run one statement in an immediate transaction; return the rows it changed."""
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (self._db.executemany if many else self._db.execute)(sql, params)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._db.total_changes - before
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def ensure_run(self, run: str, config: dict[str, Any]) -> None:
+        self._write("INSERT OR IGNORE INTO runs VALUES (?, ?, ?)", (run, json.dumps(config), time.time()))
+
+    def runs(self) -> list[str]:
+        return [name for (name,) in self._read("SELECT name FROM runs ORDER BY created")]
+
+    def seed(self, run: str, items: Iterable[Item]) -> int:
+        rows = [
+            (run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status,
+             json.dumps(i.result) if i.result is not None else None)
+            for i in items
+        ]
+        sql = ("INSERT OR IGNORE INTO items (run, stage, question_id, sample, question, reference, status, result)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        return self._write(sql, rows, many=True)
+
+    def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
+        token, now = uuid.uuid4().hex, time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(
+                    f"""UPDATE items SET status = 'running', worker = ?, token = ?, lease_expires = ?
+                    WHERE id IN (SELECT id FROM items WHERE run = ? AND (status = 'pending'
+                        OR (status = 'running' AND lease_expires < ?)) ORDER BY id LIMIT ?)
+                    RETURNING {COLUMNS}""",
+                    (worker, token, now + lease_seconds, run, now, limit),
+                ).fetchall()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return Claim(token, worker, sorted((_item(row) for row in rows), key=lambda i: int(i.id)))
+
+    def _held(self, claim: Claim, ids: list[str]) -> tuple[str, list[Any]]:
+        marks = ",".join("?" * len(ids))
+        return f"id IN ({marks}) AND token = ? AND status = 'running'", [*map(int, ids), claim.token]
+
+    def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
+        where, params = self._held(claim, claim.ids)
+        return self._write(f"UPDATE items SET lease_expires = ? WHERE {where}", [time.time() + lease_seconds, *params])
+
+    def complete(self, claim: Claim, results: dict[str, dict[str, Any]]) -> int:
+        rows = [(json.dumps(result), int(id_), claim.token) for id_, result in results.items()]
+        sql = ("UPDATE items SET status = 'done', result = ?, lease_expires = NULL, error = NULL"
+               " WHERE id = ? AND token = ? AND status = 'running'")
+        return self._write(sql, rows, many=True)
+
+    def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
+        where, params = self._held(claim, ids)
+        return self._write(
+            f"""UPDATE items SET attempts = attempts + 1, error = ?, lease_expires = NULL,
+                status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE 'pending' END,
+                token = CASE WHEN attempts + 1 >= ? THEN token END,
+                worker = CASE WHEN attempts + 1 >= ? THEN worker END
+            WHERE {where}""",
+            [error, max_attempts, max_attempts, max_attempts, *params],
+        )
+
+    def release(self, claim: Claim) -> int:
+        where, params = self._held(claim, claim.ids)
+        return self._write(
+            f"UPDATE items SET status = 'pending', worker = NULL, token = NULL, lease_expires = NULL WHERE {where}",
+            params,
+        )
+
+    def counts(self, run: str) -> list[dict[str, Any]]:
+        rows = self._read(
+            """SELECT stage, status, worker, COUNT(*),
+                SUM(status = 'running' AND lease_expires < ?) FROM items WHERE run = ?
+            GROUP BY stage, status, worker ORDER BY stage, status, worker""",
+            (time.time(), run),
+        )
+        return [dict(zip(("stage", "status", "worker", "n", "expired"), row)) for row in rows]
+
+    def items(self, run: str) -> list[Item]:
+        rows = self._read(f"SELECT {COLUMNS} FROM items WHERE run = ? ORDER BY stage, question_id, sample", (run,))
+        return [_item(row) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,116 @@
+"""The seed flow and status command, in-process under the Prefect test harness and as real
+command lines (bad input: clear message, exit code 2, no traceback, stored data untouched)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.seed import seed
+from flows.status import format_table, run_status
+from tasks.store_sqlite import SqliteStore
+from tests.conftest import run_flow_cli
+
+
+def status_json(cwd: Path, *args: str) -> dict:
+    result = run_flow_cli("status.py", "--json", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_seed_flow_is_idempotent_and_caches_parsing(prefect_env, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    first = seed(url, "r", "gsm8k", "test", limit=20, samples=2)
+    again = seed(url, "r", "gsm8k", "test", limit=20, samples=2)
+    assert (first["inserted"], again["inserted"], again["items"]) == (40, 0, 40)
+    store = SqliteStore(tmp_path / "w.db")
+    assert store.runs() == ["r"] and len(store.items("r")) == 40
+    with get_client(sync_client=True) as client:
+        states = [run.state.name for run in client.read_task_runs() if run.name.startswith("load_dataset")]
+    assert "Cached" in states
+
+
+def test_status_counts_and_table(prefect_env, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(url, "r", "gsm8k", "train", limit=5)
+    store = SqliteStore(tmp_path / "w.db")
+    claim = store.claim("r", "host-1", 2, 60)
+    store.complete(claim, {claim.ids[0]: {"response": "18"}})
+    status = run_status(store, "r")
+    assert {k: status[k] for k in ("total", "pending", "running", "done", "failed")} == {
+        "total": 5, "pending": 3, "running": 1, "done": 1, "failed": 0}
+    table = format_table(status)
+    assert "run r: 20.0% done" in table and "worker host-1" in table and "stage 0" in table
+
+
+def test_seed_and_status_command_lines(prefect_env, tmp_path: Path) -> None:
+    result = run_flow_cli("seed.py", "--run", "cli", "--limit", "7", "--samples", "2", cwd=tmp_path, env=prefect_env)
+    assert result.returncode == 0, result.stderr
+    assert "seeded run 'cli': 14 new items" in result.stdout
+    assert f"store: sqlite:///{tmp_path / 'fleetgen.db'}" in result.stderr
+    status = status_json(tmp_path, "--run", "cli")
+    assert {k: status[k] for k in ("total", "pending", "running", "done", "failed")} == {
+        "total": 14, "pending": 14, "running": 0, "done": 0, "failed": 0}
+    readable = run_flow_cli("status.py", "--run", "cli", cwd=tmp_path)
+    assert "run cli: 0.0% done" in readable.stdout
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"question": "q", "answer": "1"}\n{broken\n', "Line 2 of .* is not valid JSON"),
+    ('{"question": "q", "answer": "1"}\n{"question": "q"}\n', "Row 2 of .* has no 'answer' field"),
+    ("", "holds no rows"),
+])
+def test_bad_dataset_files_fail_cleanly_and_keep_stored_data(prefect_env, tmp_path: Path, content, message) -> None:
+    assert run_flow_cli("seed.py", "--run", "keep", "--limit", "3", cwd=tmp_path, env=prefect_env).returncode == 0
+    (tmp_path / "bad.jsonl").write_text(content)
+    result = run_flow_cli("seed.py", "--run", "keep", "--dataset", "bad.jsonl", cwd=tmp_path, env=prefect_env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert status_json(tmp_path, "--run", "keep")["pending"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nowhere.jsonl"], "Dataset 'nowhere.jsonl' cannot be read"),
+    (["--store", "redis://localhost/0"], "Unknown store URL"),
+    (["--split", "dev"], "GSM8K has splits train, test"),
+    (["--response-field", "out", "--samples", "2"], "--samples cannot be combined"),
+])
+def test_bad_arguments_fail_before_prefect_starts(tmp_path: Path, args, message) -> None:
+    result = run_flow_cli("seed.py", *args, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and "Starting temporary server" not in result.stderr
+
+
+def test_unreachable_mongodb_fails_fast_without_leaking_the_password(tmp_path: Path) -> None:
+    secret = "s3cr3t-Pa55"
+    for script in ("seed.py", "status.py"):
+        started = time.monotonic()
+        result = run_flow_cli(script, cwd=tmp_path, env={"MONGODB_URI": f"mongodb://alice:{secret}@127.0.0.1:9/fleet"})
+        assert time.monotonic() - started < 20
+        assert result.returncode == 2
+        assert "Cannot reach MongoDB at mongodb://alice:***@127.0.0.1:9/fleet" in result.stderr
+        assert secret not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_run_lists_the_runs_there(prefect_env, tmp_path: Path) -> None:
+    seed(f"sqlite:///{tmp_path / 'fleetgen.db'}", "present", "gsm8k", "test", limit=1)
+    result = run_flow_cli("status.py", "--run", "absent", cwd=tmp_path)
+    assert result.returncode == 2 and "Run 'absent' is not in the store" in result.stderr and "present" in result.stderr
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("seed.py", ["--store", "--run", "--dataset", "--split", "--limit", "--samples", "--question-field",
+                 "--answer-field", "--response-field"]),
+    ("status.py", ["--store", "--run", "--json"]),
+])
+def test_help_documents_every_flag(tmp_path: Path, script: str, flags: list[str]) -> None:
+    result = run_flow_cli(script, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in flags:
+        assert flag in result.stdout

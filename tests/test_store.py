@@ -1,0 +1,150 @@
+"""One conformance suite for every store backend: SQLite (real), mongomock, real MongoDB if set."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from bench.store import mongomock_round_trips, real_mongodb_round_trips
+from tasks.cli import UserError
+from tasks.store import Item, Store, open_store, summarize
+
+
+def items(n: int, stage: int = 0) -> list[Item]:
+    return [Item(f"q{i:03d}", f"question {i}", str(i), stage=stage) for i in range(n)]
+
+
+def test_seed_is_idempotent(store: Store) -> None:
+    assert store.seed("r", items(10)) == 10
+    assert store.seed("r", items(12)) == 2
+    assert len(store.items("r")) == 12
+    assert store.items("other") == []
+
+
+def test_seed_keeps_given_results_as_done(store: Store) -> None:
+    seeded = Item("q1", "question", "4", status="done", result={"response": "it is 4"})
+    store.seed("r", [seeded, Item("q1", "question", "4", sample=1)])
+    done, pending = store.items("r")
+    assert (done.status, done.result, pending.status, pending.sample) == ("done", {"response": "it is 4"}, "pending", 1)
+
+
+def test_runs_are_recorded_once(store: Store) -> None:
+    store.ensure_run("a", {"samples": 1})
+    store.ensure_run("b", {})
+    store.ensure_run("a", {"samples": 2})
+    assert store.runs() == ["a", "b"]
+
+
+def test_claims_are_disjoint_and_marked_running(store: Store) -> None:
+    store.seed("r", items(10))
+    first = store.claim("r", "w1", 4, 60)
+    second = store.claim("r", "w2", 4, 60)
+    third = store.claim("r", "w3", 4, 60)
+    assert [len(c.items) for c in (first, second, third)] == [4, 4, 2]
+    ids = first.ids + second.ids + third.ids
+    assert len(set(ids)) == 10
+    assert all(i.status == "running" and i.worker == "w1" and i.token == first.token for i in first.items)
+    assert len({first.token, second.token, third.token}) == 3
+    assert store.claim("r", "w4", 4, 60).items == []
+
+
+def test_expired_lease_is_taken_over_and_old_owner_cannot_write(store: Store) -> None:
+    store.seed("r", items(3))
+    old = store.claim("r", "dead", 3, 0.2)
+    assert store.claim("r", "live", 3, 60).items == []
+    time.sleep(0.3)
+    new = store.claim("r", "live", 3, 60)
+    assert sorted(new.ids) == sorted(old.ids)
+    assert store.heartbeat(old, 60) == 0
+    assert store.complete(old, {i: {"response": "stale"} for i in old.ids}) == 0
+    assert store.fail(old, old.ids, "stale", 3) == 0
+    assert store.release(old) == 0
+    assert store.complete(new, {i: {"response": "fresh"} for i in new.ids}) == 3
+    assert {(i.status, i.worker, i.result["response"]) for i in store.items("r")} == {("done", "live", "fresh")}
+
+
+def test_heartbeat_keeps_the_lease(store: Store) -> None:
+    store.seed("r", items(2))
+    claim = store.claim("r", "w", 2, 0.3)
+    assert store.heartbeat(claim, 60) == 2
+    time.sleep(0.4)
+    assert store.claim("r", "other", 2, 60).items == []
+
+
+def test_complete_stores_results_once(store: Store) -> None:
+    store.seed("r", items(3))
+    claim = store.claim("r", "w", 3, 60)
+    results = {i.id: {"response": f"answer {i.question_id}", "tokens": 7} for i in claim.items[:2]}
+    assert store.complete(claim, results) == 2
+    assert store.complete(claim, results) == 0
+    by_status = {i.question_id: i for i in store.items("r")}
+    assert by_status["q000"].status == "done" and by_status["q000"].result == {"response": "answer q000", "tokens": 7}
+    assert by_status["q002"].status == "running"
+
+
+def test_fail_retries_then_gives_up_with_the_error(store: Store) -> None:
+    store.seed("r", items(1))
+    for attempt in (1, 2):
+        claim = store.claim("r", "w", 1, 60)
+        assert store.fail(claim, claim.ids, f"boom {attempt}", max_attempts=3) == 1
+        (item,) = store.items("r")
+        assert (item.status, item.attempts, item.error, item.token) == ("pending", attempt, f"boom {attempt}", None)
+    claim = store.claim("r", "w", 1, 60)
+    assert store.fail(claim, claim.ids, "boom 3", max_attempts=3) == 1
+    (item,) = store.items("r")
+    assert (item.status, item.attempts, item.error) == ("failed", 3, "boom 3")
+    assert store.claim("r", "w", 1, 60).items == []
+
+
+def test_release_gives_items_back(store: Store) -> None:
+    store.seed("r", items(2))
+    claim = store.claim("r", "w", 2, 60)
+    assert store.release(claim) == 2
+    assert {(i.status, i.worker, i.attempts) for i in store.items("r")} == {("pending", None, 0)}
+    assert len(store.claim("r", "w2", 5, 60).items) == 2
+
+
+def test_counts_by_status_stage_and_worker(store: Store) -> None:
+    store.seed("r", items(6) + items(2, stage=1))
+    store.seed("other", items(3))
+    done = store.claim("r", "w1", 2, 60)
+    store.complete(done, {i: {"response": "x"} for i in done.ids})
+    store.claim("r", "w2", 1, 60)
+    store.claim("r", "w3", 1, 0.05)
+    failed = store.claim("r", "w1", 1, 60)
+    store.fail(failed, failed.ids, "oom", max_attempts=1)
+    time.sleep(0.1)
+    summary = summarize(store.counts("r"))
+    assert {k: summary[k] for k in ("total", "pending", "running", "done", "failed", "expired")} == {
+        "total": 8, "pending": 3, "running": 2, "done": 2, "failed": 1, "expired": 1}
+    assert summary["stages"]["1"]["pending"] == 2 and summary["stages"]["0"]["total"] == 6
+    assert summary["workers"]["w1"] == {"total": 3, "pending": 0, "running": 0, "done": 2, "failed": 1, "expired": 0}
+    assert summary["workers"]["w3"]["expired"] == 1
+
+
+def test_unknown_url_scheme_is_a_user_error() -> None:
+    with pytest.raises(UserError, match=r"Unknown store URL 'postgres://me:\*\*\*@db/x'"):
+        open_store("postgres://me:hunter2@db/x")
+
+
+def test_default_store_is_sqlite_in_working_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MONGODB_URI", raising=False)
+    store = open_store(None)
+    assert store.url == f"sqlite:///{tmp_path / 'fleetgen.db'}" and (tmp_path / "fleetgen.db").exists()
+    store.close()
+
+
+def test_a_batch_of_32_costs_few_round_trips() -> None:
+    trips = mongomock_round_trips()
+    assert trips["claim"] <= 4 and trips["heartbeat"] == 1 and trips["complete"] == 1
+
+
+def test_a_batch_of_32_costs_few_round_trips_on_a_real_server() -> None:
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip("needs MONGODB_URI (the mongomock count ran instead)")
+    trips = real_mongodb_round_trips(uri)
+    assert trips["claim"] <= 4 and trips["heartbeat"] == 1 and trips["complete"] == 1
