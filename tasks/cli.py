@@ -44,6 +44,18 @@ def install_log_filter() -> None:
                 handler.addFilter(CleanLogs())
 
 
+def setup_logging() -> None:
+    """`fleetgen: ...` lines on stderr for our own messages; CleanLogs on every handler."""
+    log = logging.getLogger("fleetgen")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fleetgen: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    install_log_filter()
+
+
 def add_store_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
@@ -55,14 +67,7 @@ def add_store_arg(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run a command's main; a UserError becomes one clear paragraph on stderr and exit code 2."""
-    log = logging.getLogger("fleetgen")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("fleetgen: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    install_log_filter()
+    setup_logging()
     try:
         return main(argv) or 0
     except UserError as error:

@@ -57,8 +57,35 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 def run_flow_cli(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
                  timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `python flows/<script> ...` as a user would (MONGODB_URI only where `env` sets it)."""
-    full_env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, str(ROOT / "flows" / script), *args], cwd=cwd, env=full_env,
+    """Run `python flows/<script> ...` as a user would."""
+    return subprocess.run([sys.executable, str(ROOT / "flows" / script), *args], cwd=cwd, env=cli_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def cli_env(env: dict[str, str] | None) -> dict[str, str]:
+    """This environment less MONGODB_URI and PREFECT_API_URL, plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "PREFECT_API_URL")}
+    return {**full_env, **(env or {})}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama whose tokenizer has a chat template."""
+    from tests.tiny_models import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-chat"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama whose tokenizer has no chat template."""
+    from tests.tiny_models import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-plain"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny_models import build_adapter
+
+    return build_adapter(tiny_model, tmp_path_factory.mktemp("tiny-lora"))

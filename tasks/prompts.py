@@ -1,0 +1,26 @@
+"""Prompt templates: plain text files in `prompts/` with `{field}` placeholders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tasks.cli import UserError
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+
+
+def available() -> list[str]:
+    return sorted(path.stem for path in PROMPTS_DIR.glob("*.txt"))
+
+
+def render(name: str, **fields: str) -> str:
+    """Fill a template's `{field}` placeholders (other braces, e.g. LaTeX, are left alone)."""
+    path = PROMPTS_DIR / f"{name}.txt"
+    if not path.is_file():
+        raise UserError(f"No prompt template {name!r} in {PROMPTS_DIR}. Templates there: {', '.join(available())}.")
+    template = path.read_text(encoding="utf-8").strip()
+    missing = set(re.findall(r"\{(\w+)\}", template)) - set(fields)
+    if missing:
+        raise UserError(f"Prompt template {name!r} needs {', '.join(sorted(missing))}, which this flow does not provide.")
+    return re.sub(r"\{(\w+)\}", lambda match: fields[match.group(1)], template)

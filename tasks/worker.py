@@ -1,0 +1,175 @@
+"""The worker's business logic, free of Prefect: claim -> generate -> grade -> complete, per device."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tasks.answers import extract_answer, is_correct
+from tasks.generation import Generation, LoadedModel, Sampling, generate_splitting
+from tasks.prompts import render
+from tasks.store import Claim, Item, Store, summarize
+
+log = logging.getLogger("fleetgen")
+EXTRACT_SAMPLING = Sampling(max_new_tokens=16)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    run: str
+    worker: str
+    batch_size: int = 16
+    lease_seconds: float = 600.0
+    prompt: str = "step_by_step"
+    sampling: Sampling = Sampling()
+    extract: str = "regex"  # or "llm": a second pass with prompts/extract.txt where no answer is found
+    max_attempts: int = 3
+
+    @property
+    def poll_seconds(self) -> float:
+        """How often an idle device looks for work while other workers hold leases."""
+        return max(0.2, min(self.lease_seconds / 4, 15.0))
+
+
+@dataclass
+class BatchReport:
+    device: str
+    items: int
+    done: int
+    failed: int
+    tokens: int
+    seconds: float
+
+
+def item_prompt(item: Item, template: str) -> str:
+    return render(template, question=item.question)
+
+
+class LeaseKeeper:
+    """Heartbeats every held claim from a background thread; gives them back on exit."""
+
+    def __init__(self, store: Store, lease_seconds: float):
+        self.store, self.lease_seconds = store, lease_seconds
+        self._claims: dict[str, Claim] = {}
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        for claim in list(self._claims.values()):
+            released = self.store.release(claim)
+            if released:
+                log.info(f"gave back {released} unfinished items")
+
+    def hold(self, claim: Claim) -> None:
+        with self._lock:
+            self._claims[claim.token] = claim
+
+    def drop(self, claim: Claim) -> None:
+        with self._lock:
+            self._claims.pop(claim.token, None)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                claims = list(self._claims.values())
+            for claim in claims:
+                try:
+                    kept = self.store.heartbeat(claim, self.lease_seconds)
+                except Exception as error:  # a flaky network: the next beat tries again
+                    log.warning(f"heartbeat failed ({error}); retrying in {self.lease_seconds / 3:.0f} s")
+                    continue
+                if kept < len(claim.items):
+                    log.warning(f"{len(claim.items) - kept} items of a batch were taken over after their lease expired")
+
+
+def grade(generation: Generation, reference: str) -> dict[str, Any]:
+    predicted = extract_answer(generation.text)
+    return {"response": generation.text, "predicted": predicted, "correct": is_correct(predicted, reference),
+            "tokens": generation.tokens}
+
+
+def process_claim(store: Store, claim: Claim, model: LoadedModel, settings: WorkerSettings) -> BatchReport:
+    """Generate answers for a claimed batch (sorted by prompt length), grade and store them;
+    items whose generation still fails alone are failed back to the store."""
+    prompts = {item.id: item_prompt(item, settings.prompt) for item in claim.items}
+    items = sorted(claim.items, key=lambda item: model.prompt_tokens(prompts[item.id]))
+    started = time.perf_counter()
+    outputs = generate_splitting(model, [prompts[item.id] for item in items], settings.sampling)
+    if settings.extract == "llm":
+        outputs = _extract_with_llm(model, outputs)
+    seconds = time.perf_counter() - started
+    results, errors = {}, {}
+    for item, output in zip(items, outputs):
+        if isinstance(output, Exception):
+            errors.setdefault(f"{type(output).__name__}: {output}"[:500], []).append(item.id)
+        else:
+            results[item.id] = {**grade(output, item.reference), "seconds": round(seconds, 3),
+                                "worker": claim.worker, "device": model.label, "model": model.spec.describe()}
+    done = store.complete(claim, results)
+    failed = sum(store.fail(claim, ids, error, settings.max_attempts) for error, ids in errors.items())
+    tokens = sum(result["tokens"] for result in results.values())
+    return BatchReport(model.label, len(items), done, failed, tokens, seconds)
+
+
+def _extract_with_llm(model: LoadedModel, outputs: list[Generation | Exception]) -> list[Generation | Exception]:
+    """The original's second pass: ask the model for the bare answer where none can be parsed;
+    the answer found is appended to the response as `#### N`."""
+    unparsed = [i for i, out in enumerate(outputs) if isinstance(out, Generation) and extract_answer(out.text) is None]
+    if not unparsed:
+        return outputs
+    prompts = [render("extract", response=outputs[i].text) for i in unparsed]
+    for index, answer in zip(unparsed, generate_splitting(model, prompts, EXTRACT_SAMPLING)):
+        found = extract_answer(answer.text) if isinstance(answer, Generation) else None
+        if found is not None:
+            original = outputs[index]
+            outputs[index] = Generation(f"{original.text}\n#### {found}", original.tokens + answer.tokens)
+    return outputs
+
+
+def run_finished(store: Store, run: str) -> bool:
+    """Nothing pending and nothing running (failed items stay failed)."""
+    summary = summarize(store.counts(run))
+    return summary["pending"] == 0 and summary["running"] == 0
+
+
+def device_loop(claim_next: Callable[[], Claim], process: Callable[[Claim], BatchReport],
+                finished: Callable[[], bool], keeper: LeaseKeeper, poll_seconds: float) -> list[BatchReport]:
+    """Loop until the run is finished: the next batch is claimed in the background while the
+    current one generates, so the device never waits on the database."""
+    reports: list[BatchReport] = []
+
+    def claim_and_hold() -> Claim:
+        claim = claim_next()
+        if claim.items:
+            keeper.hold(claim)
+        return claim
+
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetcher:
+        def prefetch() -> Future[Claim]:  # the claim runs in the caller's context (Prefect's too)
+            return prefetcher.submit(contextvars.copy_context().run, claim_and_hold)
+
+        upcoming = prefetch()
+        while True:
+            claim = upcoming.result()
+            if not claim.items:
+                if finished():
+                    return reports
+                time.sleep(poll_seconds)
+                upcoming = prefetch()
+                continue
+            upcoming = prefetch()
+            try:
+                reports.append(process(claim))
+            finally:
+                keeper.drop(claim)

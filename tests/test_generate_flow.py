@@ -1,0 +1,101 @@
+"""The worker flow end to end with tiny local models: in-process under the Prefect test harness,
+and as real worker processes sharing one SQLite store (one of them killed with SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.generate import generate
+from flows.seed import seed
+from tasks.store_sqlite import SqliteStore
+from tests.conftest import ROOT, cli_env, run_flow_cli
+
+TINY = {"max_new_tokens": 6, "lease_seconds": 30.0}
+
+
+def assert_all_done_once(store: SqliteStore, run: str, expected: int) -> list:
+    items = store.items(run)
+    assert len(items) == expected and {item.status for item in items} == {"done"}
+    for item in items:
+        assert item.result["response"] is not None and item.result["tokens"] >= 1
+        assert set(item.result) >= {"predicted", "correct", "seconds", "worker", "device", "model"}
+        assert item.result["worker"] == item.worker
+    return items
+
+
+def test_two_devices_in_threads_finish_the_run(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(url, "r", "gsm8k", "test", limit=12, samples=2)
+    result = generate(url, "r", str(tiny_model), devices="cpu,cpu", batch_size=4, worker="w1", **TINY)
+    items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 24)
+    assert {item.result["device"] for item in items} == {"cpu#0", "cpu#1"}
+    assert result["devices"]["all"]["done"] == 24 and result["devices"]["cpu#0"]["tokens_per_second"] > 0
+    assert all(item.result["model"] == {"model": str(tiny_model)} for item in items)
+
+
+def test_adapter_and_llm_extraction_paths(prefect_env, tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(url, "r", "gsm8k", "test", limit=6)
+    generate(url, "r", str(tiny_model), adapter=str(tiny_adapter), merge_adapter=True, devices="cpu",
+             batch_size=3, extract="llm", **TINY)
+    items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 6)
+    assert items[0].result["model"] == {"model": str(tiny_model), "adapter": str(tiny_adapter), "merge_adapter": True}
+
+
+def test_default_run_is_seeded_from_gsm8k_test(prefect_env, tmp_path: Path, tiny_plain_model: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    generate(url, model=str(tiny_plain_model), devices="cpu", batch_size=128, max_new_tokens=2, lease_seconds=60)
+    assert_all_done_once(SqliteStore(tmp_path / "w.db"), "gsm8k-test", 1319)
+
+
+def worker_env(tmp_path: Path) -> dict[str, str]:
+    """No Prefect API: each worker process starts its own temporary server, as on a bare machine."""
+    return {"PREFECT_HOME": str(tmp_path / "prefect-home")}
+
+
+def start_worker(tmp_path: Path, model: Path, name: str, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "flows/generate.py"), "--run", "r", "--model", str(model), "--devices", "cpu",
+            "--worker", name, *extra]
+    return subprocess.Popen(args, cwd=tmp_path, env=cli_env(worker_env(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_worker_processes_share_one_store_cleanly(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    seed(f"sqlite:///{tmp_path / 'fleetgen.db'}", "r", "gsm8k", "test", limit=40)
+    workers = [start_worker(tmp_path, tiny_model, f"p{n}", "--batch-size", "4", "--max-new-tokens", "16")
+               for n in range(2)]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], outputs
+    for output in outputs:
+        assert "database is locked" not in output and "Traceback" not in output
+    assert "private one" in "".join(outputs)
+    items = assert_all_done_once(SqliteStore(tmp_path / "fleetgen.db"), "r", 40)
+    assert {item.worker for item in items} == {"p0", "p1"}
+
+
+def test_a_killed_worker_is_finished_by_another(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    seed(f"sqlite:///{tmp_path / 'fleetgen.db'}", "r", "gsm8k", "test", limit=40)
+    store = SqliteStore(tmp_path / "fleetgen.db")
+    doomed = start_worker(tmp_path, tiny_model, "doomed", "--batch-size", "4", "--max-new-tokens", "64",
+                          "--lease-seconds", "4")
+    deadline = time.monotonic() + 120
+    while not any(item.status == "done" for item in store.items("r")):
+        assert doomed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(timeout=10)
+    held = {item.id for item in store.items("r") if item.status == "running" and item.worker == "doomed"}
+    assert held, "the killed worker should die holding a claim"
+    result = run_flow_cli("generate.py", "--run", "r", "--model", str(tiny_model), "--devices", "cpu", "--worker",
+                          "rescuer", "--batch-size", "8", "--max-new-tokens", "8", cwd=tmp_path, env=worker_env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    items = assert_all_done_once(store, "r", 40)
+    assert {item.worker for item in items if item.id in held} == {"rescuer"}
+    status = json.loads(run_flow_cli("status.py", "--run", "r", "--json", cwd=tmp_path).stdout.splitlines()[-1])
+    assert status["done"] == 40 and status["workers"]["doomed"]["done"] >= 1
