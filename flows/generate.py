@@ -29,7 +29,8 @@ from tasks.generation import (DTYPES, QUANTIZATIONS, LoadedModel, ModelSpec, Sam
                               resolve_devices)
 from tasks.prompts import available, render
 from tasks.store import Claim, Store, open_store
-from tasks.worker import BatchReport, LeaseKeeper, WorkerSettings, device_loop, process_claim, run_finished
+from tasks.worker import (Answered, BatchReport, LeaseKeeper, WorkerSettings, answer_claim, device_loop, run_finished,
+                          save_answers)
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 log = logging.getLogger("fleetgen")
@@ -51,13 +52,20 @@ def claim_batch(store: Store, settings: WorkerSettings) -> Claim:
     return store.claim(settings.run, settings.worker, settings.batch_size, settings.lease_seconds)
 
 
-@task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
-def process_batch(store: Store, claim: Claim, model: LoadedModel, settings: WorkerSettings) -> BatchReport:
-    """Generate, grade and store one batch (one task run per batch, never per item)."""
-    report = process_claim(store, claim, model, settings)
-    get_run_logger().info(f"{report.device}: {report.done} done, {report.failed} failed, {report.tokens} tokens in "
-                          f"{report.seconds:.1f} s = {report.tokens / max(report.seconds, 1e-9):.1f} tokens/s")
-    return report
+@task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def answer_batch(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> Answered:
+    """Generate and grade one batch (one task run per batch, never per item)."""
+    answered = answer_claim(claim, model, settings)
+    report = answered.report
+    get_run_logger().info(f"{report.device}: {report.items} items, {report.tokens} tokens in {report.seconds:.1f} s "
+                          f"= {report.tokens / max(report.seconds, 1e-9):.1f} tokens/s")
+    return answered
+
+
+@task(retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
+def save_batch(store: Store, answered: Answered, settings: WorkerSettings) -> BatchReport:
+    """Write one batch's results back (idempotent: the claim token guards every write)."""
+    return save_answers(store, answered, settings.max_attempts)
 
 
 @task(cache_policy=NO_CACHE)
@@ -66,7 +74,8 @@ def generate_on_device(store: Store, model: LoadedModel, settings: WorkerSetting
     """One device's loop, in its own thread."""
     return device_loop(
         claim_next=lambda: claim_batch(store, settings),
-        process=lambda claim: process_batch(store, claim, model, settings),
+        answer=lambda claim: answer_batch(claim, model, settings),
+        save=lambda answered: save_batch(store, answered, settings),
         finished=lambda: run_finished(store, settings.run),
         keeper=keeper, poll_seconds=settings.poll_seconds)
 

@@ -99,9 +99,19 @@ def grade(generation: Generation, reference: str) -> dict[str, Any]:
             "tokens": generation.tokens}
 
 
-def process_claim(store: Store, claim: Claim, model: LoadedModel, settings: WorkerSettings) -> BatchReport:
-    """Generate answers for a claimed batch (sorted by prompt length), grade and store them;
-    items whose generation still fails alone are failed back to the store."""
+@dataclass
+class Answered:
+    """A batch answered on its device, waiting to be written back."""
+
+    claim: Claim
+    results: dict[str, dict[str, Any]]
+    errors: dict[str, list[str]]  # error message -> item ids
+    report: BatchReport
+
+
+def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> Answered:
+    """Generate answers for a claimed batch (sorted by prompt length) and grade them; items whose
+    generation still fails alone are kept with their error."""
     prompts = {item.id: item_prompt(item, settings.prompt) for item in claim.items}
     items = sorted(claim.items, key=lambda item: model.prompt_tokens(prompts[item.id]))
     started = time.perf_counter()
@@ -116,10 +126,16 @@ def process_claim(store: Store, claim: Claim, model: LoadedModel, settings: Work
         else:
             results[item.id] = {**grade(output, item.reference), "seconds": round(seconds, 3),
                                 "worker": claim.worker, "device": model.label, "model": model.spec.describe()}
-    done = store.complete(claim, results)
-    failed = sum(store.fail(claim, ids, error, settings.max_attempts) for error, ids in errors.items())
     tokens = sum(result["tokens"] for result in results.values())
-    return BatchReport(model.label, len(items), done, failed, tokens, seconds)
+    return Answered(claim, results, errors, BatchReport(model.label, len(items), 0, 0, tokens, seconds))
+
+
+def save_answers(store: Store, answered: Answered, max_attempts: int) -> BatchReport:
+    """Write results through the claim's token; fail the errored items back to the store."""
+    claim, report = answered.claim, answered.report
+    report.done = store.complete(claim, answered.results)
+    report.failed = sum(store.fail(claim, ids, error, max_attempts) for error, ids in answered.errors.items())
+    return report
 
 
 def _extract_with_llm(model: LoadedModel, outputs: list[Generation | Exception]) -> list[Generation | Exception]:
@@ -143,11 +159,13 @@ def run_finished(store: Store, run: str) -> bool:
     return summary["pending"] == 0 and summary["running"] == 0
 
 
-def device_loop(claim_next: Callable[[], Claim], process: Callable[[Claim], BatchReport],
-                finished: Callable[[], bool], keeper: LeaseKeeper, poll_seconds: float) -> list[BatchReport]:
-    """Loop until the run is finished: the next batch is claimed in the background while the
-    current one generates, so the device never waits on the database."""
+def device_loop(claim_next: Callable[[], Claim], answer: Callable[[Claim], Answered],
+                save: Callable[[Answered], BatchReport], finished: Callable[[], bool], keeper: LeaseKeeper,
+                poll_seconds: float) -> list[BatchReport]:
+    """Loop until the run is finished. The device thread only generates: claiming the next batch
+    and writing the last one's results happen meanwhile in a background thread, in order."""
     reports: list[BatchReport] = []
+    saving: list[Future[BatchReport]] = []
 
     def claim_and_hold() -> Claim:
         claim = claim_next()
@@ -155,21 +173,30 @@ def device_loop(claim_next: Callable[[], Claim], process: Callable[[Claim], Batc
             keeper.hold(claim)
         return claim
 
-    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as prefetcher:
-        def prefetch() -> Future[Claim]:  # the claim runs in the caller's context (Prefect's too)
-            return prefetcher.submit(contextvars.copy_context().run, claim_and_hold)
+    def save_and_drop(answered: Answered) -> BatchReport:
+        try:
+            return save(answered)
+        finally:
+            keeper.drop(answered.claim)
 
-        upcoming = prefetch()
+    def collect(wait: bool) -> None:
+        while saving and (wait or saving[0].done()):
+            reports.append(saving.pop(0).result())  # a failed write raises here
+
+    with ThreadPoolExecutor(1, thread_name_prefix="store-io") as io:
+        def background(function: Callable[..., Any], *args: Any) -> Future[Any]:
+            return io.submit(contextvars.copy_context().run, function, *args)  # keeps Prefect's context
+
+        upcoming = background(claim_and_hold)
         while True:
             claim = upcoming.result()
             if not claim.items:
+                collect(wait=True)
                 if finished():
                     return reports
                 time.sleep(poll_seconds)
-                upcoming = prefetch()
+                upcoming = background(claim_and_hold)
                 continue
-            upcoming = prefetch()
-            try:
-                reports.append(process(claim))
-            finally:
-                keeper.drop(claim)
+            upcoming = background(claim_and_hold)
+            saving.append(background(save_and_drop, answer(claim)))
+            collect(wait=False)

@@ -71,7 +71,7 @@ def cli_env(env: dict[str, str] | None) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama whose tokenizer has a chat template."""
-    from tests.tiny_models import build_model
+    from bench.tiny_models import build_model
 
     return build_model(tmp_path_factory.mktemp("tiny-chat"), chat=True)
 
@@ -79,13 +79,13 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama whose tokenizer has no chat template."""
-    from tests.tiny_models import build_model
+    from bench.tiny_models import build_model
 
     return build_model(tmp_path_factory.mktemp("tiny-plain"), chat=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_models import build_adapter
+    from bench.tiny_models import build_adapter
 
     return build_adapter(tiny_model, tmp_path_factory.mktemp("tiny-lora"))

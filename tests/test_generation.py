@@ -53,7 +53,7 @@ def test_adapter_changes_outputs_and_merges(tiny_model: Path, tiny_adapter: Path
 
 
 def test_load_errors_are_user_errors(tmp_path: Path, tiny_model: Path) -> None:
-    from tests.tiny_models import build_adapter, build_model
+    from bench.tiny_models import build_adapter, build_model
 
     with pytest.raises(UserError, match="Cannot load model .*local folder holding config.json"):
         LoadedModel(ModelSpec(str(tmp_path / "nowhere")), "cpu")

@@ -29,7 +29,7 @@ def build_model(folder: Path, chat: bool, hidden: int = 32, seed: int = 0) -> Pa
     from transformers import LlamaConfig, LlamaForCausalLM
 
     texts = [json.loads(line)["question"] for line in
-             (Path(__file__).resolve().parents[1] / "data/gsm8k/train.jsonl").read_text().splitlines()[:500]]
+             (Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:500]]
     tokenizer = train_tokenizer(texts)
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE

@@ -1,0 +1,154 @@
+"""Worker benchmark: `python bench/generate.py [--questions N] [--batch-size B] [--max-new-tokens T]`.
+
+Three ways to answer the same GSM8K prompts with the same model and greedy settings, measured
+alternately in one run (repeats interleaved, medians reported), printed as ratios:
+  raw       tokenizer + `model.generate` over the prompts in batches: the ceiling;
+  pipeline  the worker's device loop on an SQLite store: length-sorted batches, grading, the
+            next claim and the last batch's write done in the background, heartbeats;
+  original  a re-creation of August-murr/ScalableGen's loop on the same store: per batch a
+            pending count, a claim, generation of unsorted static batches, a second LLM pass
+            with the one-shot extraction prompt over every response (half-size batches, 10 new
+            tokens), then the write, all in the device's thread.
+Also the device's busy fraction in the pipeline (time inside generation / wall time).
+`--store-latency-ms` adds a network round trip to every store call (Kaggle to Atlas: ~50-150).
+The model is random (speed does not depend on the weights): a small Llama built locally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tasks.answers import extract_answer, is_correct
+from tasks.data import build_items, load_rows, resolve_source
+from tasks.generation import LoadedModel, ModelSpec, Sampling
+from tasks.prompts import render
+from tasks.store_sqlite import SqliteStore
+from tasks.store import summarize
+from tasks.worker import LeaseKeeper, WorkerSettings, answer_claim, device_loop, item_prompt, run_finished, save_answers
+from bench.tiny_models import build_model
+
+
+def batches(values: list, size: int) -> list[list]:
+    return [values[start:start + size] for start in range(0, len(values), size)]
+
+
+def raw(model: LoadedModel, prompts: list[str], batch_size: int, sampling: Sampling) -> tuple[int, float]:
+    """Generated tokens and seconds of plain `model.generate` calls."""
+    tokens, started = 0, time.perf_counter()
+    for chunk in batches(prompts, batch_size):
+        texts = [model.prompt_text(prompt) for prompt in chunk]
+        encoded = model.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not model.chat)
+        with torch.inference_mode():
+            output = model.model.generate(**encoded.to(model.device), max_new_tokens=sampling.max_new_tokens,
+                                          do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
+        tokens += (output.shape[1] - encoded["input_ids"].shape[1]) * len(chunk)
+    return tokens, time.perf_counter() - started
+
+
+class RemoteStore:
+    """A store whose every call first waits one network round trip."""
+
+    def __init__(self, store: SqliteStore, latency: float):
+        self._store, self._latency = store, latency
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._store, name)
+
+        def remote(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(self._latency)
+            return call(*args, **kwargs)
+
+        return remote
+
+
+def fresh_store(folder: str, rows: list[dict], latency: float) -> Any:
+    store = SqliteStore(Path(folder) / "bench.db")
+    store.seed("bench", build_items(rows, 1))
+    return RemoteStore(store, latency)
+
+
+def original(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sampling,
+             latency: float) -> tuple[int, float]:
+    """Answer tokens and seconds of the original loop."""
+    extract = Sampling(max_new_tokens=10)
+    with tempfile.TemporaryDirectory() as folder:
+        store, tokens, started = fresh_store(folder, rows, latency), 0, time.perf_counter()
+        while summarize(store.counts("bench"))["pending"]:
+            claim = store.claim("bench", "original", batch_size, 600)
+            answers = model.generate([item_prompt(item, "step_by_step") for item in claim.items], sampling)
+            prompts = [render("extract", response=f"{item.question}\n{answer.text}")
+                       for item, answer in zip(claim.items, answers)]
+            extracted = [out for chunk in batches(prompts, max(1, batch_size // 2))
+                         for out in model.generate(chunk, extract)]
+            store.complete(claim, {item.id: {"response": answer.text, "predicted": extract_answer(out.text),
+                                             "correct": is_correct(extract_answer(out.text), item.reference)}
+                                   for item, answer, out in zip(claim.items, answers, extracted)})
+            tokens += sum(answer.tokens for answer in answers)
+        return tokens, time.perf_counter() - started
+
+
+def pipeline(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sampling,
+             latency: float) -> tuple[int, float, float]:
+    """Answer tokens, seconds and busy fraction of the worker's device loop."""
+    settings = WorkerSettings(run="bench", worker="bench", batch_size=batch_size, sampling=sampling)
+    with tempfile.TemporaryDirectory() as folder:
+        store = fresh_store(folder, rows, latency)
+        started = time.perf_counter()
+        with LeaseKeeper(store, settings.lease_seconds) as keeper:
+            reports = device_loop(
+                claim_next=lambda: store.claim("bench", "bench", batch_size, settings.lease_seconds),
+                answer=lambda claim: answer_claim(claim, model, settings),
+                save=lambda answered: save_answers(store, answered, settings.max_attempts),
+                finished=lambda: run_finished(store, "bench"), keeper=keeper, poll_seconds=0.1)
+        wall = time.perf_counter() - started
+        assert sum(report.done for report in reports) == len(rows)
+    return sum(r.tokens for r in reports), wall, sum(r.seconds for r in reports) / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--questions", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the random Llama (default: 256)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--store-latency-ms", type=float, default=0.0, help="added to every store call (default: 0)")
+    args = parser.parse_args()
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    rows = load_rows(resolve_source("gsm8k", "test"), "question", "answer", None, args.questions)
+    sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    with tempfile.TemporaryDirectory() as folder:
+        model = LoadedModel(ModelSpec(str(build_model(Path(folder), chat=True, hidden=args.hidden))), device)
+    prompts = [render("step_by_step", question=row["question"]) for row in rows]
+    model.generate(prompts[:2], sampling)  # warm-up
+    rates: dict[str, list[float]] = {"raw": [], "pipeline": [], "original": []}
+    busy = []
+    latency = args.store_latency_ms / 1000
+    for _ in range(args.repeats):
+        tokens, seconds = raw(model, prompts, args.batch_size, sampling)
+        rates["raw"].append(tokens / seconds)
+        tokens, seconds, fraction = pipeline(model, rows, args.batch_size, sampling, latency)
+        rates["pipeline"].append(tokens / seconds)
+        busy.append(fraction)
+        tokens, seconds = original(model, rows, args.batch_size, sampling, latency)
+        rates["original"].append(tokens / seconds)
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"{device}, random Llama hidden {args.hidden}, {args.questions} GSM8K questions, batch {args.batch_size}, "
+          f"{args.max_new_tokens} new tokens, greedy, store latency {args.store_latency_ms:g} ms, "
+          f"{args.repeats} interleaved repeats (medians):")
+    for name, rate in median.items():
+        print(f"  {name:<9} {rate:8.1f} answer tokens/s")
+    print(f"(a) pipeline / raw model.generate  = {median['pipeline'] / median['raw']:.3f}")
+    print(f"(b) pipeline / original loop       = {median['pipeline'] / median['original']:.2f}")
+    print(f"(c) device busy fraction (pipeline) = {statistics.median(busy):.3f}")
+
+
+if __name__ == "__main__":
+    main()
