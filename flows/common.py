@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
-from tasks.cli import setup_logging
+from tasks.cli import UserError, setup_logging
 
 _ephemeral_lock: IO[str] | None = None
 
@@ -50,8 +50,6 @@ from prefect import Task  # noqa: E402
 from prefect.client.schemas.objects import TaskRun  # noqa: E402
 from prefect.states import State  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
-
-from tasks.cli import UserError  # noqa: E402
 
 setup_logging()  # again: Prefect configured its log handlers on import
 

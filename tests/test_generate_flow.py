@@ -4,6 +4,7 @@ and as real worker processes sharing one SQLite store (one of them killed with S
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def worker_env(tmp_path: Path) -> dict[str, str]:
 def start_worker(tmp_path: Path, model: Path, name: str, *extra: str) -> subprocess.Popen:
     args = [sys.executable, str(ROOT / "flows/generate.py"), "--run", "r", "--model", str(model), "--devices", "cpu",
             "--worker", name, *extra]
-    return subprocess.Popen(args, cwd=tmp_path, env=cli_env(worker_env(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, cwd=tmp_path, env=cli_env(worker_env(tmp_path)), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_two_worker_processes_share_one_store_cleanly(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
@@ -88,7 +90,7 @@ def test_a_killed_worker_is_finished_by_another(prefect_env, tmp_path: Path, tin
     while not any(item.status == "done" for item in store.items("r")):
         assert doomed.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    doomed.send_signal(signal.SIGKILL)
+    os.killpg(doomed.pid, signal.SIGKILL)  # the whole machine dies: its Prefect server too
     doomed.wait(timeout=10)
     held = {item.id for item in store.items("r") if item.status == "running" and item.worker == "doomed"}
     assert held, "the killed worker should die holding a claim"
@@ -99,3 +101,41 @@ def test_a_killed_worker_is_finished_by_another(prefect_env, tmp_path: Path, tin
     assert {item.worker for item in items if item.id in held} == {"rescuer"}
     status = json.loads(run_flow_cli("status.py", "--run", "r", "--json", cwd=tmp_path).stdout.splitlines()[-1])
     assert status["done"] == 40 and status["workers"]["doomed"]["done"] >= 1
+
+
+def test_offline_default_model_says_how_to_pass_a_local_one(prefect_env, tmp_path: Path) -> None:
+    result = run_flow_cli("generate.py", cwd=tmp_path, env={**prefect_env, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    assert "Cannot load model 'Qwen/Qwen2.5-0.5B-Instruct'" in result.stderr and "Pass --model" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--run", "never-seeded"], "Run 'never-seeded' is not in the store"),
+    (["--devices", "cuda:9"], "visible GPU"),
+    (["--prompt", "nope"], "No prompt template 'nope'"),
+    (["--temperature", "-1"], "--temperature must be >= 0"),
+])
+def test_bad_worker_arguments_fail_before_prefect_starts(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run_flow_cli("generate.py", *args, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_help_documents_every_flag(tmp_path: Path) -> None:
+    help_text = run_flow_cli("generate.py", "--help", cwd=tmp_path).stdout
+    for flag in ("--store", "--run", "--model", "--adapter", "--merge-adapter", "--quantization", "--dtype", "--devices",
+                 "--batch-size", "--max-new-tokens", "--temperature", "--top-p", "--repetition-penalty", "--seed",
+                 "--prompt", "--worker", "--lease-seconds", "--extract"):
+        assert flag in help_text
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA GPUs (one model copy per GPU)")
+def test_every_visible_gpu_gets_a_model_copy(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    import torch
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(url, "r", "gsm8k", "test", limit=64)
+    result = generate(url, "r", str(tiny_model), devices="auto", batch_size=8, **TINY)
+    items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 64)
+    assert {item.result["device"] for item in items} <= {f"cuda:{n}" for n in range(torch.cuda.device_count())}
+    assert result["devices"]["all"]["done"] == 64
