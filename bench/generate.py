@@ -25,14 +25,15 @@ from typing import Any
 
 import torch
 
+from bench.tiny_models import build_model
 from tasks.answers import extract_answer, is_correct
 from tasks.data import build_items, load_rows, resolve_source
 from tasks.generation import LoadedModel, ModelSpec, Sampling
 from tasks.prompts import render
-from tasks.store_sqlite import SqliteStore
 from tasks.store import summarize
-from tasks.worker import LeaseKeeper, WorkerSettings, answer_claim, device_loop, item_prompt, run_finished, save_answers
-from bench.tiny_models import build_model
+from tasks.store_sqlite import SqliteStore
+from tasks.worker import (LeaseKeeper, WorkerSettings, answer_claim, device_loop, item_messages, run_finished,
+                          save_answers)
 
 
 def batches(values: list, size: int) -> list[list]:
@@ -82,7 +83,7 @@ def original(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sa
         store, tokens, started = fresh_store(folder, rows, latency), 0, time.perf_counter()
         while summarize(store.counts("bench"))["pending"]:
             claim = store.claim("bench", "original", batch_size, 600)
-            answers = model.generate([item_prompt(item, "step_by_step") for item in claim.items], sampling)
+            answers = model.generate([item_messages(item, "step_by_step") for item in claim.items], sampling)
             prompts = [render("extract", response=f"{item.question}\n{answer.text}")
                        for item, answer in zip(claim.items, answers)]
             extracted = [out for chunk in batches(prompts, max(1, batch_size // 2))

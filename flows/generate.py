@@ -15,9 +15,11 @@ import socket
 from contextlib import closing
 from dataclasses import asdict
 from typing import Any
+from uuid import UUID
 
 from flows.common import retry_unless_user_error, reveal
-from prefect import flow, task
+from prefect import flow, tags, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
@@ -28,7 +30,8 @@ from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positi
 from tasks.generation import (DTYPES, QUANTIZATIONS, LoadedModel, ModelSpec, Sampling, device_labels,
                               resolve_devices)
 from tasks.prompts import available, render
-from tasks.store import Claim, Store, open_store
+from tasks.progress import FleetProgress, describe
+from tasks.store import Claim, Store, artifact_key, open_store, require_run, summarize
 from tasks.worker import (Answered, BatchReport, LeaseKeeper, WorkerSettings, answer_claim, device_loop, run_finished,
                           save_answers)
 
@@ -63,19 +66,24 @@ def answer_batch(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> 
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
-def save_batch(store: Store, answered: Answered, settings: WorkerSettings) -> BatchReport:
-    """Write one batch's results back (idempotent: the claim token guards every write)."""
-    return save_answers(store, answered, settings.max_attempts)
+def save_batch(store: Store, answered: Answered, settings: WorkerSettings, progress: FleetProgress,
+               artifact_id: UUID) -> BatchReport:
+    """Write one batch's results back (idempotent: the claim token guards every write), then
+    update the run's fleet-wide progress artifact."""
+    report = save_answers(store, answered, settings.max_attempts)
+    snapshot = progress.update(summarize(store.counts(settings.run)))
+    update_progress_artifact(artifact_id, snapshot["percent"], describe(snapshot))
+    return report
 
 
 @task(cache_policy=NO_CACHE)
-def generate_on_device(store: Store, model: LoadedModel, settings: WorkerSettings,
-                       keeper: LeaseKeeper) -> list[BatchReport]:
+def generate_on_device(store: Store, model: LoadedModel, settings: WorkerSettings, keeper: LeaseKeeper,
+                       progress: FleetProgress, artifact_id: UUID) -> list[BatchReport]:
     """One device's loop, in its own thread."""
     return device_loop(
         claim_next=lambda: claim_batch(store, settings),
         answer=lambda claim: answer_batch(claim, model, settings),
-        save=lambda answered: save_batch(store, answered, settings),
+        save=lambda answered: save_batch(store, answered, settings, progress, artifact_id),
         finished=lambda: run_finished(store, settings.run),
         keeper=keeper, poll_seconds=settings.poll_seconds)
 
@@ -124,8 +132,13 @@ def generate(store: SecretStr | None = None, run: str = DEFAULT_RUN, model: str 
         loading = [load_model.submit(spec, name, label) for name, label in zip(names, device_labels(names))]
         models = [future.result() for future in loading]
         logger.info(f"worker {settings.worker}: {spec.model} on {', '.join(names)}, batch {batch_size}")
+        progress = FleetProgress()
+        snapshot = progress.update(summarize(work.counts(run)))
+        artifact_id = create_progress_artifact(snapshot["percent"], key=f"progress-{artifact_key(run)}",
+                                               description=describe(snapshot))
         with LeaseKeeper(work, lease_seconds) as keeper:
-            futures = [generate_on_device.submit(work, loaded, settings, keeper) for loaded in models]
+            futures = [generate_on_device.submit(work, loaded, settings, keeper, progress, artifact_id)
+                       for loaded in models]
             reports = [report for future in futures for report in future.result()]
     totals = summarize_reports(reports)
     for device, total in totals.items():
@@ -173,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     render(args.prompt, question="")
     with closing(open_store(args.store)) as work:
         log.info(f"store: {work.url}")
-        if args.run != DEFAULT_RUN and args.run not in work.runs():
-            raise UserError(f"Run {args.run!r} is not in the store {work.url}: seed it first with "
-                            f"python flows/seed.py --run {args.run} (runs there: {', '.join(work.runs()) or 'none'}).")
-    result = generate(args.store, args.run, args.model, args.adapter, args.merge_adapter, args.quantization,
-                      args.dtype, args.devices, args.batch_size, args.max_new_tokens, args.temperature, args.top_p,
-                      args.repetition_penalty, args.seed, args.prompt, args.worker, args.lease_seconds, args.extract)
+        if args.run != DEFAULT_RUN:  # the default run is seeded when missing
+            require_run(work, args.run)
+    worker = args.worker or default_worker()
+    with tags(f"run:{args.run}", f"worker:{worker}"):
+        result = generate(args.store, args.run, args.model, args.adapter, args.merge_adapter, args.quantization,
+                          args.dtype, args.devices, args.batch_size, args.max_new_tokens, args.temperature,
+                          args.top_p, args.repetition_penalty, args.seed, args.prompt, worker, args.lease_seconds,
+                          args.extract)
     overall = result["devices"].get("all", {})
     print(f"worker {result['worker']}: run {result['run']!r} finished; this worker did {overall.get('done', 0)} items "
           f"({overall.get('failed', 0)} failed) at {overall.get('tokens_per_second', 0)} tokens/s")

@@ -13,19 +13,16 @@ import logging
 from contextlib import closing
 from typing import Any
 
-from tasks.cli import UserError, add_run_arg, add_store_arg, run_cli
-from tasks.store import STATUSES, Store, open_store, summarize
+from tasks.cli import add_run_arg, add_store_arg, run_cli
+from tasks.store import STATUSES, Store, open_store, require_run, summarize
 
 COLUMNS = ("total", *STATUSES, "expired")
 
 
 def run_status(store: Store, run: str) -> dict[str, Any]:
     """The run's summary; UserError naming the runs there are when `run` is unknown."""
-    rows = store.counts(run)
-    if not rows and run not in store.runs():
-        known = ", ".join(store.runs()) or "none yet (seed one with python flows/seed.py)"
-        raise UserError(f"Run {run!r} is not in the store {store.url}. Runs there: {known}.")
-    return {"run": run, **summarize(rows)}
+    require_run(store, run)
+    return {"run": run, **summarize(store.counts(run))}
 
 
 def format_table(status: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
+from typing import Any
 
 NUMBER = r"-?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?"
 HASHES = re.compile(r"####\s*(.+)")
@@ -84,3 +85,9 @@ def is_correct(predicted: str | None, reference: str) -> bool:
         return bool(verify(parse(as_latex(reference)), parse(as_latex(predicted))))
     except Exception:  # math-verify gives up on some inputs: then they are not equal
         return False
+
+
+def grade_response(response: str, reference: str) -> dict[str, Any]:
+    """The answer found in a response and whether it is right."""
+    predicted = extract_answer(response)
+    return {"predicted": predicted, "correct": is_correct(predicted, reference)}

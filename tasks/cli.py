@@ -21,9 +21,14 @@ def redact(text: str) -> str:
 
 
 class CleanLogs(logging.Filter):
-    """Redacts credentials in every record and drops tracebacks of user errors."""
+    """Redacts credentials in every record, drops tracebacks of user errors, and drops Prefect's
+    routine "Finished in state Completed()" line of every task run (a worker runs three task runs
+    a batch: the free tier's log budget is for what matters)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "prefect.task_runs" and record.levelno == logging.INFO and str(record.msg).startswith(
+                "Finished in state Completed"):
+            return False
         if record.exc_info and isinstance(record.exc_info[1], UserError):
             record.exc_info = None
             record.exc_text = None

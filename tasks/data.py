@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tasks.answers import grade_response
 from tasks.cli import UserError
 from tasks.store import Item
 
@@ -121,13 +122,13 @@ def load_rows(
 
 def build_items(rows: list[dict[str, str]], samples: int) -> list[Item]:
     """`samples` pending stage-0 items per row. Rows that carry a response become one done item
-    each holding it; rows sharing a question id become its successive samples."""
+    each holding it, graded; rows sharing a question id become its successive samples."""
     items, seen = [], Counter()
     for row in rows:
         question = {key: row[key] for key in ("question_id", "question", "reference")}
         if "response" in row:
-            items.append(Item(**question, sample=seen[row["question_id"]], status="done",
-                              result={"response": row["response"]}))
+            result = {"response": row["response"], **grade_response(row["response"], row["reference"])}
+            items.append(Item(**question, sample=seen[row["question_id"]], status="done", result=result))
             seen[row["question_id"]] += 1
         else:
             items.extend(Item(**question, sample=sample) for sample in range(samples))

@@ -37,6 +37,9 @@ class Sampling:
     repetition_penalty: float = 1.0
 
 
+Prompt = str | list[dict[str, str]]  # a text (one user turn) or chat messages
+
+
 @dataclass
 class Generation:
     text: str  # the new tokens only, never the prompt
@@ -130,17 +133,18 @@ class LoadedModel:
             ) from error
         return model.merge_and_unload() if spec.merge_adapter else model
 
-    def prompt_text(self, content: str) -> str:
-        """The text the model sees: the chat template when the tokenizer has one, else the prompt."""
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The text the model sees: the chat template when the tokenizer has one, else the turns
+        joined by blank lines."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not self.chat:
-            return content
-        messages = [{"role": "user", "content": content}]
+            return "\n\n".join(message["content"] for message in messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prompt_tokens(self, content: str) -> int:
-        return len(self.tokenizer(self.prompt_text(content), add_special_tokens=not self.chat)["input_ids"])
+    def prompt_tokens(self, prompt: Prompt) -> int:
+        return len(self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"])
 
-    def generate(self, prompts: list[str], sampling: Sampling) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Generation]:
         """One batch through `model.generate`; sampling as given (greedy at temperature 0)."""
         from transformers import GenerationConfig
 
@@ -165,7 +169,7 @@ class LoadedModel:
         return [Generation(text.strip(), tokens) for text, tokens in zip(decoded, counts)]
 
 
-def generate_splitting(model: LoadedModel, prompts: list[str], sampling: Sampling) -> list[Generation | Exception]:
+def generate_splitting(model: LoadedModel, prompts: list[Prompt], sampling: Sampling) -> list[Generation | Exception]:
     """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own.
     A single prompt that still fails yields its exception instead of a generation."""
     try:

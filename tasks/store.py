@@ -39,6 +39,7 @@ class Item:
     token: str | None = None
     lease_expires: float | None = None
     error: str | None = None
+    previous: str | None = None  # the response a refine round asks to improve
     id: str = ""
 
 
@@ -114,6 +115,18 @@ def open_store(url: str | None = None) -> Store:
         + ". Use mongodb://..., mongodb+srv://... (MongoDB, e.g. Atlas) or sqlite:///PATH "
         "(an embedded file), via --store or the MONGODB_URI environment variable."
     )
+
+
+def artifact_key(run: str) -> str:
+    """The run's name as Prefect artifact keys allow it (lowercase letters, digits, dashes)."""
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in run.lower())
+
+
+def require_run(store: Store, run: str) -> None:
+    """UserError naming the runs there are, when `run` is not in the store."""
+    if run not in store.runs():
+        known = ", ".join(store.runs()) or "none yet (seed one with python flows/seed.py)"
+        raise UserError(f"Run {run!r} is not in the store {store.url}. Runs there: {known}.")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def _item(doc: dict[str, Any]) -> Item:
         question_id=doc["question_id"], question=doc["question"], reference=doc["reference"],
         stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=doc.get("result"),
         attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
-        lease_expires=doc.get("lease_expires"), error=doc.get("error"), id=str(doc["_id"]),
+        lease_expires=doc.get("lease_expires"), error=doc.get("error"), previous=doc.get("previous"),
+        id=str(doc["_id"]),
     )
 
 
@@ -97,8 +98,9 @@ class MongoStore:
             doc = {"run": run, "stage": item.stage, "question_id": item.question_id, "sample": item.sample,
                    "question": item.question, "reference": item.reference, "status": item.status,
                    "attempts": 0}
-            if item.result is not None:
-                doc["result"] = item.result
+            for optional in ("result", "previous"):
+                if getattr(item, optional) is not None:
+                    doc[optional] = getattr(item, optional)
             key = {k: doc[k] for k in ("run", "question_id", "stage", "sample")}
             ops.append(UpdateOne(key, {"$setOnInsert": doc}, upsert=True))
         return sum(

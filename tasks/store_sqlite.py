@@ -25,11 +25,12 @@ CREATE TABLE IF NOT EXISTS items (
     run TEXT NOT NULL, stage INTEGER NOT NULL, question_id TEXT NOT NULL, sample INTEGER NOT NULL,
     question TEXT NOT NULL, reference TEXT NOT NULL,
     status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT,
+    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT, previous TEXT,
     UNIQUE (run, question_id, stage, sample));
 CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
 """
-COLUMNS = "id, question_id, question, reference, stage, sample, status, result, attempts, worker, token, lease_expires, error"
+COLUMNS = ("id, question_id, question, reference, stage, sample, status, result, attempts, worker, token, lease_expires,"
+           " error, previous")
 
 
 def _item(row: tuple) -> Item:
@@ -78,11 +79,11 @@ class SqliteStore:
     def seed(self, run: str, items: Iterable[Item]) -> int:
         rows = [
             (run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status,
-             json.dumps(i.result) if i.result is not None else None)
+             json.dumps(i.result) if i.result is not None else None, i.previous)
             for i in items
         ]
-        sql = ("INSERT OR IGNORE INTO items (run, stage, question_id, sample, question, reference, status, result)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        sql = ("INSERT OR IGNORE INTO items (run, stage, question_id, sample, question, reference, status, result,"
+               " previous) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
         return self._write(sql, rows, many=True)
 
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:

@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tasks.answers import extract_answer, is_correct
+from tasks.answers import extract_answer, grade_response
 from tasks.generation import Generation, LoadedModel, Sampling, generate_splitting
 from tasks.prompts import render
 from tasks.store import Claim, Item, Store, summarize
@@ -46,8 +46,13 @@ class BatchReport:
     seconds: float
 
 
-def item_prompt(item: Item, template: str) -> str:
-    return render(template, question=item.question)
+def item_messages(item: Item, template: str) -> list[dict[str, str]]:
+    """The chat an item is answered in: the question; for a refine round, also the previous
+    response and the retry prompt (a multi-turn chat, or one text where there is no template)."""
+    messages = [{"role": "user", "content": render(template, question=item.question)}]
+    if item.stage > 0 and item.previous:
+        messages += [{"role": "assistant", "content": item.previous}, {"role": "user", "content": render("retry")}]
+    return messages
 
 
 class LeaseKeeper:
@@ -93,12 +98,6 @@ class LeaseKeeper:
                     log.warning(f"{len(claim.items) - kept} items of a batch were taken over after their lease expired")
 
 
-def grade(generation: Generation, reference: str) -> dict[str, Any]:
-    predicted = extract_answer(generation.text)
-    return {"response": generation.text, "predicted": predicted, "correct": is_correct(predicted, reference),
-            "tokens": generation.tokens}
-
-
 @dataclass
 class Answered:
     """A batch answered on its device, waiting to be written back."""
@@ -112,7 +111,7 @@ class Answered:
 def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> Answered:
     """Generate answers for a claimed batch (sorted by prompt length) and grade them; items whose
     generation still fails alone are kept with their error."""
-    prompts = {item.id: item_prompt(item, settings.prompt) for item in claim.items}
+    prompts = {item.id: item_messages(item, settings.prompt) for item in claim.items}
     items = sorted(claim.items, key=lambda item: model.prompt_tokens(prompts[item.id]))
     started = time.perf_counter()
     outputs = generate_splitting(model, [prompts[item.id] for item in items], settings.sampling)
@@ -124,9 +123,12 @@ def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> 
         if isinstance(output, Exception):
             errors.setdefault(f"{type(output).__name__}: {output}"[:500], []).append(item.id)
         else:
-            results[item.id] = {**grade(output, item.reference), "seconds": round(seconds, 3),
-                                "worker": claim.worker, "device": model.label, "model": model.spec.describe()}
+            results[item.id] = {"response": output.text, **grade_response(output.text, item.reference),
+                                "tokens": output.tokens, "worker": claim.worker, "device": model.label,
+                                "model": model.spec.describe()}
     tokens = sum(result["tokens"] for result in results.values())
+    for result in results.values():  # each item's share of the batch's time, so seconds add up
+        result["seconds"] = round(seconds * result["tokens"] / max(tokens, 1), 4)
     return Answered(claim, results, errors, BatchReport(model.label, len(items), 0, 0, tokens, seconds))
 
 

@@ -25,3 +25,11 @@ def test_clean_logs_drops_user_error_tracebacks_and_redacts() -> None:
     assert entry.getMessage() == "failed on mongodb://u:***@h"
     bug = record("crashed", ValueError("a bug"))
     assert CleanLogs().filter(bug) and bug.exc_info is not None  # real bugs keep their traceback
+
+
+def test_clean_logs_drops_routine_task_run_lines_only() -> None:
+    routine = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state Completed()", (), None)
+    failed = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "Finished in state Failed('x')", (), None)
+    mine = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "cpu: 16 items, 900 tokens", (), None)
+    assert not CleanLogs().filter(routine)
+    assert CleanLogs().filter(failed) and CleanLogs().filter(mine)

@@ -45,15 +45,16 @@ def test_jsonl_rows_use_their_id_field_when_present(tmp_path: Path) -> None:
     assert [(r["question_id"], r["reference"]) for r in rows] == [("a", "2"), ("mine/1", "4")]
 
 
-def test_responses_become_done_items_and_repeated_ids_successive_samples(tmp_path: Path) -> None:
+def test_responses_become_graded_done_items_and_repeated_ids_successive_samples(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "byo.jsonl", [
         {"id": "a", "question": "q", "answer": "2", "output": "it is 2"},
         {"id": "a", "question": "q", "answer": "2", "output": "it is 3"},
         {"id": "b", "question": "q", "answer": "5", "output": "5"}])
     items = build_items(load(str(path), response_field="output"), samples=1)
     assert [(i.question_id, i.sample, i.status, i.result) for i in items] == [
-        ("a", 0, "done", {"response": "it is 2"}), ("a", 1, "done", {"response": "it is 3"}),
-        ("b", 0, "done", {"response": "5"})]
+        ("a", 0, "done", {"response": "it is 2", "predicted": "2", "correct": True}),
+        ("a", 1, "done", {"response": "it is 3", "predicted": "3", "correct": False}),
+        ("b", 0, "done", {"response": "5", "predicted": "5", "correct": True})]
 
 
 def test_samples_make_k_pending_items_per_question() -> None:

@@ -1,0 +1,69 @@
+"""Results out, in forms people train on: rows, or chat messages for supervised fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks.cli import UserError
+from tasks.store import Item
+
+ROW_FIELDS = ("question_id", "sample", "stage", "question", "reference", "response", "predicted", "correct",
+              "worker", "model")
+
+
+def result_rows(items: list[Item], only_correct: bool = False, stage: int | None = None) -> list[dict[str, Any]]:
+    """One row per answered item, filtered."""
+    rows = []
+    for item in items:
+        result = item.result or {}
+        if item.status != "done" or (only_correct and not result.get("correct")) or (stage is not None and item.stage != stage):
+            continue
+        row = {"question_id": item.question_id, "sample": item.sample, "stage": item.stage, "question": item.question,
+               "reference": item.reference, "response": result.get("response"), "predicted": result.get("predicted"),
+               "correct": bool(result.get("correct")), "worker": result.get("worker", item.worker),
+               "model": json.dumps(result["model"]) if "model" in result else None}
+        rows.append(row)
+    return rows
+
+
+def sft_rows(items: list[Item], per_question: int = 1, stage: int | None = None) -> list[dict[str, Any]]:
+    """Chat examples (user: the question, assistant: a correct response) for correct items: per
+    question the `per_question` best, best = fewest tokens, identical responses kept once."""
+    best: dict[str, list[dict[str, Any]]] = {}
+    for row in sorted(result_rows(items, only_correct=True, stage=stage), key=lambda r: (r["question_id"], len(r["response"]))):
+        chosen = best.setdefault(row["question_id"], [])
+        if len(chosen) < per_question and all(row["response"].strip() != c["response"].strip() for c in chosen):
+            chosen.append(row)
+    return [{"question_id": row["question_id"], "messages": [{"role": "user", "content": row["question"]},
+                                                             {"role": "assistant", "content": row["response"]}]}
+            for rows in best.values() for row in rows]
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path) -> str:
+    """`.jsonl` or `.parquet` by extension; any other path becomes a HF `datasets` folder."""
+    if out.suffix == ".jsonl":
+        out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        return "jsonl"
+    import datasets
+
+    data = datasets.Dataset.from_list(rows)
+    if out.suffix == ".parquet":
+        data.to_parquet(str(out))
+        return "parquet"
+    if out.suffix:
+        raise UserError(f"Cannot tell the format of {out}: use a .jsonl or .parquet file, or a folder name "
+                        "(no extension) for a Hugging Face datasets folder.")
+    data.save_to_disk(str(out))
+    return "datasets folder"
+
+
+def push_to_hub(rows: list[dict[str, Any]], repo_id: str) -> None:
+    import datasets
+
+    try:
+        datasets.Dataset.from_list(rows).push_to_hub(repo_id)
+    except Exception as error:  # offline, no token, no permission: all mean "not pushed"
+        raise UserError(f"Could not push to the hub as {repo_id!r}: {str(error).splitlines()[0][:300]}. "
+                        "Log in with `huggingface-cli login` (or set HF_TOKEN) on a machine that is online.") from error
