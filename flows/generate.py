@@ -71,8 +71,11 @@ def save_batch(store: Store, answered: Answered, settings: WorkerSettings, progr
     """Write one batch's results back (idempotent: the claim token guards every write), then
     update the run's fleet-wide progress artifact."""
     report = save_answers(store, answered, settings.max_attempts)
-    snapshot = progress.update(summarize(store.counts(settings.run)))
-    update_progress_artifact(artifact_id, snapshot["percent"], describe(snapshot))
+    try:
+        snapshot = progress.update(summarize(store.counts(settings.run)))
+        update_progress_artifact(artifact_id, snapshot["percent"], describe(snapshot))
+    except Exception as error:  # the dashboard is best effort: never redo a saved batch for it
+        get_run_logger().warning(f"progress artifact not updated: {error}")
     return report
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from tasks.answers import extract_answer, grade_response
+from tasks.answers import extract_answer, grade_response, is_correct
 from tasks.generation import Generation, LoadedModel, Sampling, generate_splitting
 from tasks.prompts import render
 from tasks.store import Claim, Item, Store, summarize
@@ -115,9 +115,6 @@ def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> 
     items = sorted(claim.items, key=lambda item: model.prompt_tokens(prompts[item.id]))
     started = time.perf_counter()
     outputs = generate_splitting(model, [prompts[item.id] for item in items], settings.sampling)
-    if settings.extract == "llm":
-        outputs = _extract_with_llm(model, outputs)
-    seconds = time.perf_counter() - started
     results, errors = {}, {}
     for item, output in zip(items, outputs):
         if isinstance(output, Exception):
@@ -126,6 +123,9 @@ def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> 
             results[item.id] = {"response": output.text, **grade_response(output.text, item.reference),
                                 "tokens": output.tokens, "worker": claim.worker, "device": model.label,
                                 "model": model.spec.describe()}
+    if settings.extract == "llm":
+        _extract_with_llm(model, {item.id: item.reference for item in items if item.id in results}, results)
+    seconds = time.perf_counter() - started
     tokens = sum(result["tokens"] for result in results.values())
     for result in results.values():  # each item's share of the batch's time, so seconds add up
         result["seconds"] = round(seconds * result["tokens"] / max(tokens, 1), 4)
@@ -140,19 +140,15 @@ def save_answers(store: Store, answered: Answered, max_attempts: int) -> BatchRe
     return report
 
 
-def _extract_with_llm(model: LoadedModel, outputs: list[Generation | Exception]) -> list[Generation | Exception]:
-    """The original's second pass: ask the model for the bare answer where none can be parsed;
-    the answer found is appended to the response as `#### N`."""
-    unparsed = [i for i, out in enumerate(outputs) if isinstance(out, Generation) and extract_answer(out.text) is None]
-    if not unparsed:
-        return outputs
-    prompts = [render("extract", response=outputs[i].text) for i in unparsed]
-    for index, answer in zip(unparsed, generate_splitting(model, prompts, EXTRACT_SAMPLING)):
+def _extract_with_llm(model: LoadedModel, references: dict[str, str], results: dict[str, dict[str, Any]]) -> None:
+    """The original's second pass, for responses with no parsable answer: ask the model for the
+    bare final answer (prompts/extract.txt) and grade that; the response itself stays as it was."""
+    unparsed = [id_ for id_ in references if results[id_]["predicted"] is None]
+    prompts = [render("extract", response=results[id_]["response"]) for id_ in unparsed]
+    for id_, answer in zip(unparsed, generate_splitting(model, prompts, EXTRACT_SAMPLING) if prompts else []):
         found = extract_answer(answer.text) if isinstance(answer, Generation) else None
         if found is not None:
-            original = outputs[index]
-            outputs[index] = Generation(f"{original.text}\n#### {found}", original.tokens + answer.tokens)
-    return outputs
+            results[id_].update(predicted=found, correct=is_correct(found, references[id_]), extracted_by="llm")
 
 
 def run_finished(store: Store, run: str) -> bool:

@@ -26,6 +26,8 @@ def test_chat_template_and_left_padding_with_pad_fallback(tiny_model: Path) -> N
 def test_batched_greedy_matches_one_by_one(tiny_plain_model: Path) -> None:
     model = LoadedModel(ModelSpec(str(tiny_plain_model)), "cpu")
     assert not model.chat and model.prompt_text("Q") == "Q"
+    turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "R"}]
+    assert model.prompt_text(turns) == "Q\n\nA\n\nR"
     prompts = ["Tom has 3 apples.", "Janet's ducks lay 16 eggs per day and she eats three."]
     batched = model.generate(prompts, GREEDY)
     alone = [model.generate([prompt], GREEDY)[0] for prompt in prompts]

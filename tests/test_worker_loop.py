@@ -78,3 +78,21 @@ def test_a_failed_write_stops_the_loop_with_its_error() -> None:
     with pytest.raises(ConnectionError, match="store unreachable"):
         device_loop(lambda: queue.pop(0) if queue else Claim("empty", "w"), answered, save, lambda: True,
                     FakeKeeper(), poll_seconds=0.01)
+
+
+def test_llm_extraction_grades_unparsable_responses_and_keeps_them_verbatim(tiny_model, monkeypatch) -> None:
+    from tasks.generation import Generation, LoadedModel, ModelSpec
+    from tasks.worker import WorkerSettings, answer_claim
+
+    model = LoadedModel(ModelSpec(str(tiny_model)), "cpu")
+
+    def scripted(prompts, sampling):  # answers without numbers; the extraction pass says 18
+        return [Generation("Answer: 18" if "Solution:" in model.prompt_text(p) else "no digits here", 3) for p in prompts]
+
+    monkeypatch.setattr(model, "generate", scripted)
+    claim = Claim("t", "w", [Item("q1", "Eggs?", "18", id="1")])
+    result = answer_claim(claim, model, WorkerSettings(run="r", worker="w", extract="llm")).results["1"]
+    assert (result["response"], result["predicted"], result["correct"], result["extracted_by"]) == (
+        "no digits here", "18", True, "llm")
+    regex_only = answer_claim(claim, model, WorkerSettings(run="r", worker="w")).results["1"]
+    assert (regex_only["predicted"], regex_only["correct"]) == (None, False)
