@@ -29,7 +29,7 @@ from flows.seed import seed as seed_flow
 from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positive_int, run_cli
 from tasks.generation import (DTYPES, QUANTIZATIONS, LoadedModel, ModelSpec, Sampling, device_labels,
                               resolve_devices)
-from tasks.prompts import available, render
+from tasks.prompts import check_question_template, question_templates
 from tasks.progress import FleetProgress, describe
 from tasks.store import Claim, Store, artifact_key, open_store, require_run, summarize
 from tasks.worker import (Answered, BatchReport, LeaseKeeper, WorkerSettings, answer_claim, device_loop, run_finished,
@@ -122,7 +122,7 @@ def generate(store: SecretStr | None = None, run: str = DEFAULT_RUN, model: str 
     import transformers
 
     logger = get_run_logger()
-    render(prompt, question="")  # a bad template name fails before any model loads
+    check_question_template(prompt)  # fails before any model loads
     names = resolve_devices(devices)
     settings = WorkerSettings(
         run=run, worker=worker or default_worker(), batch_size=batch_size, lease_seconds=lease_seconds,
@@ -171,7 +171,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when temperature > 0 (default: 1)")
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="default: 1 (none)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
-    p.add_argument("--prompt", default="step_by_step", help=f"a template in prompts/: {', '.join(available())} (default: step_by_step)")
+    p.add_argument("--prompt", default="step_by_step",
+                   help=f"a question template in prompts/: {', '.join(question_templates())} (default: step_by_step)")
     p.add_argument("--extract", choices=("regex", "llm"), default="regex",
                    help="llm: a second pass with prompts/extract.txt for responses with no parsable answer (default: regex)")
     p.add_argument("--worker", metavar="NAME", help="this worker's name in the store and the UI (default: host-pid)")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (0 <= args.temperature and 0 < args.top_p <= 1 and args.lease_seconds > 0):
         raise UserError("--temperature must be >= 0, --top-p in (0, 1] and --lease-seconds > 0.")
     resolve_devices(args.devices)  # fail fast, before Prefect starts
-    render(args.prompt, question="")
+    check_question_template(args.prompt)
     with closing(open_store(args.store)) as work:
         log.info(f"store: {work.url}")
         if args.run != DEFAULT_RUN:  # the default run is seeded when missing

@@ -24,7 +24,8 @@ class FleetProgress:
             self._samples.append((now, finished))
             while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_seconds:
                 self._samples.popleft()
-            (start, before), elapsed = self._samples[0], now - self._samples[0][0]
+            start, before = self._samples[0]
+        elapsed = now - start
         rate = (finished - before) / elapsed if elapsed > 0 else 0.0
         remaining = summary["pending"] + summary["running"]
         return {"percent": 100.0 * finished / summary["total"] if summary["total"] else 100.0,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.generate import generate
 from flows.seed import seed
@@ -113,7 +114,8 @@ def test_offline_default_model_says_how_to_pass_a_local_one(prefect_env, tmp_pat
 @pytest.mark.parametrize("args, message", [
     (["--run", "never-seeded"], "Run 'never-seeded' is not in the store"),
     (["--devices", "cuda:9"], "visible GPU"),
-    (["--prompt", "nope"], "No prompt template 'nope'"),
+    (["--prompt", "nope"], "--prompt 'nope' is not a question template"),
+    (["--prompt", "retry"], "--prompt 'retry' is not a question template"),
     (["--temperature", "-1"], "--temperature must be >= 0"),
 ])
 def test_bad_worker_arguments_fail_before_prefect_starts(tmp_path: Path, args: list[str], message: str) -> None:
@@ -129,10 +131,8 @@ def test_generate_help_documents_every_flag(tmp_path: Path) -> None:
         assert flag in help_text
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA GPUs (one model copy per GPU)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA GPUs (one model copy per GPU)")
 def test_every_visible_gpu_gets_a_model_copy(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
-    import torch
-
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(url, "r", "gsm8k", "test", limit=64)
     result = generate(url, "r", str(tiny_model), devices="auto", batch_size=8, **TINY)

@@ -207,3 +207,12 @@ def test_evaluate_and_export_command_lines(byo_run: str, prefect_env, tmp_path: 
     assert bad.returncode == 2 and "Cannot tell the format" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_flow_cli("refine.py", "--store", byo_run, "--run", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "Run 'nope' is not in the store" in missing.stderr
+
+
+def test_push_to_hub_offline_is_a_clear_error(monkeypatch) -> None:
+    from tasks.cli import UserError
+    from tasks.export import push_to_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="Could not push to the hub as 'me/gsm8k-sft'.*HF_TOKEN"):
+        push_to_hub([{"question_id": "q", "messages": []}], "me/gsm8k-sft")
