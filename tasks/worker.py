@@ -109,8 +109,8 @@ class Answered:
 
 
 def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> Answered:
-    """Generate answers for a claimed batch (sorted by prompt length) and grade them; items whose
-    generation still fails alone are kept with their error."""
+    """Generate answers for a claimed batch (sorted by prompt length); items whose generation
+    still fails alone are kept with their error. Grading waits for `save_answers`, off the device."""
     prompts = {item.id: item_messages(item, settings.prompt) for item in claim.items}
     items = sorted(claim.items, key=lambda item: model.prompt_tokens(prompts[item.id]))
     started = time.perf_counter()
@@ -120,11 +120,10 @@ def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> 
         if isinstance(output, Exception):
             errors.setdefault(f"{type(output).__name__}: {output}"[:500], []).append(item.id)
         else:
-            results[item.id] = {"response": output.text, **grade_response(output.text, item.reference),
-                                "tokens": output.tokens, "worker": claim.worker, "device": model.label,
-                                "model": model.spec.describe()}
+            results[item.id] = {"response": output.text, "tokens": output.tokens, "worker": claim.worker,
+                                "device": model.label, "model": model.spec.describe()}
     if settings.extract == "llm":
-        _extract_with_llm(model, {item.id: item.reference for item in items if item.id in results}, results)
+        _extract_with_llm(model, results)
     seconds = time.perf_counter() - started
     tokens = sum(result["tokens"] for result in results.values())
     for result in results.values():  # each item's share of the batch's time, so seconds add up
@@ -132,23 +131,34 @@ def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> 
     return Answered(claim, results, errors, BatchReport(model.label, len(items), 0, 0, tokens, seconds))
 
 
-def save_answers(store: Store, answered: Answered, max_attempts: int) -> BatchReport:
-    """Write results through the claim's token; fail the errored items back to the store."""
-    claim, report = answered.claim, answered.report
-    report.done = store.complete(claim, answered.results)
-    report.failed = sum(store.fail(claim, ids, error, max_attempts) for error, ids in answered.errors.items())
-    return report
-
-
-def _extract_with_llm(model: LoadedModel, references: dict[str, str], results: dict[str, dict[str, Any]]) -> None:
+def _extract_with_llm(model: LoadedModel, results: dict[str, dict[str, Any]]) -> None:
     """The original's second pass, for responses with no parsable answer: ask the model for the
-    bare final answer (prompts/extract.txt) and grade that; the response itself stays as it was."""
-    unparsed = [id_ for id_ in references if results[id_]["predicted"] is None]
+    bare final answer (prompts/extract.txt); the response itself stays as it was."""
+    unparsed = [id_ for id_, result in results.items() if extract_answer(result["response"]) is None]
     prompts = [render("extract", response=results[id_]["response"]) for id_ in unparsed]
     for id_, answer in zip(unparsed, generate_splitting(model, prompts, EXTRACT_SAMPLING) if prompts else []):
         found = extract_answer(answer.text) if isinstance(answer, Generation) else None
         if found is not None:
-            results[id_].update(predicted=found, correct=is_correct(found, references[id_]), extracted_by="llm")
+            results[id_].update(predicted=found, extracted_by="llm")
+
+
+def grade(answered: Answered) -> None:
+    """Add `predicted` (unless the LLM pass found it) and `correct` to every result."""
+    references = {item.id: item.reference for item in answered.claim.items}
+    for id_, result in answered.results.items():
+        if "predicted" in result:
+            result["correct"] = is_correct(result["predicted"], references[id_])
+        else:
+            result.update(grade_response(result["response"], references[id_]))
+
+
+def save_answers(store: Store, answered: Answered, max_attempts: int) -> BatchReport:
+    """Grade the results and write them through the claim's token; fail the errored items back."""
+    grade(answered)
+    claim, report = answered.claim, answered.report
+    report.done = store.complete(claim, answered.results)
+    report.failed = sum(store.fail(claim, ids, error, max_attempts) for error, ids in answered.errors.items())
+    return report
 
 
 def run_finished(store: Store, run: str) -> bool:

@@ -82,7 +82,7 @@ def test_a_failed_write_stops_the_loop_with_its_error() -> None:
 
 def test_llm_extraction_grades_unparsable_responses_and_keeps_them_verbatim(tiny_model, monkeypatch) -> None:
     from tasks.generation import Generation, LoadedModel, ModelSpec
-    from tasks.worker import WorkerSettings, answer_claim
+    from tasks.worker import WorkerSettings, answer_claim, grade
 
     model = LoadedModel(ModelSpec(str(tiny_model)), "cpu")
 
@@ -91,8 +91,12 @@ def test_llm_extraction_grades_unparsable_responses_and_keeps_them_verbatim(tiny
 
     monkeypatch.setattr(model, "generate", scripted)
     claim = Claim("t", "w", [Item("q1", "Eggs?", "18", id="1")])
-    result = answer_claim(claim, model, WorkerSettings(run="r", worker="w", extract="llm")).results["1"]
+    with_llm = answer_claim(claim, model, WorkerSettings(run="r", worker="w", extract="llm"))
+    regex_only = answer_claim(claim, model, WorkerSettings(run="r", worker="w"))
+    assert "correct" not in with_llm.results["1"]  # grading happens off the device, at save time
+    grade(with_llm)
+    grade(regex_only)
+    result = with_llm.results["1"]
     assert (result["response"], result["predicted"], result["correct"], result["extracted_by"]) == (
         "no digits here", "18", True, "llm")
-    regex_only = answer_claim(claim, model, WorkerSettings(run="r", worker="w")).results["1"]
-    assert (regex_only["predicted"], regex_only["correct"]) == (None, False)
+    assert (regex_only.results["1"]["predicted"], regex_only.results["1"]["correct"]) == (None, False)
