@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from pydantic import SecretStr
 from flows.refine import read_items
 from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, run_cli
 from tasks.metrics import evaluate_items
-from tasks.store import artifact_key, open_store, require_run
+from tasks.store import artifact_key, check_store, open_store, require_run
 
-log = logging.getLogger("fleetgen")
 
 
 def format_report(metrics: dict[str, Any]) -> str:
@@ -93,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"Cannot write {args.json}: its folder does not exist.")
-    with closing(open_store(args.store)) as work:
-        log.info(f"store: {work.url}")
-        require_run(work, args.run)
+    check_store(args.store, args.run)
     metrics = evaluate(args.store, args.run, args.json)
     print(format_report(metrics))
     if args.json:

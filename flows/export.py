@@ -9,7 +9,6 @@ question, reference, response, predicted, correct, worker and model; `sft` write
 from __future__ import annotations
 
 import argparse
-import logging
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,8 @@ from pydantic import SecretStr
 from flows.refine import read_items
 from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positive_int, run_cli
 from tasks.export import push_to_hub, result_rows, sft_rows, write_rows
-from tasks.store import open_store, require_run
+from tasks.store import check_store, open_store, require_run
 
-log = logging.getLogger("fleetgen")
 
 
 @flow(name="export")
@@ -59,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not Path(args.out).resolve().parent.is_dir():
         raise UserError(f"Cannot write {args.out}: its folder does not exist.")
-    with closing(open_store(args.store)) as work:
-        log.info(f"store: {work.url}")
-        require_run(work, args.run)
+    check_store(args.store, args.run)
     result = export(args.out, args.store, args.run, args.only_correct, args.stage, args.format, args.per_question,
                     args.push_to_hub)
     print(f"exported {result['rows']} rows of run {result['run']!r} to {result['out']} ({result['format']})")

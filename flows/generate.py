@@ -9,7 +9,6 @@ split when empty) and a small instruct model from the hub.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import socket
 from contextlib import closing
@@ -31,12 +30,11 @@ from tasks.generation import (DTYPES, QUANTIZATIONS, LoadedModel, ModelSpec, Sam
                               resolve_devices)
 from tasks.prompts import check_question_template, question_templates
 from tasks.progress import FleetProgress, describe
-from tasks.store import Claim, Store, artifact_key, open_store, require_run, summarize
+from tasks.store import Claim, Store, artifact_key, check_store, open_store, summarize
 from tasks.worker import (Answered, BatchReport, LeaseKeeper, WorkerSettings, answer_claim, device_loop, run_finished,
                           save_answers)
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
-log = logging.getLogger("fleetgen")
 
 
 def default_worker() -> str:
@@ -188,10 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--temperature must be >= 0, --top-p in (0, 1] and --lease-seconds > 0.")
     resolve_devices(args.devices)  # fail fast, before Prefect starts
     check_question_template(args.prompt)
-    with closing(open_store(args.store)) as work:
-        log.info(f"store: {work.url}")
-        if args.run != DEFAULT_RUN:  # the default run is seeded when missing
-            require_run(work, args.run)
+    check_store(args.store, None if args.run == DEFAULT_RUN else args.run)  # the default run is seeded when missing
     worker = args.worker or default_worker()
     with tags(f"run:{args.run}", f"worker:{worker}"):
         result = generate(args.store, args.run, args.model, args.adapter, args.merge_adapter, args.quantization,

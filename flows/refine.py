@@ -8,7 +8,6 @@ running it again queues nothing new. Workers already running pick the new items 
 from __future__ import annotations
 
 import argparse
-import logging
 from collections import Counter
 from contextlib import closing
 from typing import Any
@@ -22,9 +21,8 @@ from pydantic import SecretStr
 from flows.seed import insert_items
 from tasks.cli import DEFAULT_RUN, add_run_arg, add_store_arg, run_cli
 from tasks.refine import retry_items
-from tasks.store import Item, Store, open_store, require_run
+from tasks.store import Item, Store, check_store, open_store, require_run
 
-log = logging.getLogger("fleetgen")
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
@@ -37,6 +35,7 @@ def read_items(store: Store, run: str) -> list[Item]:
 def refine(store: SecretStr | None = None, run: str = DEFAULT_RUN, max_rounds: int = 2) -> dict[str, Any]:
     """Add the next refine round's items; returns how many were queued per stage."""
     with closing(open_store(reveal(store))) as work:
+        require_run(work, run)
         retries = retry_items(read_items(work, run), max_rounds)
         queued = insert_items(work, run, retries) if retries else 0
     by_stage = dict(sorted(Counter(item.stage for item in retries).items()))
@@ -51,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rounds", type=int, default=2, metavar="R",
                    help="refine rounds at most: stages 1..R after the first attempt (default: 2)")
     args = p.parse_args(argv)
-    with closing(open_store(args.store)) as work:
-        log.info(f"store: {work.url}")
-        require_run(work, args.run)
+    check_store(args.store, args.run)
     result = refine(args.store, args.run, args.max_rounds)
     print(f"run {result['run']!r}: {result['queued']} retries queued")
     return 0

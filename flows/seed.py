@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from contextlib import closing
 from datetime import timedelta
 from typing import Any
@@ -16,9 +15,8 @@ from pydantic import SecretStr
 
 from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positive_int, run_cli
 from tasks.data import Source, build_items, load_rows, resolve_source
-from tasks.store import Item, Store, open_store
+from tasks.store import Item, Store, check_store, open_store
 
-log = logging.getLogger("fleetgen")
 
 
 def _load_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
@@ -81,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--samples cannot be combined with --response-field: each row's response is one sample "
                         "(rows sharing an 'id' become successive samples).")
     resolve_source(args.dataset, args.split)  # fail fast, before Prefect starts
-    with closing(open_store(args.store)) as work:
-        log.info(f"store: {work.url}")
+    check_store(args.store)  # fail fast, before Prefect starts
     result = seed(args.store, args.run, args.dataset, args.split, args.limit, args.samples,
                   args.question_field, args.answer_field, args.response_field)
     print(f"seeded run {result['run']!r}: {result['inserted']} new items, "

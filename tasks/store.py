@@ -11,6 +11,7 @@ file (the zero-setup default). Both backends pass the same conformance tests.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -115,6 +116,18 @@ def open_store(url: str | None = None) -> Store:
         + ". Use mongodb://..., mongodb+srv://... (MongoDB, e.g. Atlas) or sqlite:///PATH "
         "(an embedded file), via --store or the MONGODB_URI environment variable."
     )
+
+
+def check_store(url: str | None, run: str | None = None) -> None:
+    """Before Prefect starts (seconds), fail fast on a bad store URL or an unknown run; say which
+    store this is."""
+    store = open_store(url)
+    try:
+        logging.getLogger("fleetgen").info(f"store: {store.url}")
+        if run is not None:
+            require_run(store, run)
+    finally:
+        store.close()
 
 
 def artifact_key(run: str) -> str:
