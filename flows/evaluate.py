@@ -7,7 +7,6 @@ status. Publishes Prefect artifacts; with --json also writes the JSON and a PNG 
 
 from __future__ import annotations
 
-import argparse
 import json
 from contextlib import closing
 from pathlib import Path
@@ -19,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import SecretStr
 
 from flows.refine import read_items
-from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, run_cli
+from tasks.cli import DEFAULT_RUN, UserError, command_parser, run_cli
 from tasks.metrics import evaluate_items
 from tasks.store import artifact_key, check_store, open_store, require_run
 
@@ -84,9 +83,7 @@ def evaluate(store: SecretStr | None = None, run: str = DEFAULT_RUN, json_path: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python flows/evaluate.py", description=__doc__.split("\n")[0])
-    add_store_arg(p)
-    add_run_arg(p)
+    p = command_parser("flows/evaluate.py", __doc__)
     p.add_argument("--json", metavar="PATH", help="write the metrics as JSON here, and a PNG chart beside it")
     args = p.parse_args(argv)
     if args.json and not Path(args.json).resolve().parent.is_dir():

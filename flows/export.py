@@ -8,7 +8,6 @@ question, reference, response, predicted, correct, worker and model; `sft` write
 
 from __future__ import annotations
 
-import argparse
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from prefect.logging import get_run_logger
 from pydantic import SecretStr
 
 from flows.refine import read_items
-from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positive_int, run_cli
+from tasks.cli import DEFAULT_RUN, UserError, command_parser, positive_int, run_cli
 from tasks.export import push_to_hub, result_rows, sft_rows, write_rows
 from tasks.store import check_store, open_store, require_run
 
@@ -44,9 +43,7 @@ def export(out: str, store: SecretStr | None = None, run: str = DEFAULT_RUN, onl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python flows/export.py", description=__doc__.split("\n")[0])
-    add_store_arg(p)
-    add_run_arg(p)
+    p = command_parser("flows/export.py", __doc__)
     p.add_argument("--out", required=True, metavar="PATH", help="x.jsonl, x.parquet, or a folder for a HF datasets copy")
     p.add_argument("--only-correct", action="store_true", help="rows: only correct answers (sft always is)")
     p.add_argument("--stage", type=int, metavar="S", help="only this stage (0 = first attempt)")

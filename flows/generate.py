@@ -25,7 +25,7 @@ from prefect.runtime import flow_run
 from pydantic import SecretStr
 
 from flows.seed import seed as seed_flow
-from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positive_int, run_cli
+from tasks.cli import DEFAULT_RUN, UserError, command_parser, positive_int, run_cli
 from tasks.generation import (DTYPES, QUANTIZATIONS, LoadedModel, ModelSpec, Sampling, device_labels,
                               resolve_devices)
 from tasks.prompts import check_question_template, question_templates
@@ -150,9 +150,7 @@ def generate(store: SecretStr | None = None, run: str = DEFAULT_RUN, model: str 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python flows/generate.py", description=__doc__.split("\n\n")[0])
-    add_store_arg(p)
-    add_run_arg(p)
+    p = command_parser("flows/generate.py", __doc__)
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="PATH_OR_HUB_ID",
                    help=f"a local folder (save_pretrained) or a hub id (default: {DEFAULT_MODEL})")
     p.add_argument("--adapter", metavar="PATH", help="a PEFT LoRA adapter folder to apply to the model")

@@ -7,7 +7,6 @@ running it again queues nothing new. Workers already running pick the new items 
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from contextlib import closing
 from typing import Any
@@ -19,7 +18,7 @@ from prefect.logging import get_run_logger
 from pydantic import SecretStr
 
 from flows.seed import insert_items
-from tasks.cli import DEFAULT_RUN, add_run_arg, add_store_arg, run_cli
+from tasks.cli import DEFAULT_RUN, command_parser, run_cli
 from tasks.refine import retry_items
 from tasks.store import Item, Store, check_store, open_store, require_run
 
@@ -44,9 +43,7 @@ def refine(store: SecretStr | None = None, run: str = DEFAULT_RUN, max_rounds: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python flows/refine.py", description=__doc__.split("\n")[0])
-    add_store_arg(p)
-    add_run_arg(p)
+    p = command_parser("flows/refine.py", __doc__)
     p.add_argument("--max-rounds", type=int, default=2, metavar="R",
                    help="refine rounds at most: stages 1..R after the first attempt (default: 2)")
     args = p.parse_args(argv)

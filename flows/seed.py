@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import SecretStr
 
-from tasks.cli import DEFAULT_RUN, UserError, add_run_arg, add_store_arg, positive_int, run_cli
+from tasks.cli import DEFAULT_RUN, UserError, command_parser, positive_int, run_cli
 from tasks.data import Source, build_items, load_rows, resolve_source
 from tasks.store import Item, Store, check_store, open_store
 
@@ -57,9 +57,7 @@ def seed(store: SecretStr | None = None, run: str = DEFAULT_RUN, dataset: str = 
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python flows/seed.py", description=__doc__.split(":")[0] + ".")
-    add_store_arg(p)
-    add_run_arg(p)
+    p = command_parser("flows/seed.py", __doc__)
     p.add_argument("--dataset", default="gsm8k",
                    help="gsm8k (the shipped copy), a JSONL file path, or a hub id owner/name[:config] (default: gsm8k)")
     p.add_argument("--split", default="test", help="split to load: train|test for gsm8k and hub ids (default: test)")

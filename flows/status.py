@@ -7,13 +7,12 @@ Prefect server, so it answers in about a second.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from contextlib import closing
 from typing import Any
 
-from tasks.cli import add_run_arg, add_store_arg, run_cli
+from tasks.cli import command_parser, run_cli
 from tasks.store import STATUSES, Store, open_store, require_run, summarize
 
 COLUMNS = ("total", *STATUSES, "expired")
@@ -37,9 +36,7 @@ def format_table(status: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python flows/status.py", description=__doc__.split("\n")[0])
-    add_store_arg(p)
-    add_run_arg(p)
+    p = command_parser("flows/status.py", __doc__)
     p.add_argument("--json", action="store_true", help="print one JSON object (last line of stdout)")
     args = p.parse_args(argv)
     with closing(open_store(args.store)) as store:

@@ -61,6 +61,15 @@ def setup_logging() -> None:
     install_log_filter()
 
 
+def command_parser(script: str, doc: str) -> argparse.ArgumentParser:
+    """A command line's parser, with the --store and --run every flow takes; the description is
+    the first line of the script's docstring."""
+    parser = argparse.ArgumentParser(prog=f"python {script}", description=doc.strip().split("\n")[0])
+    add_store_arg(parser)
+    add_run_arg(parser)
+    return parser
+
+
 def add_store_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
