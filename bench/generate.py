@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from bench.tiny_models import build_model
-from tasks.answers import extract_answer, is_correct
+from tasks.answers import grade_response
 from tasks.data import build_items, load_rows, resolve_source
 from tasks.generation import LoadedModel, ModelSpec, Sampling
 from tasks.prompts import render
@@ -88,8 +88,7 @@ def original(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sa
                        for item, answer in zip(claim.items, answers)]
             extracted = [out for chunk in batches(prompts, max(1, batch_size // 2))
                          for out in model.generate(chunk, extract)]
-            store.complete(claim, {item.id: {"response": answer.text, "predicted": extract_answer(out.text),
-                                             "correct": is_correct(extract_answer(out.text), item.reference)}
+            store.complete(claim, {item.id: {"response": answer.text, **grade_response(out.text, item.reference)}
                                    for item, answer, out in zip(claim.items, answers, extracted)})
             tokens += sum(answer.tokens for answer in answers)
         return tokens, time.perf_counter() - started

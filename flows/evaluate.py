@@ -23,7 +23,6 @@ from tasks.metrics import evaluate_items
 from tasks.store import artifact_key, check_store, open_store, require_run
 
 
-
 def format_report(metrics: dict[str, Any]) -> str:
     """The readable summary (also the Markdown artifact)."""
     lines = [f"run {metrics['run']}: {metrics['correct']}/{metrics['total']} questions right at the first attempt "

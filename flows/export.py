@@ -23,7 +23,6 @@ from tasks.export import push_to_hub, result_rows, sft_rows, write_rows
 from tasks.store import check_store, open_store, require_run
 
 
-
 @flow(name="export")
 def export(out: str, store: SecretStr | None = None, run: str = DEFAULT_RUN, only_correct: bool = False,
            stage: int | None = None, format: str = "rows", per_question: int = 1,

@@ -23,7 +23,6 @@ from tasks.refine import retry_items
 from tasks.store import Item, Store, check_store, open_store, require_run
 
 
-
 @task(retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
 def read_items(store: Store, run: str) -> list[Item]:
     """Every item of the run (never cached: the store changes all the time)."""

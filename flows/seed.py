@@ -18,7 +18,6 @@ from tasks.data import Source, build_items, load_rows, resolve_source
 from tasks.store import Item, Store, check_store, open_store
 
 
-
 def _load_cache_key(_context: Any, parameters: dict[str, Any]) -> str:
     fields = [parameters[name] for name in ("question_field", "answer_field", "response_field", "limit")]
     return f"load-{parameters['source'].fingerprint()}-{fields}"

@@ -9,10 +9,6 @@ from typing import Any
 from tasks.cli import UserError
 from tasks.store import Item
 
-ROW_FIELDS = ("question_id", "sample", "stage", "question", "reference", "response", "predicted", "correct",
-              "worker", "model")
-
-
 def result_rows(items: list[Item], only_correct: bool = False, stage: int | None = None) -> list[dict[str, Any]]:
     """One row per answered item, filtered."""
     rows = []

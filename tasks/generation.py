@@ -141,9 +141,6 @@ class LoadedModel:
             return "\n\n".join(message["content"] for message in messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prompt_tokens(self, prompt: Prompt) -> int:
-        return len(self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"])
-
     def generate(self, prompts: list[Prompt], sampling: Sampling) -> list[Generation]:
         """One batch through `model.generate`; sampling as given (greedy at temperature 0)."""
         from transformers import GenerationConfig

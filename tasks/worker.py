@@ -109,10 +109,11 @@ class Answered:
 
 
 def answer_claim(claim: Claim, model: LoadedModel, settings: WorkerSettings) -> Answered:
-    """Generate answers for a claimed batch (sorted by prompt length); items whose generation
-    still fails alone are kept with their error. Grading waits for `save_answers`, off the device."""
+    """Generate answers for a claimed batch, sorted by prompt length (in characters: no extra
+    tokenization on the device thread); items whose generation still fails alone are kept with
+    their error. Grading waits for `save_answers`, off the device."""
     prompts = {item.id: item_messages(item, settings.prompt) for item in claim.items}
-    items = sorted(claim.items, key=lambda item: model.prompt_tokens(prompts[item.id]))
+    items = sorted(claim.items, key=lambda item: sum(len(message["content"]) for message in prompts[item.id]))
     started = time.perf_counter()
     outputs = generate_splitting(model, [prompts[item.id] for item in items], settings.sampling)
     results, errors = {}, {}
