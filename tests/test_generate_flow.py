@@ -71,7 +71,9 @@ def start_worker(tmp_path: Path, model: Path, name: str, *extra: str) -> subproc
 
 def test_two_worker_processes_share_one_store_cleanly(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
     seed(f"sqlite:///{tmp_path / 'fleetgen.db'}", "r", "gsm8k", "test", limit=40)
-    workers = [start_worker(tmp_path, tiny_model, f"p{n}", "--batch-size", "4", "--max-new-tokens", "16")
+    # Enough generation (20 batches of 2 x 48 tokens) to outlast the gap between the two
+    # processes' Prefect start-ups, so both must get work.
+    workers = [start_worker(tmp_path, tiny_model, f"p{n}", "--batch-size", "2", "--max-new-tokens", "48")
                for n in range(2)]
     outputs = [worker.communicate(timeout=300)[0] for worker in workers]
     assert [worker.returncode for worker in workers] == [0, 0], outputs
