@@ -25,22 +25,26 @@ from typing import Any
 
 import torch
 
-from bench.tiny_models import build_model
-from tasks.answers import grade_response
-from tasks.data import build_items, load_rows, resolve_source
-from tasks.generation import LoadedModel, ModelSpec, Sampling
+from tasks.benchmarks import Row, build_items, load_rows, resolve_source
+from tasks.config import ModelConfig, SamplingConfig, WorkerConfig
+from tasks.engines.hf_static import HFStaticEngine
+from tasks.grading import grade_response
 from tasks.prompts import render
 from tasks.store import summarize
-from tasks.store_sqlite import SqliteStore
-from tasks.worker import (LeaseKeeper, WorkerSettings, answer_claim, device_loop, item_messages, run_finished,
-                          save_answers)
+from tasks.store.models import Result
+from tasks.store.sqlite import SqliteStore
+from tasks.worker.batch import answer_claim, save_answers
+from tasks.worker.chat import item_messages
+from tasks.worker.leases import LeaseKeeper
+from tasks.worker.loop import device_loop, run_finished
+from tests.support import build_model
 
 
 def batches(values: list, size: int) -> list[list]:
     return [values[start:start + size] for start in range(0, len(values), size)]
 
 
-def raw(model: LoadedModel, prompts: list[str], batch_size: int, sampling: Sampling) -> tuple[int, float]:
+def raw(model: HFStaticEngine, prompts: list[str], batch_size: int, sampling: SamplingConfig) -> tuple[int, float]:
     """Generated tokens and seconds of plain `model.generate` calls."""
     tokens, started = 0, time.perf_counter()
     for chunk in batches(prompts, batch_size):
@@ -69,16 +73,16 @@ class RemoteStore:
         return remote
 
 
-def fresh_store(folder: str, rows: list[dict], latency: float) -> Any:
+def fresh_store(folder: str, rows: list[Row], latency: float) -> Any:
     store = SqliteStore(Path(folder) / "bench.db")
     store.seed("bench", build_items(rows, 1))
     return RemoteStore(store, latency)
 
 
-def original(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sampling,
+def original(model: HFStaticEngine, rows: list[Row], batch_size: int, sampling: SamplingConfig,
              latency: float) -> tuple[int, float]:
     """Answer tokens and seconds of the original loop."""
-    extract = Sampling(max_new_tokens=10)
+    extract = SamplingConfig(max_new_tokens=10)
     with tempfile.TemporaryDirectory() as folder:
         store, tokens, started = fresh_store(folder, rows, latency), 0, time.perf_counter()
         while summarize(store.counts("bench"))["pending"]:
@@ -88,24 +92,26 @@ def original(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sa
                        for item, answer in zip(claim.items, answers)]
             extracted = [out for chunk in batches(prompts, max(1, batch_size // 2))
                          for out in model.generate(chunk, extract)]
-            store.complete(claim, {item.id: {"response": answer.text, **grade_response(out.text, item.reference)}
-                                   for item, answer, out in zip(claim.items, answers, extracted)})
+            graded = {item.id: (answer.text, *grade_response(out.text, item.reference))
+                      for item, answer, out in zip(claim.items, answers, extracted)}
+            store.complete(claim, {id_: Result(response=response, predicted=predicted, correct=correct)
+                                   for id_, (response, predicted, correct) in graded.items()})
             tokens += sum(answer.tokens for answer in answers)
         return tokens, time.perf_counter() - started
 
 
-def pipeline(model: LoadedModel, rows: list[dict], batch_size: int, sampling: Sampling,
+def pipeline(model: HFStaticEngine, rows: list[Row], batch_size: int, sampling: SamplingConfig,
              latency: float) -> tuple[int, float, float]:
     """Answer tokens, seconds and busy fraction of the worker's device loop."""
-    settings = WorkerSettings(run="bench", worker="bench", batch_size=batch_size, sampling=sampling)
+    config = WorkerConfig(run="bench", worker="bench", batch_size=batch_size, sampling=sampling, devices="cpu")
     with tempfile.TemporaryDirectory() as folder:
         store = fresh_store(folder, rows, latency)
         started = time.perf_counter()
-        with LeaseKeeper(store, settings.lease_seconds) as keeper:
+        with LeaseKeeper(store, config.lease_seconds) as keeper:
             reports = device_loop(
-                claim_next=lambda: store.claim("bench", "bench", batch_size, settings.lease_seconds),
-                answer=lambda claim: answer_claim(claim, model, settings),
-                save=lambda answered: save_answers(store, answered, settings.max_attempts),
+                claim_next=lambda: store.claim("bench", "bench", batch_size, config.lease_seconds),
+                answer=lambda claim: answer_claim(claim, model, config),
+                save=lambda answered: save_answers(store, answered, config.max_attempts),
                 finished=lambda: run_finished(store, "bench"), keeper=keeper, poll_seconds=0.1)
         wall = time.perf_counter() - started
         assert sum(report.done for report in reports) == len(rows)
@@ -122,11 +128,12 @@ def main() -> None:
     parser.add_argument("--store-latency-ms", type=float, default=0.0, help="added to every store call (default: 0)")
     args = parser.parse_args()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    rows = load_rows(resolve_source("gsm8k", "test"), "question", "answer", None, args.questions)
-    sampling = Sampling(max_new_tokens=args.max_new_tokens)
+    rows = load_rows(resolve_source("gsm8k", "test"), limit=args.questions)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as folder:
-        model = LoadedModel(ModelSpec(str(build_model(Path(folder), chat=True, hidden=args.hidden))), device)
-    prompts = [render("step_by_step", question=row["question"]) for row in rows]
+        model = HFStaticEngine(ModelConfig(model=str(build_model(Path(folder), chat=True, hidden=args.hidden))),
+                               device=device)
+    prompts = [render("step_by_step", question=row.question) for row in rows]
     model.generate(prompts[:2], sampling)  # warm-up
     rates: dict[str, list[float]] = {"raw": [], "pipeline": [], "original": []}
     busy = []

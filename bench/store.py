@@ -20,15 +20,17 @@ from typing import Any
 
 from pymongo import monitoring
 
-from tasks.store import Item, Store
-from tasks.store_mongo import MongoStore
-from tasks.store_sqlite import SqliteStore
+from tasks.store import Store
+from tasks.store.models import Item, Result
+from tasks.store.mongo import MongoStore
+from tasks.store.sqlite import SqliteStore
+from tests.support import mongomock_store
 
 BATCH = 32
 
 
 def seed_items(n: int) -> list[Item]:
-    return [Item(f"q{i}", f"question {i}", str(i)) for i in range(n)]
+    return [Item(question_id=f"q{i}", question=f"question {i}", reference=str(i)) for i in range(n)]
 
 
 def drain(db: str, worker: str, batch: int, start: Any) -> None:
@@ -39,7 +41,7 @@ def drain(db: str, worker: str, batch: int, start: Any) -> None:
         claim = store.claim("bench", worker, batch, 60)
         if not claim.items:
             return
-        store.complete(claim, {i: {"response": "x" * 200, "tokens": 64} for i in claim.ids})
+        store.complete(claim, {i: Result(response="x" * 200, tokens=64) for i in claim.ids})
 
 
 def sqlite_rate(items: int, processes: int, batch: int) -> float:
@@ -103,24 +105,9 @@ def round_trips(store: Store, counter: Any) -> dict[str, int]:
         elif step == "heartbeat":
             store.heartbeat(claim, 60)
         else:
-            store.complete(claim, {i: {"response": "x"} for i in claim.ids})
+            store.complete(claim, {i: Result(response="x") for i in claim.ids})
         trips[step] = sum(counter.calls.values())
     return trips
-
-
-def mongomock_store() -> MongoStore:
-    """A MongoStore on mongomock (in memory), for logic tests and operation counts."""
-    import mongomock
-
-    # mongomock 4.3 predates pymongo 4.11's `sort` argument of bulk updates (always None here).
-    add_update = mongomock.collection.BulkOperationBuilder.add_update
-    if not getattr(add_update, "accepts_sort", False):
-        def add_update_with_sort(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
-            return add_update(self, *args, **kwargs)
-
-        add_update_with_sort.accepts_sort = True  # type: ignore[attr-defined]
-        mongomock.collection.BulkOperationBuilder.add_update = add_update_with_sort
-    return MongoStore(mongomock.MongoClient()[f"fleetgen_{uuid.uuid4().hex[:8]}"])
 
 
 def mongomock_round_trips() -> dict[str, int]:

@@ -7,41 +7,34 @@ reads the store from MONGODB_URI, so no URL ever lands in Prefect.
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
-import flows.common  # noqa: F401  (Prefect defaults, set before Prefect is imported)
-from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
-
+from flows.common import prefect_session
 from flows.evaluate import evaluate
 from flows.refine import refine
-from tasks.cli import add_run_arg, run_cli
+from tasks.cli import parse_command, run_cli
+from tasks.config import EvaluateConfig, RefineConfig, ServeConfig
 
 
-def build_deployments(run: str, max_rounds: int, refine_cron: str, evaluate_cron: str,
-                      json_path: str | None) -> list[RunnerDeployment]:
+def build_deployments(config: ServeConfig) -> list[Any]:
+    """The refine and evaluate deployments of one run. Their settings are checked by the flows
+    themselves (enforce_parameter_schema off), so a bad value there reads as on the command line."""
+    refine_config = RefineConfig(run=config.run, max_rounds=config.max_rounds)
+    evaluate_config = EvaluateConfig(run=config.run, json_path=config.json_path)
     return [
-        refine.to_deployment(name=f"refine-{run}", cron=refine_cron, parameters={"run": run, "max_rounds": max_rounds},
-                             tags=[f"run:{run}"]),
-        evaluate.to_deployment(name=f"evaluate-{run}", cron=evaluate_cron,
-                               parameters={"run": run, "json_path": json_path}, tags=[f"run:{run}"]),
+        refine.to_deployment(name=f"refine-{config.run}", cron=config.refine_cron, tags=[f"run:{config.run}"],
+                             parameters={"config": refine_config}, enforce_parameter_schema=False),
+        evaluate.to_deployment(name=f"evaluate-{config.run}", cron=config.evaluate_cron, tags=[f"run:{config.run}"],
+                               parameters={"config": evaluate_config}, enforce_parameter_schema=False),
     ]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python deployments/serve.py", description=__doc__.split("\n")[0])
-    add_run_arg(p)
-    p.add_argument("--max-rounds", type=int, default=2, help="refine rounds at most (default: 2)")
-    p.add_argument("--refine-cron", default="*/30 * * * *", help="when refine runs (default: every 30 minutes)")
-    p.add_argument("--evaluate-cron", default="15 * * * *", help="when evaluate runs (default: hourly at :15)")
-    p.add_argument("--json", metavar="PATH", help="evaluate also writes its JSON and PNG here")
-    return p
+def main(argv: list[str] | None = None) -> None:
+    config = parse_command(ServeConfig, argv, "deployments/serve.py", __doc__)
+    from prefect import serve
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    serve(*build_deployments(args.run, args.max_rounds, args.refine_cron, args.evaluate_cron, args.json))
-    return 0
+    with prefect_session():
+        serve(*build_deployments(config))
 
 
 if __name__ == "__main__":

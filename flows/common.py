@@ -1,64 +1,66 @@
-"""Shared by the flow scripts: Prefect defaults (set before Prefect is imported) and task helpers."""
+"""What every flow script shares: its first step inside a flow run, and the Prefect session its
+command line runs in. Importing this module changes nothing; the command lines call these."""
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import logging
 import os
-import shutil
 import tempfile
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO
+from typing import Any, Callable, Iterator, TypeVar
 
-from tasks.cli import UserError, setup_logging
+from tasks.config import RunConfig
+from tasks.config.base import Config
+from tasks.logs import setup_logging
+from tasks.store import check_store
 
-_ephemeral_lock: IO[str] | None = None
-
-
-def isolate_ephemeral_database() -> None:
-    """With no Prefect API configured, every process starts a temporary Prefect server on the
-    same SQLite file, and two workers on one machine then fail with "database is locked". The
-    first fleetgen process keeps Prefect's database; each later one gets a private one, removed
-    at exit. (For one view of every worker, run `prefect server start` or use Prefect Cloud.)"""
-    global _ephemeral_lock
-    configured = ("PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
-    if any(os.environ.get(name) for name in configured):
-        return
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    lock = open(home / "fleetgen-ephemeral.lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        _ephemeral_lock = lock  # held until this process exits
-    except BlockingIOError:
-        lock.close()
-        private = tempfile.mkdtemp(prefix="fleetgen-prefect-")
-        atexit.register(shutil.rmtree, private, ignore_errors=True)
-        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{private}/prefect.db"
-        logging.getLogger("fleetgen").info(
-            "another fleetgen process uses Prefect's local database: this one keeps its flow runs in a private "
-            "one (set PREFECT_API_URL to a `prefect server start` or Prefect Cloud to see every worker together)")
+ConfigT = TypeVar("ConfigT", bound=Config)
+RunConfigT = TypeVar("RunConfigT", bound=RunConfig)
+ResultT = TypeVar("ResultT")
 
 
-# No telemetry from the temporary local server (it cannot reach the internet on most fleets anyway).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-setup_logging()
-isolate_ephemeral_database()
-
-from prefect import Task  # noqa: E402
-from prefect.client.schemas.objects import TaskRun  # noqa: E402
-from prefect.states import State  # noqa: E402
-from pydantic import SecretStr  # noqa: E402
-
-setup_logging()  # again: Prefect configured its log handlers on import
+def start_flow(config_class: type[ConfigT], config: ConfigT | dict[str, Any] | None) -> ConfigT:
+    """A flow's first step, wherever it was started from (command line, deployment, Python):
+    secrets redacted in every log handler, then the settings validated with the same messages
+    as on the command line."""
+    setup_logging()
+    return config_class.load(config)
 
 
-def retry_unless_user_error(task: Task, task_run: TaskRun, state: State) -> bool:
-    """Retry transient failures only: bad input fails the same way every time."""
-    return not isinstance(state.result(raise_on_failure=False), UserError)
+@contextmanager
+def prefect_session() -> Iterator[None]:
+    """Prefect settings for a command line's flow runs: no telemetry from a temporary server,
+    and, with no Prefect API configured, a temporary server that does not fight over Prefect's
+    local database with another fleetgen process on this machine (the first one keeps it; later
+    ones get a private one, removed at exit)."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED,
+                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, get_current_settings, temporary_settings)
+
+    updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    with ExitStack() as stack:
+        settings = get_current_settings()
+        if not PREFECT_API_URL.value() and not os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):
+            lock = stack.enter_context(open(settings.home / "fleetgen-ephemeral.lock", "w"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the session ends
+            except BlockingIOError:
+                private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetgen-prefect-")))
+                updates[PREFECT_SERVER_DATABASE_CONNECTION_URL] = f"sqlite+aiosqlite:///{private}/prefect.db"
+                logging.getLogger("fleetgen").info(
+                    "another fleetgen process uses Prefect's local database: this one keeps its flow runs in a private "
+                    "one (set PREFECT_API_URL to a `prefect server start` or Prefect Cloud to see every worker together)")
+        stack.enter_context(temporary_settings(updates))
+        yield
 
 
-def reveal(store: SecretStr | str | None) -> str | None:
-    """The store URL from a flow parameter (a SecretStr, so the UI never shows the password)."""
-    return store.get_secret_value() if isinstance(store, SecretStr) else store
+def run_from_command_line(flow: Callable[[RunConfigT], ResultT], config: RunConfigT, *, known_run: bool = True,
+                          tags: tuple[str, ...] = ()) -> ResultT:
+    """A command line's flow run: the store (and with `known_run` the run) checked first, in
+    seconds, before Prefect starts; then the flow in the command lines' Prefect session."""
+    from prefect import tags as prefect_tags
+
+    check_store(config.store, config.run if known_run else None)
+    with prefect_session(), prefect_tags(*tags):
+        return flow(config)

@@ -12,8 +12,10 @@ import logging
 from contextlib import closing
 from typing import Any
 
-from tasks.cli import command_parser, run_cli
-from tasks.store import STATUSES, Store, open_store, require_run, summarize
+from tasks.cli import parse_command, run_cli
+from tasks.config import StatusConfig
+from tasks.store import Store, open_store, require_run, summarize
+from tasks.store.models import STATUSES
 
 COLUMNS = ("total", *STATUSES, "expired")
 
@@ -35,15 +37,12 @@ def format_table(status: dict[str, Any]) -> str:
     return "\n".join([f"run {status['run']}: {done:.1%} done", *table])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = command_parser("flows/status.py", __doc__)
-    p.add_argument("--json", action="store_true", help="print one JSON object (last line of stdout)")
-    args = p.parse_args(argv)
-    with closing(open_store(args.store)) as store:
+def main(argv: list[str] | None = None) -> None:
+    config = parse_command(StatusConfig, argv, "flows/status.py", __doc__)
+    with closing(open_store(config.store)) as store:
         logging.getLogger("fleetgen").info(f"store: {store.url}")
-        status = run_status(store, args.run)
-    print(json.dumps(status) if args.json else format_table(status))
-    return 0
+        status = run_status(store, config.run)
+    print(json.dumps(status) if config.json_output else format_table(status))
 
 
 if __name__ == "__main__":

@@ -1,110 +1,82 @@
-"""What every command line shares: user errors, secret redaction, quiet logs, the --store flag."""
+"""Command lines built from the config models: one flag per setting (nested settings flattened,
+`--max-new-tokens` for `sampling.max_new_tokens`), `--help` from the fields' descriptions, and
+values validated by the config itself, so a command line fails exactly as a deployment would."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import sys
-from typing import Callable
+from typing import Any, Callable, Literal, get_args, get_origin
 
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s]*)@", re.I)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
-
-class UserError(Exception):
-    """Bad input or environment: shown as one paragraph, no traceback, exit code 2."""
-
-
-def redact(text: str) -> str:
-    """Hide the password of every `scheme://user:password@host` in `text`."""
-    return _CREDENTIALS.sub(r"\g<scheme>\g<user>:***@", text)
+from tasks.config.base import Config, flag_name, nested_config
+from tasks.errors import UserError
+from tasks.logs import setup_logging
+from tasks.secrets import redact
 
 
-class CleanLogs(logging.Filter):
-    """Redacts credentials in every record, drops tracebacks of user errors, and drops Prefect's
-    routine "Finished in state Completed()" line of every task run (a worker runs three task runs
-    a batch: the free tier's log budget is for what matters)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "prefect.task_runs" and record.levelno == logging.INFO and str(record.msg).startswith(
-                "Finished in state Completed"):
-            return False
-        if record.exc_info and isinstance(record.exc_info[1], UserError):
-            record.exc_info = None
-            record.exc_text = None
-        message = record.getMessage()
-        if _CREDENTIALS.search(message):
-            record.msg, record.args = redact(message), None
-        return True
+def _help(info: FieldInfo) -> str:
+    default = info.default
+    shown = not (default is None or default is False or default is PydanticUndefined or isinstance(default, Config))
+    return (info.description or "") + (f" (default: {default})" if shown else "")
 
 
-def install_log_filter() -> None:
-    """Attach CleanLogs to every handler configured so far (Prefect's console and API ones too)."""
-    loggers = [logging.getLogger()] + [
-        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)
-    ]
-    for logger in loggers:
-        for handler in logger.handlers:
-            if not any(isinstance(f, CleanLogs) for f in handler.filters):
-                handler.addFilter(CleanLogs())
+def _metavar(name: str, info: FieldInfo) -> str:
+    choices = [arg for arg in get_args(info.annotation) if get_origin(arg) is Literal] or [info.annotation]
+    if get_origin(choices[0]) is Literal:
+        return "{" + ",".join(map(str, get_args(choices[0]))) + "}"
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("metavar") or name.upper())
 
 
-def setup_logging() -> None:
-    """`fleetgen: ...` lines on stderr for our own messages; CleanLogs on every handler."""
-    log = logging.getLogger("fleetgen")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("fleetgen: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-    install_log_filter()
+def _add_settings(parser: argparse.ArgumentParser, group: Any, config_class: type[Config],
+                  path: tuple[str, ...]) -> None:
+    for name, info in config_class.model_fields.items():
+        nested = nested_config(info)
+        if nested is not None:
+            _add_settings(parser, parser.add_argument_group(f"{name} settings"), nested, (*path, name))
+            continue
+        options: dict[str, Any] = {"dest": ".".join((*path, name)), "default": argparse.SUPPRESS, "help": _help(info)}
+        if info.annotation is bool:
+            options["action"] = "store_true"
+        else:
+            options["metavar"] = _metavar(name, info)
+            options["required"] = info.is_required()
+        group.add_argument(f"--{flag_name(name, info)}", **options)
 
 
-def command_parser(script: str, doc: str) -> argparse.ArgumentParser:
-    """A command line's parser, with the --store and --run every flow takes; the description is
-    the first line of the script's docstring."""
+def command_parser(config_class: type[Config], script: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of a command whose settings are `config_class`; its description is the first
+    line of the script's docstring."""
     parser = argparse.ArgumentParser(prog=f"python {script}", description=doc.strip().split("\n")[0])
-    add_store_arg(parser)
-    add_run_arg(parser)
+    _add_settings(parser, parser, config_class, ())
     return parser
 
 
-def add_store_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        help="work store: mongodb://..., mongodb+srv://... or sqlite:///PATH "
-        "(default: env MONGODB_URI, else sqlite:///./fleetgen.db)",
-    )
+def parse_command(config_class: type[Config], argv: list[str] | None, script: str, doc: str) -> Any:
+    """The config a command line asks for (ConfigError on a bad value)."""
+    values: dict[str, Any] = {}
+    for dotted, value in vars(command_parser(config_class, script, doc).parse_args(argv)).items():
+        *parents, name = dotted.split(".")
+        target = values
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[name] = value
+    return config_class(**values)
 
 
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command's main; a UserError becomes one clear paragraph on stderr and exit code 2."""
+def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
+    """Run a command's main: exit code 0; a UserError becomes one clear paragraph on stderr and exit
+    code 2."""
     setup_logging()
     try:
-        return main(argv) or 0
+        main(argv)
+        return 0
     except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-DEFAULT_RUN = "gsm8k-test"
-
-
-def add_run_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", default=DEFAULT_RUN, metavar="NAME", help=f"run name (default: {DEFAULT_RUN})")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value

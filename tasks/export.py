@@ -6,29 +6,34 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.cli import UserError
-from tasks.store import Item
+from tasks.errors import UserError
+from tasks.store.models import Item
 
-def result_rows(items: list[Item], only_correct: bool = False, stage: int | None = None) -> list[dict[str, Any]]:
-    """One row per answered item, filtered."""
+PROVENANCE = ("engine", "model", "prompt", "prompt_hash", "sampling")
+
+
+def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | None = None) -> list[dict[str, Any]]:
+    """One row per answered item, filtered, with how the answer was made."""
     rows = []
     for item in items:
-        result = item.result or {}
-        if item.status != "done" or (only_correct and not result.get("correct")) or (stage is not None and item.stage != stage):
+        result = item.result
+        if item.status != "done" or result is None or (only_correct and not result.correct) or (
+                stage is not None and item.stage != stage):
             continue
-        row = {"question_id": item.question_id, "sample": item.sample, "stage": item.stage, "question": item.question,
-               "reference": item.reference, "response": result.get("response"), "predicted": result.get("predicted"),
-               "correct": bool(result.get("correct")), "worker": result.get("worker", item.worker),
-               "model": json.dumps(result["model"]) if "model" in result else None}
-        rows.append(row)
+        rows.append({"question_id": item.question_id, "sample": item.sample, "stage": item.stage,
+                     "question": item.question, "reference": item.reference, "response": result.response,
+                     "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens,
+                     "worker": result.worker or item.worker, **{key: getattr(result, key) for key in PROVENANCE}})
     return rows
 
 
-def sft_rows(items: list[Item], per_question: int = 1, stage: int | None = None) -> list[dict[str, Any]]:
-    """Chat examples (user: the question, assistant: a correct response) for correct items: per
-    question the `per_question` best, best = fewest tokens, identical responses kept once."""
+def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = None) -> list[dict[str, Any]]:
+    """Chat examples (user: the question, assistant: a correct response): per question the
+    `per_question` best, best = fewest tokens (characters where a count is missing), identical
+    responses kept once."""
     best: dict[str, list[dict[str, Any]]] = {}
-    for row in sorted(result_rows(items, only_correct=True, stage=stage), key=lambda r: (r["question_id"], len(r["response"]))):
+    rows = result_rows(items, only_correct=True, stage=stage)
+    for row in sorted(rows, key=lambda r: (r["question_id"], r["tokens"] or len(r["response"]), len(r["response"]))):
         chosen = best.setdefault(row["question_id"], [])
         if len(chosen) < per_question and all(row["response"].strip() != c["response"].strip() for c in chosen):
             chosen.append(row)
@@ -38,7 +43,7 @@ def sft_rows(items: list[Item], per_question: int = 1, stage: int | None = None)
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> str:
-    """`.jsonl` or `.parquet` by extension; any other path becomes a HF `datasets` folder."""
+    """`.jsonl` or `.parquet` by extension; a path without one becomes a HF `datasets` folder."""
     if out.suffix == ".jsonl":
         out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
         return "jsonl"
@@ -48,9 +53,6 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> str:
     if out.suffix == ".parquet":
         data.to_parquet(str(out))
         return "parquet"
-    if out.suffix:
-        raise UserError(f"Cannot tell the format of {out}: use a .jsonl or .parquet file, or a folder name "
-                        "(no extension) for a Hugging Face datasets folder.")
     data.save_to_disk(str(out))
     return "datasets folder"
 

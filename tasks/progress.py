@@ -1,11 +1,23 @@
-"""The fleet's progress on a run: % done, rate and ETA, from successive store counts."""
+"""The fleet's progress on a run (% done, rate, ETA from successive store counts), published as
+one Prefect progress artifact per run."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from typing import Any
+from uuid import UUID
+
+from tasks.store import Store, summarize
+
+log = logging.getLogger("fleetgen")
+
+
+def artifact_key(run: str) -> str:
+    """The run's name as Prefect artifact keys allow it (lowercase letters, digits, dashes)."""
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in run.lower())
 
 
 class FleetProgress:
@@ -38,3 +50,30 @@ def describe(progress: dict[str, Any]) -> str:
     eta_text = "unknown" if eta is None else f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m"
     return (f"{progress['finished']:,}/{progress['total']:,} items finished fleet-wide ({progress['percent']:.1f}%), "
             f"{progress['rate_per_minute']:.1f} items/min, ETA {eta_text}")
+
+
+class ProgressArtifact:
+    """The run's `progress-<run>` artifact, updated from the store's counts."""
+
+    def __init__(self, artifact_id: UUID, run: str, figures: FleetProgress):
+        self.artifact_id, self.run, self.figures = artifact_id, run, figures
+
+    @classmethod
+    def create(cls, store: Store, run: str) -> ProgressArtifact:
+        from prefect.artifacts import create_progress_artifact
+
+        figures = FleetProgress()
+        snapshot = figures.update(summarize(store.counts(run)))
+        artifact_id = create_progress_artifact(snapshot["percent"], key=f"progress-{artifact_key(run)}",
+                                               description=describe(snapshot))
+        return cls(artifact_id, run, figures)
+
+    def refresh(self, store: Store) -> None:
+        """Best effort: a dashboard hiccup never fails (or redoes) the work."""
+        from prefect.artifacts import update_progress_artifact
+
+        try:
+            snapshot = self.figures.update(summarize(store.counts(self.run)))
+            update_progress_artifact(self.artifact_id, snapshot["percent"], describe(snapshot))
+        except Exception as error:
+            log.warning(f"progress artifact not updated: {error}")

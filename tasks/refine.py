@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks.store import Item
+from tasks.store.models import Item
 
 
 def latest_answers(items: list[Item]) -> dict[tuple[str, int], Item]:
@@ -20,8 +20,9 @@ def retry_items(items: list[Item], max_rounds: int) -> list[Item]:
     missing (failed), up to stage `max_rounds`; chains still pending or running wait."""
     retries = []
     for item in latest_answers(items).values():
-        wrong = item.status == "done" and not (item.result or {}).get("correct")
+        wrong = item.status == "done" and not (item.result and item.result.correct)
         if item.stage < max_rounds and (wrong or item.status == "failed"):
-            retries.append(Item(item.question_id, item.question, item.reference, stage=item.stage + 1,
-                                sample=item.sample, previous=(item.result or {}).get("response")))
+            retries.append(Item(question_id=item.question_id, question=item.question, reference=item.reference,
+                                stage=item.stage + 1, sample=item.sample,
+                                previous=item.result.response if item.result else None))
     return retries

@@ -1,4 +1,5 @@
-"""Shared fixtures: stores of every backend, and one Prefect test server for the session."""
+"""Shared fixtures: stores of every backend on a clock the tests move, one Prefect test server
+for the session, tiny local models, and running the command lines as a user would."""
 
 from __future__ import annotations
 
@@ -11,32 +12,36 @@ from typing import Iterator
 
 import pytest
 
-from bench.store import mongomock_store
 from tasks.store import Store
-from tasks.store_mongo import MongoStore
-from tasks.store_sqlite import SqliteStore
+from tasks.store.mongo import MongoStore
+from tasks.store.sqlite import SqliteStore
+from tests.support import FakeClock, build_adapter, build_model, mongomock_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "mongomock", "mongodb"]
 
 
-def make_store(backend: str, tmp_path: Path) -> Store:
-    """A fresh, empty store of the given backend."""
+def make_store(backend: str, tmp_path: Path, clock: FakeClock) -> Store:
+    """A fresh, empty store of the given backend whose leases run on `clock`."""
     if backend == "sqlite":
-        return SqliteStore(tmp_path / "work.db")
+        return SqliteStore(tmp_path / "work.db", clock=clock)
     if backend == "mongomock":
-        return mongomock_store()
+        return mongomock_store(clock=clock)
     uri = os.environ.get("MONGODB_URI")
     if not uri:
         pytest.skip("real MongoDB tests need MONGODB_URI (none set; mongomock and SQLite ran instead)")
     store = MongoStore.connect(uri)
-    test_db = store._db.client[f"fleetgen_test_{uuid.uuid4().hex[:8]}"]
-    return MongoStore(test_db, store.url)
+    return MongoStore(store._db.client[f"fleetgen_test_{uuid.uuid4().hex[:8]}"], store.url, clock=clock)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    work = make_store(request.param, tmp_path)
+def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Store]:
+    work = make_store(request.param, tmp_path, clock)
     yield work
     if request.param == "mongodb":
         work._db.client.drop_database(work._db.name)
@@ -51,15 +56,21 @@ def prefect_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     from prefect.testing.utilities import prefect_test_harness
 
     storage = tmp_path_factory.mktemp("prefect-results")
-    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: storage}), prefect_test_harness():
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: storage}), prefect_test_harness(server_startup_timeout=120):
         yield {"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOCAL_STORAGE_PATH": str(storage)}
+
+
+def run_script(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python <script> ...` (a path under the repository) as a user would."""
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=cli_env(env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def run_flow_cli(script: str, *args: str, cwd: Path, env: dict[str, str] | None = None,
                  timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run `python flows/<script> ...` as a user would."""
-    return subprocess.run([sys.executable, str(ROOT / "flows" / script), *args], cwd=cwd, env=cli_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_script(f"flows/{script}", *args, cwd=cwd, env=env, timeout=timeout)
 
 
 def cli_env(env: dict[str, str] | None) -> dict[str, str]:
@@ -71,21 +82,15 @@ def cli_env(env: dict[str, str] | None) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama whose tokenizer has a chat template."""
-    from bench.tiny_models import build_model
-
     return build_model(tmp_path_factory.mktemp("tiny-chat"), chat=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama whose tokenizer has no chat template."""
-    from bench.tiny_models import build_model
-
     return build_model(tmp_path_factory.mktemp("tiny-plain"), chat=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_adapter(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bench.tiny_models import build_adapter
-
     return build_adapter(tiny_model, tmp_path_factory.mktemp("tiny-lora"))

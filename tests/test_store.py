@@ -1,19 +1,25 @@
-"""One conformance suite for every store backend: SQLite (real), mongomock, real MongoDB if set."""
+"""One conformance suite for every store backend: SQLite (real), mongomock, real MongoDB if set.
+Leases run on an injected clock, so expiry needs no sleeping and holds against a remote server."""
 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
 from bench.store import mongomock_round_trips, real_mongodb_round_trips
-from tasks.cli import UserError
-from tasks.store import Item, Store, open_store, summarize
+from tasks.errors import UserError
+from tasks.store import Store, open_store, summarize
+from tasks.store.models import Item, Result
+from tests.support import FakeClock
 
 
 def items(n: int, stage: int = 0) -> list[Item]:
-    return [Item(f"q{i:03d}", f"question {i}", str(i), stage=stage) for i in range(n)]
+    return [Item(question_id=f"q{i:03d}", question=f"question {i}", reference=str(i), stage=stage) for i in range(n)]
+
+
+def answers(ids: list[str], text: str = "x") -> dict[str, Result]:
+    return {id_: Result(response=text) for id_ in ids}
 
 
 def test_seed_is_idempotent(store: Store) -> None:
@@ -24,10 +30,11 @@ def test_seed_is_idempotent(store: Store) -> None:
 
 
 def test_seed_keeps_given_results_as_done(store: Store) -> None:
-    seeded = Item("q1", "question", "4", status="done", result={"response": "it is 4"})
-    store.seed("r", [seeded, Item("q1", "question", "4", sample=1)])
+    given = Result(response="it is 4", predicted="4", correct=True)
+    store.seed("r", [Item(question_id="q1", question="question", reference="4", status="done", result=given),
+                     Item(question_id="q1", question="question", reference="4", sample=1)])
     done, pending = store.items("r")
-    assert (done.status, done.result, pending.status, pending.sample) == ("done", {"response": "it is 4"}, "pending", 1)
+    assert (done.status, done.result, pending.status, pending.sample) == ("done", given, "pending", 1)
 
 
 def test_runs_are_recorded_once(store: Store) -> None:
@@ -50,38 +57,43 @@ def test_claims_are_disjoint_and_marked_running(store: Store) -> None:
     assert store.claim("r", "w4", 4, 60).items == []
 
 
-def test_expired_lease_is_taken_over_and_old_owner_cannot_write(store: Store) -> None:
+def test_expired_lease_is_taken_over_and_old_owner_cannot_write(store: Store, clock: FakeClock) -> None:
     store.seed("r", items(3))
-    old = store.claim("r", "dead", 3, 0.2)
-    assert store.claim("r", "live", 3, 60).items == []
-    time.sleep(0.3)
+    old = store.claim("r", "dead", 3, 10)
+    clock.advance(9)
+    assert store.claim("r", "live", 3, 60).items == []  # the lease still runs
+    clock.advance(2)
     new = store.claim("r", "live", 3, 60)
     assert sorted(new.ids) == sorted(old.ids)
     assert store.heartbeat(old, 60) == 0
-    assert store.complete(old, {i: {"response": "stale"} for i in old.ids}) == 0
+    assert store.complete(old, answers(old.ids, "stale")) == 0
     assert store.fail(old, old.ids, "stale", 3) == 0
     assert store.release(old) == 0
-    assert store.complete(new, {i: {"response": "fresh"} for i in new.ids}) == 3
-    assert {(i.status, i.worker, i.result["response"]) for i in store.items("r")} == {("done", "live", "fresh")}
+    assert store.complete(new, answers(new.ids, "fresh")) == 3
+    assert {(i.status, i.worker, i.result.response) for i in store.items("r")} == {("done", "live", "fresh")}
 
 
-def test_heartbeat_keeps_the_lease(store: Store) -> None:
+def test_heartbeat_keeps_the_lease(store: Store, clock: FakeClock) -> None:
     store.seed("r", items(2))
-    claim = store.claim("r", "w", 2, 0.3)
-    assert store.heartbeat(claim, 60) == 2
-    time.sleep(0.4)
+    claim = store.claim("r", "w", 2, 10)
+    clock.advance(8)
+    assert store.heartbeat(claim, 10) == 2
+    clock.advance(8)  # 16 s after the claim, 8 s after the beat
     assert store.claim("r", "other", 2, 60).items == []
+    clock.advance(3)
+    assert len(store.claim("r", "other", 2, 60).items) == 2
 
 
 def test_complete_stores_results_once(store: Store) -> None:
     store.seed("r", items(3))
     claim = store.claim("r", "w", 3, 60)
-    results = {i.id: {"response": f"answer {i.question_id}", "tokens": 7} for i in claim.items[:2]}
+    results = {i.id: Result(response=f"answer {i.question_id}", tokens=7, finish_reason="stop") for i in claim.items[:2]}
     assert store.complete(claim, results) == 2
     assert store.complete(claim, results) == 0
-    by_status = {i.question_id: i for i in store.items("r")}
-    assert by_status["q000"].status == "done" and by_status["q000"].result == {"response": "answer q000", "tokens": 7}
-    assert by_status["q002"].status == "running"
+    by_id = {i.question_id: i for i in store.items("r")}
+    assert by_id["q000"].status == "done"
+    assert by_id["q000"].result == Result(response="answer q000", tokens=7, finish_reason="stop")
+    assert by_id["q002"].status == "running"
 
 
 def test_fail_retries_then_gives_up_with_the_error(store: Store) -> None:
@@ -106,16 +118,16 @@ def test_release_gives_items_back(store: Store) -> None:
     assert len(store.claim("r", "w2", 5, 60).items) == 2
 
 
-def test_counts_by_status_stage_and_worker(store: Store) -> None:
+def test_counts_by_status_stage_and_worker(store: Store, clock: FakeClock) -> None:
     store.seed("r", items(6) + items(2, stage=1))
     store.seed("other", items(3))
     done = store.claim("r", "w1", 2, 60)
-    store.complete(done, {i: {"response": "x"} for i in done.ids})
+    store.complete(done, answers(done.ids))
     store.claim("r", "w2", 1, 60)
-    store.claim("r", "w3", 1, 0.05)
+    store.claim("r", "w3", 1, 5)
     failed = store.claim("r", "w1", 1, 60)
     store.fail(failed, failed.ids, "oom", max_attempts=1)
-    time.sleep(0.1)
+    clock.advance(10)
     summary = summarize(store.counts("r"))
     assert {k: summary[k] for k in ("total", "pending", "running", "done", "failed", "expired")} == {
         "total": 8, "pending": 3, "running": 2, "done": 2, "failed": 1, "expired": 1}

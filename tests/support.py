@@ -1,9 +1,16 @@
-"""Tiny random models built locally (no downloads), saved and loaded with `from_pretrained`."""
+"""Test fixtures shared by the tests and the benchmarks: tiny random models built locally (no
+downloads, loaded with `from_pretrained`), a MongoDB store on mongomock, and a clock to move."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+import uuid
 from pathlib import Path
+from typing import Any
+
+from tasks.store.mongo import MongoStore
 
 CHAT_TEMPLATE = ("{% for message in messages %}<s>{{ message['role'] }}: {{ message['content'] }}</s>{% endfor %}"
                  "{% if add_generation_prompt %}<s>assistant: {% endif %}")
@@ -23,7 +30,7 @@ def train_tokenizer(texts: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_model(folder: Path, chat: bool, hidden: int = 32, seed: int = 0) -> Path:
+def build_model(folder: Path, *, chat: bool, hidden: int = 32, seed: int = 0) -> Path:
     """A 2-layer random Llama and its tokenizer, saved to `folder` (pad token left unset on purpose)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -56,3 +63,52 @@ def build_adapter(base: Path, folder: Path) -> Path:
                 parameter.normal_(0, 0.5)
     model.save_pretrained(folder)
     return folder
+
+
+def mongomock_store(clock: Any = time.time) -> MongoStore:
+    """A MongoStore on mongomock (in memory), for logic tests and operation counts. mongomock is
+    not thread-safe: tests that share it between threads serialise their calls."""
+    import mongomock
+
+    # mongomock 4.3 predates pymongo 4.11's `sort` argument of bulk updates (always None here).
+    add_update = mongomock.collection.BulkOperationBuilder.add_update
+    if not getattr(add_update, "accepts_sort", False):
+        def add_update_with_sort(self: Any, *args: Any, sort: Any = None, **kwargs: Any) -> Any:
+            return add_update(self, *args, **kwargs)
+
+        add_update_with_sort.accepts_sort = True  # type: ignore[attr-defined]
+        mongomock.collection.BulkOperationBuilder.add_update = add_update_with_sort
+    return MongoStore(mongomock.MongoClient()[f"fleetgen_{uuid.uuid4().hex[:8]}"], clock=clock)
+
+
+class FakeClock:
+    """A clock that only moves when told: lease expiry without sleeping, on any store."""
+
+    def __init__(self, start: float | None = None):
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class SerializedStore:
+    """A store whose calls run one at a time (one lock for every wrapper): mongomock shared by
+    the worker's threads, each command atomic as on a real server."""
+
+    lock = threading.Lock()
+
+    def __init__(self, store: Any):
+        self._store = store
+        self.url = store.url
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self._store, name)
+
+        def serialized(*args: Any, **kwargs: Any) -> Any:
+            with self.lock:
+                return call(*args, **kwargs)
+
+        return serialized

@@ -17,8 +17,9 @@ from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
 from pymongo.server_api import ServerApi
 
-from tasks.cli import UserError, redact
-from tasks.store import Claim, Item
+from tasks.errors import UserError
+from tasks.secrets import redact
+from tasks.store.models import Claim, Clock, Item, Result
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
@@ -31,9 +32,10 @@ def _first_clause(message: str) -> str:
 
 
 def _item(doc: dict[str, Any]) -> Item:
+    result = Result.from_dict(doc["result"]) if doc.get("result") else None
     return Item(
         question_id=doc["question_id"], question=doc["question"], reference=doc["reference"],
-        stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=doc.get("result"),
+        stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=result,
         attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
         lease_expires=doc.get("lease_expires"), error=doc.get("error"), previous=doc.get("previous"),
         id=str(doc["_id"]),
@@ -45,8 +47,8 @@ def _claimable(run: str, now: float) -> dict[str, Any]:
 
 
 class MongoStore:
-    def __init__(self, db: Database, url: str = "mongodb://"):
-        self.url = redact(url)
+    def __init__(self, db: Database, url: str = "mongodb://", clock: Clock = time.time):
+        self.url, self.clock = redact(url), clock
         self._db = db
         self._items = db["items"]
         self._runs = db["runs"]
@@ -59,7 +61,7 @@ class MongoStore:
         )
 
     @classmethod
-    def connect(cls, url: str, **client_options: Any) -> "MongoStore":
+    def connect(cls, url: str, clock: Clock = time.time, **client_options: Any) -> "MongoStore":
         """Connect with a short server-selection timeout; unreachable servers fail in seconds."""
         where = redact(url)
         try:
@@ -69,8 +71,8 @@ class MongoStore:
                 connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, **client_options,
             )
             client.admin.command("ping")
-            return cls(client.get_default_database(default=DEFAULT_DATABASE), url)
-        except (InvalidURI, ConfigurationError) as error:
+            return cls(client.get_default_database(default=DEFAULT_DATABASE), url, clock)
+        except (InvalidURI, ConfigurationError, ValueError) as error:  # a bad port is a plain ValueError
             raise UserError(f"The MongoDB URL {where} is not valid: {redact(str(error))}.") from error
         except OperationFailure as error:
             raise UserError(
@@ -86,7 +88,7 @@ class MongoStore:
 
     def ensure_run(self, run: str, config: dict[str, Any]) -> None:
         self._runs.update_one(
-            {"_id": run}, {"$setOnInsert": {"config": config, "created": time.time()}}, upsert=True
+            {"_id": run}, {"$setOnInsert": {"config": config, "created": self.clock()}}, upsert=True
         )
 
     def runs(self) -> list[str]:
@@ -98,9 +100,10 @@ class MongoStore:
             doc = {"run": run, "stage": item.stage, "question_id": item.question_id, "sample": item.sample,
                    "question": item.question, "reference": item.reference, "status": item.status,
                    "attempts": 0}
-            for optional in ("result", "previous"):
-                if getattr(item, optional) is not None:
-                    doc[optional] = getattr(item, optional)
+            if item.result is not None:
+                doc["result"] = item.result.to_dict()
+            if item.previous is not None:
+                doc["previous"] = item.previous
             key = {k: doc[k] for k in ("run", "question_id", "stage", "sample")}
             ops.append(UpdateOne(key, {"$setOnInsert": doc}, upsert=True))
         return sum(
@@ -111,7 +114,7 @@ class MongoStore:
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
         token = uuid.uuid4().hex
         for _ in range(CLAIM_ROUNDS):
-            now = time.time()
+            now = self.clock()
             ids = [doc["_id"] for doc in self._items.find(_claimable(run, now), {"_id": 1}).limit(limit)]
             if not ids:
                 break
@@ -129,15 +132,15 @@ class MongoStore:
         return {"_id": {"$in": [ObjectId(i) for i in ids]}, "token": claim.token, "status": "running"}
 
     def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
-        update = {"$set": {"lease_expires": time.time() + lease_seconds}}
+        update = {"$set": {"lease_expires": self.clock() + lease_seconds}}
         return self._items.update_many(self._held(claim, claim.ids), update).modified_count
 
-    def complete(self, claim: Claim, results: dict[str, dict[str, Any]]) -> int:
+    def complete(self, claim: Claim, results: dict[str, Result]) -> int:
         if not results:
             return 0
         ops = [
             UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
-                      {"$set": {"status": "done", "result": result}, "$unset": {"lease_expires": "", "error": ""}})
+                      {"$set": {"status": "done", "result": result.to_dict()}, "$unset": {"lease_expires": "", "error": ""}})
             for id_, result in results.items()
         ]
         return self._items.bulk_write(ops, ordered=False).modified_count
@@ -161,7 +164,7 @@ class MongoStore:
         return self._items.update_many(self._held(claim, claim.ids), update).modified_count
 
     def counts(self, run: str) -> list[dict[str, Any]]:
-        now = time.time()
+        now = self.clock()
         expired = {"$and": [{"$eq": ["$status", "running"]}, {"$lt": ["$lease_expires", now]}]}
         pipeline = [
             {"$match": {"run": run}},

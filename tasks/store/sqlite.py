@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from tasks.cli import UserError
-from tasks.store import Claim, Item
+from tasks.errors import UserError
+from tasks.store.models import Claim, Clock, Item, Result
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -29,19 +29,25 @@ CREATE TABLE IF NOT EXISTS items (
     UNIQUE (run, question_id, stage, sample));
 CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
 """
-COLUMNS = ("id, question_id, question, reference, stage, sample, status, result, attempts, worker, token, lease_expires,"
-           " error, previous")
+ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
+                "worker", "token", "lease_expires", "error", "previous")
+SELECTED = ", ".join(ITEM_COLUMNS)
 
 
 def _item(row: tuple) -> Item:
-    item = Item(*row[1:])
-    item.id, item.result = str(row[0]), json.loads(row[7]) if row[7] else None
-    return item
+    values = dict(zip(ITEM_COLUMNS, row))
+    values["id"] = str(values["id"])
+    values["result"] = Result.from_dict(json.loads(values["result"])) if values["result"] else None
+    return Item(**values)
+
+
+def _json(result: Result | None) -> str | None:
+    return json.dumps(result.to_dict()) if result is not None else None
 
 
 class SqliteStore:
-    def __init__(self, path: Path, busy_timeout_s: float = 60.0):
-        self.url = f"sqlite:///{path}"
+    def __init__(self, path: Path, busy_timeout_s: float = 60.0, clock: Clock = time.time):
+        self.url, self.clock = f"sqlite:///{path}", clock
         if path.parent and not path.parent.is_dir():
             raise UserError(f"Cannot create the SQLite store {path}: folder {path.parent} does not exist.")
         try:
@@ -71,23 +77,20 @@ class SqliteStore:
             return self._db.execute(sql, params).fetchall()
 
     def ensure_run(self, run: str, config: dict[str, Any]) -> None:
-        self._write("INSERT OR IGNORE INTO runs VALUES (?, ?, ?)", (run, json.dumps(config), time.time()))
+        self._write("INSERT OR IGNORE INTO runs VALUES (?, ?, ?)", (run, json.dumps(config), self.clock()))
 
     def runs(self) -> list[str]:
         return [name for (name,) in self._read("SELECT name FROM runs ORDER BY created")]
 
     def seed(self, run: str, items: Iterable[Item]) -> int:
-        rows = [
-            (run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status,
-             json.dumps(i.result) if i.result is not None else None, i.previous)
-            for i in items
-        ]
+        rows = [(run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status, _json(i.result), i.previous)
+                for i in items]
         sql = ("INSERT OR IGNORE INTO items (run, stage, question_id, sample, question, reference, status, result,"
                " previous) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
         return self._write(sql, rows, many=True)
 
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
-        token, now = uuid.uuid4().hex, time.time()
+        token, now = uuid.uuid4().hex, self.clock()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -95,7 +98,7 @@ class SqliteStore:
                     f"""UPDATE items SET status = 'running', worker = ?, token = ?, lease_expires = ?
                     WHERE id IN (SELECT id FROM items WHERE run = ? AND (status = 'pending'
                         OR (status = 'running' AND lease_expires < ?)) ORDER BY id LIMIT ?)
-                    RETURNING {COLUMNS}""",
+                    RETURNING {SELECTED}""",
                     (worker, token, now + lease_seconds, run, now, limit),
                 ).fetchall()
                 self._db.execute("COMMIT")
@@ -110,10 +113,10 @@ class SqliteStore:
 
     def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
         where, params = self._held(claim, claim.ids)
-        return self._write(f"UPDATE items SET lease_expires = ? WHERE {where}", [time.time() + lease_seconds, *params])
+        return self._write(f"UPDATE items SET lease_expires = ? WHERE {where}", [self.clock() + lease_seconds, *params])
 
-    def complete(self, claim: Claim, results: dict[str, dict[str, Any]]) -> int:
-        rows = [(json.dumps(result), int(id_), claim.token) for id_, result in results.items()]
+    def complete(self, claim: Claim, results: dict[str, Result]) -> int:
+        rows = [(_json(result), int(id_), claim.token) for id_, result in results.items()]
         sql = ("UPDATE items SET status = 'done', result = ?, lease_expires = NULL, error = NULL"
                " WHERE id = ? AND token = ? AND status = 'running'")
         return self._write(sql, rows, many=True)
@@ -141,12 +144,12 @@ class SqliteStore:
             """SELECT stage, status, worker, COUNT(*),
                 SUM(status = 'running' AND lease_expires < ?) FROM items WHERE run = ?
             GROUP BY stage, status, worker ORDER BY stage, status, worker""",
-            (time.time(), run),
+            (self.clock(), run),
         )
         return [dict(zip(("stage", "status", "worker", "n", "expired"), row)) for row in rows]
 
     def items(self, run: str) -> list[Item]:
-        rows = self._read(f"SELECT {COLUMNS} FROM items WHERE run = ? ORDER BY stage, question_id, sample", (run,))
+        rows = self._read(f"SELECT {SELECTED} FROM items WHERE run = ? ORDER BY stage, question_id, sample", (run,))
         return [_item(row) for row in rows]
 
     def close(self) -> None:

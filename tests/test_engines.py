@@ -1,4 +1,5 @@
-"""Real HF generation with tiny local models: templates, padding, new tokens only, adapters, errors."""
+"""The hf-static engine with tiny local models: templates, padding, new tokens only, sampling
+settings that really reach generation, adapters, load errors, splitting failed batches."""
 
 from __future__ import annotations
 
@@ -7,24 +8,34 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.cli import UserError
-from tasks.generation import LoadedModel, ModelSpec, Sampling, generate_splitting, resolve_devices
+from tasks.config import ModelConfig, SamplingConfig
+from tasks.engines import Generation, create_engine, generate_splitting
+from tasks.engines.devices import device_labels, resolve_devices
+from tasks.engines.hf_static import HFStaticEngine
+from tasks.errors import UserError
 
-GREEDY = Sampling(max_new_tokens=8)
+GREEDY = SamplingConfig(max_new_tokens=8)
+
+
+def engine(model: Path, **settings) -> HFStaticEngine:
+    return HFStaticEngine(ModelConfig(model=str(model), **settings), device="cpu")
 
 
 def test_chat_template_and_left_padding_with_pad_fallback(tiny_model: Path) -> None:
-    model = LoadedModel(ModelSpec(str(tiny_model)), "cpu")
+    model = create_engine(engine="hf-static", model=ModelConfig(model=str(tiny_model)), device="cpu", label="cpu#0")
+    assert (model.name, model.label) == ("hf-static", "cpu#0")
     assert model.chat and model.tokenizer.padding_side == "left"
     assert model.tokenizer.pad_token == "</s>"
     assert model.prompt_text("What is 2+2?") == "<s>user: What is 2+2?</s><s>assistant: "
     short, long = model.generate(["Hi", "A much longer question about apples and pears?"], GREEDY)
     assert 1 <= short.tokens <= 8 and 1 <= long.tokens <= 8
     assert "assistant" not in short.text and "apples" not in long.text  # only new tokens are decoded
+    assert {short.finish_reason, long.finish_reason} <= {"stop", "length"}
+    assert (short.finish_reason == "length") == (short.tokens == 8)
 
 
 def test_batched_greedy_matches_one_by_one(tiny_plain_model: Path) -> None:
-    model = LoadedModel(ModelSpec(str(tiny_plain_model)), "cpu")
+    model = engine(tiny_plain_model)
     assert not model.chat and model.prompt_text("Q") == "Q"
     turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "R"}]
     assert model.prompt_text(turns) == "Q\n\nA\n\nR"
@@ -34,41 +45,46 @@ def test_batched_greedy_matches_one_by_one(tiny_plain_model: Path) -> None:
     assert [g.text for g in batched] == [g.text for g in alone]
 
 
-def test_sampling_uses_the_seed(tiny_model: Path) -> None:
-    model = LoadedModel(ModelSpec(str(tiny_model)), "cpu")
-    hot = Sampling(max_new_tokens=12, temperature=1.5, top_p=0.95)
+def test_temperature_and_top_p_reach_generation(tiny_model: Path) -> None:
+    model = engine(tiny_model)
+    prompt, tokens = ["Count the eggs"], 16
+    greedy = model.generate(prompt, SamplingConfig(max_new_tokens=tokens))[0].text
     torch.manual_seed(1)
-    first = model.generate(["Count the eggs"] * 2, hot)
+    hot = [g.text for g in model.generate(prompt * 2, SamplingConfig(max_new_tokens=tokens, temperature=1.5))]
+    assert hot[0] != hot[1] and greedy not in hot  # two draws of one prompt differ, and differ from greedy
     torch.manual_seed(1)
-    assert [g.text for g in model.generate(["Count the eggs"] * 2, hot)] == [g.text for g in first]
+    assert [g.text for g in model.generate(prompt * 2, SamplingConfig(max_new_tokens=tokens, temperature=1.5))] == hot
+    # a nucleus so small that it keeps only the likeliest token is greedy again, whatever the temperature
+    narrow = SamplingConfig(max_new_tokens=tokens, temperature=1.5, top_p=1e-6)
+    assert [g.text for g in model.generate(prompt * 2, narrow)] == [greedy, greedy]
 
 
 def test_adapter_changes_outputs_and_merges(tiny_model: Path, tiny_adapter: Path) -> None:
-    prompts = ["How many eggs are left?"]
-    base = LoadedModel(ModelSpec(str(tiny_model)), "cpu").generate(prompts, Sampling(max_new_tokens=16))
-    adapted = LoadedModel(ModelSpec(str(tiny_model), adapter=str(tiny_adapter)), "cpu")
-    merged = LoadedModel(ModelSpec(str(tiny_model), adapter=str(tiny_adapter), merge_adapter=True), "cpu")
+    prompts, sampling = ["How many eggs are left?"], SamplingConfig(max_new_tokens=16)
+    base = engine(tiny_model).generate(prompts, sampling)
+    adapted = engine(tiny_model, adapter=str(tiny_adapter))
+    merged = engine(tiny_model, adapter=str(tiny_adapter), merge_adapter=True)
     assert type(adapted.model).__name__.startswith("PeftModel") and type(merged.model).__name__ == "LlamaForCausalLM"
-    with_adapter = adapted.generate(prompts, Sampling(max_new_tokens=16))
+    with_adapter = adapted.generate(prompts, sampling)
     assert with_adapter[0].text != base[0].text
-    assert merged.generate(prompts, Sampling(max_new_tokens=16))[0].text == with_adapter[0].text
+    assert merged.generate(prompts, sampling)[0].text == with_adapter[0].text
 
 
 def test_load_errors_are_user_errors(tmp_path: Path, tiny_model: Path) -> None:
-    from bench.tiny_models import build_adapter, build_model
+    from tests.support import build_adapter, build_model
 
     with pytest.raises(UserError, match="Cannot load model .*local folder holding config.json"):
-        LoadedModel(ModelSpec(str(tmp_path / "nowhere")), "cpu")
+        engine(tmp_path / "nowhere")
     with pytest.raises(UserError, match="needs a CUDA GPU"):
-        LoadedModel(ModelSpec(str(tiny_model), quantization="4bit"), "cpu")
+        engine(tiny_model, quantization="4bit")
     wider = build_model(tmp_path / "wider", chat=True, hidden=64)
     misfit = build_adapter(wider, tmp_path / "misfit")
     with pytest.raises(UserError, match="Cannot apply the adapter"):
-        LoadedModel(ModelSpec(str(tiny_model), adapter=str(misfit)), "cpu")
+        engine(tiny_model, adapter=str(misfit))
 
 
 def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatch) -> None:
-    model = LoadedModel(ModelSpec(str(tiny_model)), "cpu")
+    model = engine(tiny_model)
     real, sizes = model.generate, []
 
     def fails_on_big_batches_and_poison(prompts, sampling):
@@ -80,19 +96,18 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     results = generate_splitting(model, ["a", "b", "c", "poison", "e", "f", "g", "h"], GREEDY)
     assert sizes[0] == 8 and 4 in sizes and 1 in sizes
-    assert [type(r).__name__ for r in results] == ["Generation"] * 3 + ["RuntimeError"] + ["Generation"] * 4
+    assert [type(r) for r in results] == [Generation] * 3 + [RuntimeError] + [Generation] * 4
 
 
 def test_devices() -> None:
-    assert resolve_devices("cpu,cpu") == ["cpu", "cpu"]
+    assert resolve_devices("cpu,cpu") == ["cpu", "cpu"] and device_labels(["cpu", "cpu"]) == ["cpu#0", "cpu#1"]
     if not torch.cuda.is_available():
         assert resolve_devices("auto") == ["cpu"]
-    for bad, message in [("cuda:7", "visible GPU"), ("tpu", "Unknown device"), ("cuda", "with its index"), (",", "empty")]:
-        with pytest.raises(UserError, match=message):
-            resolve_devices(bad)
+        with pytest.raises(UserError, match="visible GPU"):
+            resolve_devices("cuda:7")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (4-bit bitsandbytes)")
 def test_4bit_on_cuda(tiny_model: Path) -> None:
-    model = LoadedModel(ModelSpec(str(tiny_model), quantization="4bit"), "cuda:0")
+    model = HFStaticEngine(ModelConfig(model=str(tiny_model), quantization="4bit"), device="cuda:0")
     assert model.generate(["How many?"], GREEDY)[0].tokens >= 1

@@ -5,56 +5,28 @@ pending (or lease-expired) items, which marks them running under a fresh claim t
 lease; it then *completes* or *fails* them through that token, so a worker whose lease
 expired and was taken over can never overwrite the new owner's work.
 
-`mongodb://` / `mongodb+srv://` URLs open MongoDB; `sqlite:///PATH` opens an embedded SQLite
-file (the zero-setup default). Both backends pass the same conformance tests.
+`mongodb://` / `mongodb+srv://` URLs open MongoDB (`tasks/store/mongo.py`); `sqlite:///PATH`
+opens an embedded SQLite file (`tasks/store/sqlite.py`, the zero-setup default). Both pass the
+same conformance tests. Leases are timed with the store's `clock` (injectable for tests).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from tasks.cli import UserError, redact
+from pydantic import SecretStr
 
-STATUSES = ("pending", "running", "done", "failed")
+from tasks.errors import UserError
+from tasks.secrets import redact, register_url
+from tasks.store.models import STATUSES, Claim, Clock, Item, Result
+
 DEFAULT_SQLITE_FILE = "fleetgen.db"
-
-
-@dataclass
-class Item:
-    """One unit of work: a question to answer once (one sample at one stage)."""
-
-    question_id: str
-    question: str
-    reference: str
-    stage: int = 0
-    sample: int = 0
-    status: str = "pending"
-    result: dict[str, Any] | None = None
-    attempts: int = 0
-    worker: str | None = None
-    token: str | None = None
-    lease_expires: float | None = None
-    error: str | None = None
-    previous: str | None = None  # the response a refine round asks to improve
-    id: str = ""
-
-
-@dataclass
-class Claim:
-    """A batch of items held by one worker under one token until the lease expires."""
-
-    token: str
-    worker: str
-    items: list[Item] = field(default_factory=list)
-
-    @property
-    def ids(self) -> list[str]:
-        return [item.id for item in self.items]
+SCHEMES = ("mongodb://", "mongodb+srv://", "sqlite:///")
+MASKED = "**********"  # how Prefect shows a secret parameter
 
 
 class Store(Protocol):
@@ -75,7 +47,7 @@ class Store(Protocol):
     def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's items still held; return how many."""
 
-    def complete(self, claim: Claim, results: dict[str, dict[str, Any]]) -> int:
+    def complete(self, claim: Claim, results: dict[str, Result]) -> int:
         """Store results (by item id) of items still held by the claim; return how many."""
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
@@ -93,32 +65,43 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def resolve_store_url(url: str | None) -> str:
-    """The flag, else env MONGODB_URI, else an SQLite file in the working directory."""
-    return url or os.environ.get("MONGODB_URI") or f"sqlite:///{Path.cwd() / DEFAULT_SQLITE_FILE}"
+def check_store_url(url: str) -> str:
+    """`url` if its scheme is one we open (its password registered for redaction); else ValueError."""
+    register_url(url)
+    if url == MASKED:
+        raise ValueError("the store URL arrived masked ('**********'): Prefect never hands a secret back, so set "
+                         "MONGODB_URI in the environment where the flow runs instead of passing the URL")
+    if not url.startswith(SCHEMES):
+        raise ValueError(f"unknown store URL {redact(url)!r}: use mongodb://..., mongodb+srv://... (MongoDB, e.g. "
+                         "Atlas) or sqlite:///PATH (an embedded file), via --store or the MONGODB_URI variable")
+    return url
 
 
-def open_store(url: str | None = None) -> Store:
+def resolve_store_url(url: SecretStr | str | None) -> str:
+    """The given URL, else env MONGODB_URI, else an SQLite file in the working directory."""
+    if isinstance(url, SecretStr):
+        url = url.get_secret_value()
+    url = url or os.environ.get("MONGODB_URI") or f"sqlite:///{Path.cwd() / DEFAULT_SQLITE_FILE}"
+    try:
+        return check_store_url(url)
+    except ValueError as error:
+        message = str(error)
+        raise UserError(f"{message[:1].upper()}{message[1:]}.") from None
+
+
+def open_store(url: SecretStr | str | None = None, clock: Clock = time.time) -> Store:
     """Open (and check) the store a URL names; raise UserError with a clear message."""
     url = resolve_store_url(url)
-    if url.startswith(("mongodb://", "mongodb+srv://")):
-        from tasks.store_mongo import MongoStore
-
-        return MongoStore.connect(url)
     if url.startswith("sqlite:///"):
-        from tasks.store_sqlite import SqliteStore
+        from tasks.store.sqlite import SqliteStore
 
-        return SqliteStore(Path(url.removeprefix("sqlite:///")))
-    scheme = re.match(r"^[\w+.-]*:", url)
-    raise UserError(
-        f"Unknown store URL {redact(url)!r}"
-        + (f" (scheme {scheme.group(0)!r})" if scheme else "")
-        + ". Use mongodb://..., mongodb+srv://... (MongoDB, e.g. Atlas) or sqlite:///PATH "
-        "(an embedded file), via --store or the MONGODB_URI environment variable."
-    )
+        return SqliteStore(Path(url.removeprefix("sqlite:///")), clock=clock)
+    from tasks.store.mongo import MongoStore
+
+    return MongoStore.connect(url, clock=clock)
 
 
-def check_store(url: str | None, run: str | None = None) -> None:
+def check_store(url: SecretStr | str | None, run: str | None = None) -> None:
     """Before Prefect starts (seconds), fail fast on a bad store URL or an unknown run; say which
     store this is."""
     store = open_store(url)
@@ -128,11 +111,6 @@ def check_store(url: str | None, run: str | None = None) -> None:
             require_run(store, run)
     finally:
         store.close()
-
-
-def artifact_key(run: str) -> str:
-    """The run's name as Prefect artifact keys allow it (lowercase letters, digits, dashes)."""
-    return "".join(c if c.isascii() and c.isalnum() else "-" for c in run.lower())
 
 
 def require_run(store: Store, run: str) -> None:
@@ -148,7 +126,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def empty() -> dict[str, int]:
         return {"total": 0, **{status: 0 for status in STATUSES}, "expired": 0}
 
-    overall, stages, workers = empty(), {}, {}
+    overall: dict[str, int] = empty()
+    stages: dict[str, dict[str, int]] = {}
+    workers: dict[str, dict[str, int]] = {}
     for row in rows:
         buckets = [overall, stages.setdefault(str(row["stage"]), empty())]
         if row["worker"]:

@@ -6,13 +6,17 @@ from collections import Counter, defaultdict
 from math import comb
 from typing import Any
 
-from tasks.answers import to_number
+from tasks.grading.equivalence import answer_key
 from tasks.refine import latest_answers
-from tasks.store import STATUSES, Item
+from tasks.store.models import STATUSES, Item
 
 
 def _correct(item: Item | None) -> bool:
-    return bool(item and item.status == "done" and (item.result or {}).get("correct"))
+    return bool(item and item.status == "done" and item.result and item.result.correct)
+
+
+def _predicted(item: Item | None) -> str | None:
+    return item.result.predicted if item and item.result else None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -26,18 +30,12 @@ def majority_score(answers: list[tuple[str | None, bool]]) -> float:
     """maj@K for one question as NeMo-Skills scores it: the most frequent predicted answer wins;
     a tie between several scores the share of the tied answers that are correct; no answer
     at all scores 0."""
-    votes = Counter((_vote_key(predicted), correct) for predicted, correct in answers if predicted is not None)
+    votes = Counter((answer_key(predicted), correct) for predicted, correct in answers if predicted is not None)
     if not votes:
         return 0.0
     top = max(votes.values())
     tied = [correct for (_, correct), count in votes.items() if count == top]
     return sum(tied) / len(tied)
-
-
-def _vote_key(predicted: str) -> str:
-    """Equal numbers vote together (`18`, `$18.00`)."""
-    number = to_number(predicted)
-    return str(number) if number is not None else predicted.strip()
 
 
 def _ks(samples: int) -> list[int]:
@@ -70,13 +68,13 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
     samples = 1 + max((item.sample for item in items if item.stage == 0), default=0)
     if samples > 1:
         per_question = [[chains[(q, s)].get(0) for s in range(samples)] for q in questions]
-        answers = [[((i.result or {}).get("predicted") if i else None, _correct(i)) for i in row] for row in per_question]
+        answers = [[(_predicted(i), _correct(i)) for i in row] for row in per_question]
         result["samples"] = samples
         result[f"maj@{samples}"] = sum(map(majority_score, answers)) / total
         for k in _ks(samples):
             result[f"pass@{k}"] = sum(pass_at_k(samples, sum(map(_correct, row)), k) for row in per_question) / total
     done = [item for item in items if item.status == "done"]
-    result["no_answer_rate"] = sum((i.result or {}).get("predicted") is None for i in done) / len(done) if done else 0.0
+    result["no_answer_rate"] = sum(_predicted(i) is None for i in done) / len(done) if done else 0.0
     result["counts"] = {status: sum(item.status == status for item in items) for status in STATUSES}
     result["unfinished"] = sum(item.status in ("pending", "running") for item in latest_answers(items).values())
     result["throughput"] = {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")}
@@ -84,15 +82,23 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
 
 
 def _throughput(done: list[Item], key: str) -> dict[str, dict[str, float]]:
-    """Items, generated tokens and tokens/s per worker (or worker/device), from generated items."""
-    sums: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    """Items, generated tokens and tokens/s per worker (or worker/device), from generated items.
+    A device's rate is its tokens over its generation seconds; a worker's is the sum of its
+    devices' rates, since its devices run in parallel."""
+    devices: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
     for item in done:
-        result = item.result or {}
-        if "seconds" not in result:
+        result = item.result
+        if result is None or result.seconds is None:
             continue  # brought-your-own responses carry no timing
-        name = result.get("worker", "?") if key == "worker" else f"{result.get('worker', '?')}/{result.get('device', '?')}"
-        sums[name][0] += 1
-        sums[name][1] += result.get("tokens", 0)
-        sums[name][2] += result["seconds"]
-    return {name: {"items": int(n), "tokens": int(tokens), "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0}
-            for name, (n, tokens, seconds) in sorted(sums.items())}
+        sums = devices[(result.worker or "?", result.device or "?")]
+        sums[0] += 1
+        sums[1] += result.tokens or 0
+        sums[2] += result.seconds
+    table: dict[str, dict[str, float]] = {}
+    for (worker, device), (n, tokens, seconds) in sorted(devices.items()):
+        row = table.setdefault(worker if key == "worker" else f"{worker}/{device}",
+                               {"items": 0, "tokens": 0, "tokens_per_second": 0.0})
+        row["items"] += int(n)
+        row["tokens"] += int(tokens)
+        row["tokens_per_second"] = round(row["tokens_per_second"] + (tokens / seconds if seconds else 0.0), 1)
+    return table

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.answers import extract_answer, is_correct
+from tasks.benchmarks import load_rows, resolve_source
+from tasks.grading.equivalence import is_correct
+from tasks.grading.extract import extract_answer, reference_answer
 
 
 @pytest.mark.parametrize("text, answer", [
@@ -41,8 +43,16 @@ def test_different_answers_are_wrong(predicted: str | None, reference: str) -> N
     assert not is_correct(predicted, reference)
 
 
-def test_gsm8k_references_grade_their_own_solutions() -> None:
-    from tasks.data import load_rows, resolve_source
+@pytest.mark.parametrize("solution, reference", [
+    ("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18", "18"),
+    ("so 1,000 + 234\n#### 1,234", "1234"),
+    ("#### -3", "-3"),
+    ("42", "42"),
+])
+def test_reference_answer(solution: str, reference: str) -> None:
+    assert reference_answer(solution) == reference
 
-    rows = load_rows(resolve_source("gsm8k", "test"), "question", "answer", "answer", 200)
-    assert all(is_correct(extract_answer(row["response"]), row["reference"]) for row in rows)
+
+def test_gsm8k_references_grade_their_own_solutions() -> None:
+    rows = load_rows(resolve_source("gsm8k", "test"), response_field="answer", limit=200)
+    assert all(is_correct(extract_answer(row.response), row.reference) for row in rows)

@@ -1,0 +1,228 @@
+"""Every setting of every flow, defined once.
+
+The command lines (flags and `--help` from the fields), the flows' parameters (the Prefect UI
+renders them as forms and masks the store URL), deployments and Python calls all build these
+models, so a bad value gets the same one-paragraph message wherever it comes from (`base.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
+
+from tasks.config.base import Config, setting
+from tasks.prompts import question_templates
+from tasks.store import check_store_url
+
+DEFAULT_RUN = "gsm8k-test"
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+EXPORT_SUFFIXES = ("", ".jsonl", ".parquet")
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+StoreUrl = Annotated[SecretStr | None, setting(
+    None, "work store: mongodb://..., mongodb+srv://... or sqlite:///PATH (default: env MONGODB_URI, else "
+    "sqlite:///./fleetgen.db); a secret, shown masked", metavar="URL")]
+RunName = Annotated[str, setting(DEFAULT_RUN, "run name", metavar="NAME", min_length=1)]
+MaxRounds = Annotated[int, setting(2, "refine rounds at most: stages 1..R after the first attempt", metavar="R",
+                                   ge=0)]
+JsonPath = Annotated[str | None, setting(None, "write the metrics as JSON here, and a PNG chart beside it",
+                                         flag="json", metavar="PATH")]
+
+
+def _folder_exists(path: str | None) -> str | None:
+    if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
+        raise ValueError(f"cannot write {path}: its folder does not exist")
+    return path
+
+
+class RunConfig(Config):
+    """What every flow takes: where the work is, and which run."""
+
+    store: StoreUrl
+    run: RunName
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            check_store_url(url.get_secret_value())
+        return url
+
+
+class ModelConfig(Config):
+    """Which model to load, and how."""
+
+    title: ClassVar[str] = "model settings"
+    model: str = setting(DEFAULT_MODEL, "a local folder (save_pretrained) or a hub id", metavar="PATH_OR_HUB_ID")
+    adapter: str | None = setting(None, "a PEFT LoRA adapter folder to apply to the model", metavar="PATH")
+    merge_adapter: bool = setting(False, "merge the adapter into the weights (faster; not with quantization)")
+    quantization: Literal["none", "4bit", "8bit"] = setting(
+        "none", "bitsandbytes: 4bit = nf4, double quantization, fp16 compute; 8bit (CUDA only)")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = setting(
+        "auto", "weights dtype; auto = bfloat16 on GPUs that have it, float16 on others (T4), float32 on CPU")
+
+    @model_validator(mode="after")
+    def _merge_needs_full_weights(self) -> Self:
+        if self.merge_adapter and self.quantization != "none":
+            raise ValueError("--merge-adapter cannot merge into a quantized model: drop --merge-adapter (the adapter "
+                             "still applies) or use --quantization none")
+        return self
+
+
+class SamplingConfig(Config):
+    """How to sample answers."""
+
+    title: ClassVar[str] = "sampling settings"
+    max_new_tokens: PositiveInt = setting(512, "tokens generated per answer at most", metavar="T")
+    temperature: float = setting(0.0, "0 = greedy", metavar="X", ge=0)
+    top_p: float = setting(1.0, "nucleus sampling when temperature > 0", metavar="P", gt=0, le=1)
+    repetition_penalty: float = setting(1.0, "1 = none", metavar="R", gt=0)
+    seed: int = setting(0, "random seed for sampling", metavar="S")
+
+
+class WorkerConfig(RunConfig):
+    """The worker: which model, how to sample, on which devices, how much to claim."""
+
+    title: ClassVar[str] = "worker settings"
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    engine: Literal["hf-static"] = setting(
+        "hf-static", "how answers are generated: hf-static = transformers' model.generate on length-sorted batches")
+    devices: str = setting("auto", "one model copy per listed device: auto (every visible GPU, else cpu), "
+                                   "cuda:0,cuda:1, cpu, cpu,cpu", metavar="LIST")
+    batch_size: PositiveInt = setting(16, "items claimed and generated together", metavar="B")
+    prompt: str = setting("step_by_step", "a question template in prompts/ (a .txt file with a {question} "
+                                          "placeholder)", metavar="NAME")
+    extract: Literal["regex", "llm"] = setting(
+        "regex", "llm: a second pass with prompts/extract.txt for responses with no parsable answer")
+    worker: str | None = setting(None, "this worker's name in the store and the UI (default: host-pid)",
+                                 metavar="NAME")
+    lease_seconds: float = setting(600.0, "how long claimed items stay reserved without a heartbeat; a dead "
+                                          "worker's items are taken over after this", metavar="S", gt=0)
+    max_attempts: PositiveInt = setting(3, "attempts per item before it is marked failed", metavar="N")
+
+    @field_validator("devices")
+    @classmethod
+    def _device_list(cls, devices: str) -> str:
+        names = [name.strip() for name in devices.split(",") if name.strip()]
+        if not names:
+            raise ValueError("no device named: use auto, cpu, or a comma list such as cuda:0,cuda:1")
+        for name in names:
+            if name == "cuda":
+                raise ValueError("name each GPU with its index, e.g. cuda:0,cuda:1 (or auto)")
+            if name not in ("auto", "cpu") and not re.fullmatch(r"cuda:\d+", name) or name == "auto" and len(names) > 1:
+                raise ValueError(f"unknown device {name!r}: use auto, cpu, or cuda:N (comma separated)")
+        return ",".join(names)
+
+    @field_validator("prompt")
+    @classmethod
+    def _question_template(cls, name: str) -> str:
+        if name not in question_templates():
+            raise ValueError(f"not a question template in prompts/: use one of {', '.join(question_templates())}, "
+                             "or add a .txt file there with a {question} placeholder")
+        return name
+
+    @property
+    def worker_name(self) -> str:
+        """The worker's name: as given, else this machine's host name and process id."""
+        return self.worker or default_worker_name()
+
+    @property
+    def poll_seconds(self) -> float:
+        """How often an idle device looks for work while other workers hold leases."""
+        return max(0.2, min(self.lease_seconds / 4, 15.0))
+
+
+class SeedConfig(RunConfig):
+    """Which dataset to seed a run with."""
+
+    title: ClassVar[str] = "seed settings"
+    dataset: str = setting("gsm8k", "gsm8k (the shipped copy), a JSONL file path, or a hub id owner/name[:config]",
+                           metavar="NAME|PATH|HUB_ID")
+    split: str = setting("test", "split to load: train|test for gsm8k and hub ids", metavar="SPLIT")
+    limit: PositiveInt | None = setting(None, "only the first N rows", metavar="N")
+    samples: PositiveInt = setting(1, "items per question (for maj@K and pass@k)", metavar="K")
+    question_field: str = setting("question", "field holding the question", metavar="F")
+    answer_field: str = setting("answer", "field holding the reference; text after '####' is taken when present",
+                                metavar="F")
+    response_field: str | None = setting(None, "field holding a response generated elsewhere: items are stored "
+                                               "done with it, graded", metavar="F")
+
+    @model_validator(mode="after")
+    def _one_response_one_sample(self) -> Self:
+        if self.response_field and self.samples != 1:
+            raise ValueError("--samples cannot be combined with --response-field: each row's response is one sample "
+                             "(rows sharing an 'id' become successive samples)")
+        return self
+
+
+class RefineConfig(RunConfig):
+    title: ClassVar[str] = "refine settings"
+    max_rounds: MaxRounds
+
+
+class EvaluateConfig(RunConfig):
+    title: ClassVar[str] = "evaluate settings"
+    json_path: JsonPath
+
+    @field_validator("json_path")
+    @classmethod
+    def _writable(cls, path: str | None) -> str | None:
+        return _folder_exists(path)
+
+
+class ExportConfig(RunConfig):
+    title: ClassVar[str] = "export settings"
+    out: str = setting(..., "x.jsonl, x.parquet, or a folder (no extension) for a Hugging Face datasets copy",
+                       metavar="PATH")
+    format: Literal["rows", "sft"] = setting("rows", "rows, or sft chat messages of correct answers")
+    only_correct: bool = setting(False, "rows: only correct answers (sft always is)")
+    stage: NonNegativeInt | None = setting(None, "only this stage (0 = first attempt)", metavar="S")
+    per_question: PositiveInt = setting(1, "sft: up to N distinct correct responses per question, fewest tokens "
+                                           "first", metavar="N")
+    push_to_hub_repo: str | None = setting(None, "also upload to the Hugging Face hub as this dataset repo",
+                                           flag="push-to-hub", metavar="REPO")
+
+    @field_validator("out")
+    @classmethod
+    def _known_format(cls, out: str) -> str:
+        if Path(out).suffix not in EXPORT_SUFFIXES:
+            raise ValueError("cannot tell the format: use a .jsonl or .parquet file, or a folder name (no extension) "
+                             "for a Hugging Face datasets folder")
+        return _folder_exists(out)  # type: ignore[return-value]
+
+
+class StatusConfig(RunConfig):
+    title: ClassVar[str] = "status settings"
+    json_output: bool = setting(False, "print one JSON object (last line of stdout)", flag="json")
+
+
+class ServeConfig(Config):
+    """Refine and evaluate on a schedule; the store comes from each run's MONGODB_URI, never from Prefect."""
+
+    title: ClassVar[str] = "serve settings"
+    run: RunName
+    max_rounds: MaxRounds
+    refine_cron: str = setting("*/30 * * * *", "when refine runs (cron; default every 30 minutes)", metavar="CRON")
+    evaluate_cron: str = setting("15 * * * *", "when evaluate runs (cron; default hourly at :15)", metavar="CRON")
+    json_path: JsonPath
+
+    @field_validator("refine_cron", "evaluate_cron")
+    @classmethod
+    def _cron(cls, cron: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=cron)
+        except ValidationError:
+            raise ValueError("not a cron schedule (five fields, e.g. '*/30 * * * *')") from None
+        return cron

@@ -1,0 +1,26 @@
+"""Which devices the worker loads model copies on."""
+
+from __future__ import annotations
+
+from tasks.errors import UserError
+
+
+def resolve_devices(devices: str) -> list[str]:
+    """`auto` (every visible GPU, else cpu) or a comma list such as `cuda:0,cuda:1` or `cpu,cpu`
+    (its syntax checked by WorkerConfig); UserError for a GPU this machine does not have."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if devices == "auto":
+        return [f"cuda:{index}" for index in range(gpus)] or ["cpu"]
+    names = devices.split(",")
+    for name in names:
+        if name.startswith("cuda:") and int(name[5:]) >= gpus:
+            raise UserError(f"--devices names {name}, but this machine has {gpus} visible GPU(s). "
+                            "Use --devices auto, or --devices cpu to run on the processor.")
+    return names
+
+
+def device_labels(devices: list[str]) -> list[str]:
+    """Unique names for reports: `cpu,cpu` -> `cpu#0`, `cpu#1`; distinct devices keep their names."""
+    return [f"{name}#{index}" if devices.count(name) > 1 else name for index, name in enumerate(devices)]

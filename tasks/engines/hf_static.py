@@ -1,0 +1,111 @@
+"""The `hf-static` engine: one Hugging Face model copy on one device, answering each batch with
+`model.generate` (left padding, the batch runs until its longest answer ends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tasks.config import ModelConfig, SamplingConfig
+from tasks.engines import Generation, Prompt
+from tasks.errors import UserError
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4: float16
+    return torch.float32
+
+
+class HFStaticEngine:
+    """A model and its tokenizer loaded with `from_pretrained`, a PEFT adapter applied if asked."""
+
+    name = "hf-static"
+
+    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if config.quantization != "none" and not device.startswith("cuda"):
+            raise UserError(f"--quantization {config.quantization} (bitsandbytes) needs a CUDA GPU, but the device is "
+                            f"{device}. Use --quantization none on CPU.")
+        self.config, self.device, self.label = config, device, label or device
+        options: dict[str, Any] = {"dtype": _dtype(config.dtype, device)}
+        if config.quantization != "none":
+            from transformers import BitsAndBytesConfig
+
+            options["device_map"] = {"": device}
+            options["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float16)
+                if config.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            model = AutoModelForCausalLM.from_pretrained(config.model, **options)
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"Cannot load model {config.model!r}: {str(error).splitlines()[0][:300]} Pass --model with a local "
+                "folder holding config.json, the weights and the tokenizer (save_pretrained), or a hub id on a "
+                "machine that is online."
+            ) from error
+        if config.quantization == "none":
+            model = model.to(device)
+        if config.adapter:
+            model = self._with_adapter(model, config)
+        self.model = model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+
+    @staticmethod
+    def _with_adapter(model: Any, config: ModelConfig) -> Any:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, config.adapter)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            raise UserError(
+                f"Cannot apply the adapter {config.adapter!r} to {config.model!r}: {str(error).splitlines()[0][:300]} "
+                "Check that the adapter folder holds adapter_config.json and was trained on this base model."
+            ) from error
+        return model.merge_and_unload() if config.merge_adapter else model
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The text the model sees: the chat template when the tokenizer has one, else the turns
+        joined by blank lines."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if not self.chat:
+            return "\n\n".join(message["content"] for message in messages)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> list[Generation]:
+        """One batch through `model.generate`; sampling as given (greedy at temperature 0)."""
+        from transformers import GenerationConfig
+
+        texts = [self.prompt_text(prompt) for prompt in prompts]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
+        sample = sampling.temperature > 0
+        eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, do_sample=sample,
+            temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
+            top_k=None, repetition_penalty=sampling.repetition_penalty,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**batch, generation_config=config)
+        except Exception:
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
+            raise
+        new = output[:, batch["input_ids"].shape[1]:].cpu()
+        stops = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+        generations = []
+        for row, text in zip(new.tolist(), self.tokenizer.batch_decode(new, skip_special_tokens=True)):
+            end = next((index for index, token in enumerate(row) if token in stops), None)
+            generations.append(Generation(text.strip(), tokens=len(row) if end is None else end + 1,
+                                          finish_reason="length" if end is None else "stop"))
+        return generations

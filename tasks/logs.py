@@ -1,0 +1,53 @@
+"""Log hygiene for every command and flow: secrets redacted, no tracebacks for user errors,
+and no routine Prefect lines eating the free tier's log budget."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+
+from tasks.errors import UserError
+from tasks.secrets import redact
+
+log = logging.getLogger("fleetgen")
+
+
+class CleanLogs(logging.Filter):
+    """Redacts credentials in every record (message and traceback), drops tracebacks of user
+    errors, and drops Prefect's routine "Finished in state Completed()" line of every task run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "prefect.task_runs" and record.levelno == logging.INFO and str(record.msg).startswith(
+                "Finished in state Completed"):
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        elif record.exc_info and not record.exc_text:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install_log_filter() -> None:
+    """Attach CleanLogs to every handler configured so far (Prefect's console and API ones too)."""
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.root.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, CleanLogs) for f in handler.filters):
+                handler.addFilter(CleanLogs())
+
+
+def setup_logging() -> None:
+    """`fleetgen: ...` lines on stderr for our own messages; CleanLogs on every handler."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("fleetgen: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    install_log_filter()

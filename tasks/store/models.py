@@ -1,0 +1,70 @@
+"""What the store holds: work items, the claims that hold them, and the result of answering one."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+STATUSES = ("pending", "running", "done", "failed")
+Clock = Callable[[], float]  # what leases are timed with: time.time, or a test's clock
+
+
+@dataclass(kw_only=True)
+class Result:
+    """What answering one item produced, and how (stored without its empty fields)."""
+
+    response: str
+    predicted: str | None = None  # the final answer found in the response
+    correct: bool = False
+    tokens: int | None = None  # generated tokens, the prompt not counted
+    seconds: float | None = None  # the item's share of its batch's generation time
+    finish_reason: str | None = None  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    worker: str | None = None
+    device: str | None = None
+    extracted_by: str | None = None  # "llm" when the second pass found the answer
+    # provenance: how the answer was made (absent for responses brought from elsewhere)
+    engine: str | None = None
+    model: dict[str, Any] | None = None  # ModelConfig fields
+    prompt: str | None = None  # template name; "<name>+retry" for refine rounds
+    prompt_hash: str | None = None  # sha256 of the template text(s), first 16 hex digits
+    sampling: dict[str, Any] | None = None  # SamplingConfig fields
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Result:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(kw_only=True)
+class Item:
+    """One unit of work: a question to answer once (one sample at one stage)."""
+
+    question_id: str
+    question: str
+    reference: str
+    stage: int = 0
+    sample: int = 0
+    status: str = "pending"
+    result: Result | None = None
+    attempts: int = 0
+    worker: str | None = None
+    token: str | None = None
+    lease_expires: float | None = None
+    error: str | None = None
+    previous: str | None = None  # the response a refine round asks to improve
+    id: str = ""
+
+
+@dataclass
+class Claim:
+    """A batch of items held by one worker under one token until the lease expires."""
+
+    token: str
+    worker: str
+    items: list[Item] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[str]:
+        return [item.id for item in self.items]

@@ -1,0 +1,55 @@
+"""Keeping claims alive: heartbeats from a background thread, claims given back on exit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from tasks.store import Store
+from tasks.store.models import Claim
+
+log = logging.getLogger("fleetgen")
+
+
+class LeaseKeeper:
+    """Heartbeats every held claim every `lease_seconds / 3`; gives them back on exit."""
+
+    def __init__(self, store: Store, lease_seconds: float):
+        self.store, self.lease_seconds = store, lease_seconds
+        self._claims: dict[str, Claim] = {}
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        for claim in list(self._claims.values()):
+            released = self.store.release(claim)
+            if released:
+                log.info(f"gave back {released} unfinished items")
+
+    def hold(self, claim: Claim) -> None:
+        with self._lock:
+            self._claims[claim.token] = claim
+
+    def drop(self, claim: Claim) -> None:
+        with self._lock:
+            self._claims.pop(claim.token, None)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                claims = list(self._claims.values())
+            for claim in claims:
+                try:
+                    kept = self.store.heartbeat(claim, self.lease_seconds)
+                except Exception as error:  # a flaky network: the next beat tries again
+                    log.warning(f"heartbeat failed ({error}); retrying in {self.lease_seconds / 3:.0f} s")
+                    continue
+                if kept < len(claim.items):
+                    log.warning(f"{len(claim.items) - kept} items of a batch were taken over after their lease expired")

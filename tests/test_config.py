@@ -1,0 +1,117 @@
+"""One config definition feeds every entry point: each command's --help lists every setting of
+its config, and a bad value gets the same message from the command line, a Python call and a
+deployment run executed by a real Prefect runner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.runner import Runner
+
+from flows.generate import generate
+from flows.refine import refine
+from flows.seed import seed
+from tasks.cli import command_parser
+from tasks.config import (EvaluateConfig, ExportConfig, ModelConfig, RefineConfig, SeedConfig, ServeConfig,
+                          StatusConfig, WorkerConfig)
+from tasks.config.base import Config, ConfigError, nested_config
+from tasks.store.sqlite import SqliteStore
+from tests.conftest import ROOT, run_script
+
+COMMANDS = {"flows/seed.py": SeedConfig, "flows/generate.py": WorkerConfig, "flows/refine.py": RefineConfig,
+            "flows/evaluate.py": EvaluateConfig, "flows/export.py": ExportConfig, "flows/status.py": StatusConfig,
+            "deployments/serve.py": ServeConfig}
+
+
+def setting_paths(config_class: type[Config], prefix: tuple[str, ...] = ()) -> Iterator[str]:
+    for name, info in config_class.model_fields.items():
+        nested = nested_config(info)
+        yield from setting_paths(nested, (*prefix, name)) if nested else [".".join((*prefix, name))]
+
+
+@pytest.mark.parametrize("script", COMMANDS)
+def test_help_lists_every_setting_of_the_config(tmp_path: Path, script: str) -> None:
+    result = run_script(script, "--help", cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    options = [action for action in command_parser(COMMANDS[script], script, "")._actions if action.dest != "help"]
+    assert sorted(action.dest for action in options) == sorted(setting_paths(COMMANDS[script]))
+    for action in options:
+        assert action.option_strings[0] in result.stdout and action.help, action.dest
+
+
+def test_flags_reach_the_config(tmp_path: Path) -> None:
+    parsed = command_parser(WorkerConfig, "flows/generate.py", "").parse_args(
+        ["--quantization", "4bit", "--max-new-tokens", "7", "--merge-adapter", "--devices", "cpu,cpu"])
+    assert vars(parsed) == {"model.quantization": "4bit", "sampling.max_new_tokens": "7", "model.merge_adapter": True,
+                            "devices": "cpu,cpu"}
+
+
+def error_of(result) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    return result.stderr.strip().removeprefix("error: ")
+
+
+def test_a_bad_value_reads_the_same_from_the_command_line_python_and_a_deployment(
+        prefect_env, tmp_path: Path, monkeypatch) -> None:
+    cli = error_of(run_script("flows/generate.py", "--quantization", "nf4", cwd=tmp_path))
+    assert cli.startswith("Invalid worker settings: model.quantization (--quantization) = 'nf4': Input should be")
+    with pytest.raises(ConfigError) as built:
+        WorkerConfig(model=ModelConfig(quantization="nf4"))
+    with pytest.raises(ConfigError) as nested:
+        WorkerConfig(model={"quantization": "nf4"})
+    with pytest.raises(ConfigError) as called:
+        generate({"model": {"quantization": "nf4"}})
+    assert str(nested.value) == str(called.value) == cli
+    # a ModelConfig built on its own reports as one
+    assert str(built.value) == cli.replace("worker settings: model.quantization", "model settings: quantization")
+
+    monkeypatch.chdir(ROOT)  # deployments name their flow by a path relative to here
+    deployment = generate.to_deployment(name="bad-quantization", enforce_parameter_schema=False,
+                                        parameters={"config": {"model": {"quantization": "nf4"}}})
+    state = run_through_deployment(deployment)
+    assert state.is_failed() and cli in state.message
+
+
+def run_through_deployment(deployment):
+    """Apply the deployment, create a run of it, and execute that run with a Prefect runner (a
+    subprocess, as a work pool's worker would); the run's final state."""
+    deployment_id = deployment.apply()
+    flow_run = run_deployment(deployment_id, timeout=0, as_subflow=False)
+    asyncio.run(Runner().execute_flow_run(flow_run.id, stream_output=False))
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run.id).state
+
+
+def test_a_deployment_config_runs_the_flow(prefect_env, tmp_path: Path, monkeypatch) -> None:
+    db = tmp_path / "w.db"
+    store = SqliteStore(db)
+    seed(SeedConfig(store=f"sqlite:///{db}", run="dep", limit=3))
+    claim = store.claim("dep", "hand", 3, 60)
+    store.fail(claim, claim.ids, "boom", max_attempts=1)  # three missing answers for refine to queue
+    monkeypatch.setenv("MONGODB_URI", f"sqlite:///{db}")  # deployments take the store from the environment
+    monkeypatch.chdir(ROOT)
+    deployment = refine.to_deployment(name="refine-dep", enforce_parameter_schema=False,
+                                      parameters={"config": {"run": "dep", "max_rounds": 1}})
+    state = run_through_deployment(deployment)
+    assert state.is_completed(), state.message
+    assert sorted(item.stage for item in store.items("dep")) == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_masked_store_says_where_the_url_belongs() -> None:
+    with pytest.raises(ConfigError, match=r"store \(--store\): the store URL arrived masked.*set MONGODB_URI"):
+        RefineConfig.load({"store": "**********", "run": "r"})
+
+
+def test_configs_are_frozen_and_refuse_unknown_settings() -> None:
+    config = SeedConfig()
+    with pytest.raises(Exception):
+        config.run = "other"  # type: ignore[misc]
+    with pytest.raises(ConfigError, match=r"sampels = 3: not a known setting"):
+        SeedConfig.load({"sampels": 3})
+    assert json.loads(WorkerConfig(store="sqlite:///x.db").model_dump_json())["store"] == "**********"
