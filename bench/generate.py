@@ -28,7 +28,7 @@ import torch
 from tasks.benchmarks import Row, build_items, load_rows, resolve_source
 from tasks.config import ModelConfig, SamplingConfig, WorkerConfig
 from tasks.engines.hf_static import HFStaticEngine
-from tasks.grading import grade_response
+from tasks.grading import grade
 from tasks.prompts import render
 from tasks.store import summarize
 from tasks.store.models import Result
@@ -92,10 +92,10 @@ def original(model: HFStaticEngine, rows: list[Row], batch_size: int, sampling: 
                        for item, answer in zip(claim.items, answers)]
             extracted = [out for chunk in batches(prompts, max(1, batch_size // 2))
                          for out in model.generate(chunk, extract)]
-            graded = {item.id: (answer.text, *grade_response(out.text, item.reference))
+            graded = {item.id: (answer.text, grade(out.text, item.reference))
                       for item, answer, out in zip(claim.items, answers, extracted)}
-            store.complete(claim, {id_: Result(response=response, predicted=predicted, correct=correct)
-                                   for id_, (response, predicted, correct) in graded.items()})
+            store.complete(claim, {id_: Result(response=response, predicted=g.predicted, correct=g.correct)
+                                   for id_, (response, g) in graded.items()})
             tokens += sum(answer.tokens for answer in answers)
         return tokens, time.perf_counter() - started
 

@@ -9,6 +9,7 @@ import os
 import tempfile
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, Callable, Iterator, TypeVar
 
 from tasks.config import RunConfig
@@ -55,12 +56,13 @@ def prefect_session() -> Iterator[None]:
         yield
 
 
-def run_from_command_line(flow: Callable[[RunConfigT], ResultT], config: RunConfigT, *, known_run: bool = True,
-                          tags: tuple[str, ...] = ()) -> ResultT:
-    """A command line's flow run: the store (and with `known_run` the run) checked first, in
-    seconds, before Prefect starts; then the flow in the command lines' Prefect session."""
+def run_from_command_line(flow: Callable[[RunConfigT], ResultT], config: RunConfigT, *,
+                          runs: str | None | EllipsisType = ..., tags: tuple[str, ...] = ()) -> ResultT:
+    """A command line's flow run: the store and the runs it names (`runs`; by default the
+    config's run; None: none to check yet) checked first, in seconds, before Prefect starts; then
+    the flow in the command lines' Prefect session."""
     from prefect import tags as prefect_tags
 
-    check_store(config.store, config.run if known_run else None)
+    check_store(config.store, config.run if runs is ... else runs)
     with prefect_session(), prefect_tags(*tags):
         return flow(config)

@@ -1,8 +1,9 @@
-"""Report a run's accuracy: `python flows/evaluate.py --run NAME [--json PATH]`.
+"""Report accuracy: `python flows/evaluate.py --run NAME` or `--runs 'suite-*'` [--json PATH].
 
 Accuracy at the first attempt and cumulatively after each refine round; with K samples per
-question maj@K and pass@k; the no-answer rate; throughput per worker and device; counts by
-status. Publishes Prefect artifacts; with --json also writes the JSON and a PNG chart beside it.
+question pass@k and maj@k for k = 1, 2, 4, ..., K; MATH by level and subject; the no-answer rate;
+how the answers were made; throughput per worker and device. Several runs make one table, one
+row per run. Publishes Prefect artifacts; with --json also writes the JSON and a PNG chart.
 """
 
 from __future__ import annotations
@@ -17,27 +18,29 @@ from flows.common import run_from_command_line, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import EvaluateConfig
 from tasks.evaluation.metrics import evaluate_items
-from tasks.evaluation.report import format_report
+from tasks.evaluation.report import format_report, format_suite, suite_rows
 from tasks.evaluation.steps import publish_metrics
-from tasks.store import open_store, require_run
+from tasks.store import match_runs, open_store
 from tasks.store.steps import read_items
 
 
 @flow(name="evaluate", validate_parameters=False)
 def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
-    """Compute the run's metrics and publish them."""
+    """Compute the metrics of one run, or of several (`runs`) as one table, and publish them;
+    returns {"runs": [metrics...], "table": [one row per run]}."""
     config = start_flow(EvaluateConfig, config)
     with closing(open_store(config.store)) as store:
-        require_run(store, config.run)
-        metrics = evaluate_items(config.run, read_items(store, config.run))
-    publish_metrics(metrics, config.json_path)
-    return metrics
+        runs = match_runs(store, config.runs or config.run)
+        suite = [evaluate_items(run, read_items(store, run)) for run in runs]
+    publish_metrics(suite, config.json_path)
+    return {"runs": suite, "table": suite_rows(suite)}
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_command(EvaluateConfig, argv, "flows/evaluate.py", __doc__)
-    metrics = run_from_command_line(evaluate, config)
-    print(format_report(metrics))
+    result = run_from_command_line(evaluate, config, runs=config.runs or config.run)
+    suite = result["runs"]
+    print(format_report(suite[0]) if len(suite) == 1 else format_suite(suite))
     if config.json_path:
         print(f"wrote {config.json_path} and {Path(config.json_path).with_suffix('.png')}")
 

@@ -4,7 +4,8 @@
 (`save_to_disk`); `--push-to-hub REPO` also uploads it. Rows hold question_id, sample, stage,
 question, reference, response, predicted, correct, tokens, worker and how the answer was made
 (engine, model, prompt, prompt_hash, sampling); `sft` writes chat messages (user question,
-assistant response) of correct answers, the best (fewest tokens) per question.
+assistant response) of correct answers, the best (fewest tokens) per question; refine rounds
+only with --refine-conversations, as the conversation they answered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flows.common import run_from_command_line, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import ExportConfig
 from tasks.errors import UserError
+from tasks.evaluation.metrics import check_one_way_per_stage
 from tasks.export import push_to_hub, result_rows, sft_rows, write_rows
 from tasks.store import open_store, require_run
 from tasks.store.steps import read_items
@@ -32,9 +34,11 @@ def export(config: ExportConfig) -> dict[str, Any]:
     with closing(open_store(config.store)) as store:
         require_run(store, config.run)
         items = read_items(store, config.run)
-    if config.format == "sft":
-        rows = sft_rows(items, per_question=config.per_question, stage=config.stage)
-    else:
+    if config.format == "sft":  # chats carry no provenance: never mix answers made different ways
+        check_one_way_per_stage(config.run, items)
+        rows = sft_rows(items, per_question=config.per_question, stage=config.stage,
+                        refine_conversations=config.refine_conversations)
+    else:  # each row says how its answer was made
         rows = result_rows(items, only_correct=config.only_correct, stage=config.stage)
     if not rows:
         raise UserError(f"Nothing to export from run {config.run!r} with these filters (no answered items match).")

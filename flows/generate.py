@@ -21,9 +21,10 @@ from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
 from tasks.engines.devices import device_labels, resolve_devices
 from tasks.progress import ProgressArtifact
-from tasks.store import open_store
+from tasks.store import match_runs, open_store
 from tasks.worker.batch import summarize_reports
 from tasks.worker.leases import LeaseKeeper
+from tasks.worker.loop import sampling_warnings
 from tasks.worker.steps import load_engine, run_device
 
 
@@ -41,35 +42,42 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
 
     config = start_flow(WorkerConfig, config)
     devices = resolve_devices(config.devices)
+    logger = get_run_logger()
     with closing(open_store(config.store)) as store:
         if config.run == DEFAULT_RUN and config.run not in store.runs():
             seed(SeedConfig(store=config.store, run=config.run))
+        runs = match_runs(store, config.run)
+        for warning in sampling_warnings(store, runs, config.sampling):
+            logger.warning(warning)
         transformers.set_seed(config.sampling.seed)
         loading = [load_engine.submit(config, device=device, label=label)
                    for device, label in zip(devices, device_labels(devices))]
         engines = [future.result() for future in loading]
-        get_run_logger().info(f"worker {config.worker_name}: {config.model.model} on {', '.join(devices)}, "
-                              f"batch {config.batch_size}")
-        progress = ProgressArtifact.create(store, config.run)
+        logger.info(f"worker {config.worker_name}: {config.model.model} on {', '.join(devices)}, batch "
+                    f"{config.batch_size}, runs {', '.join(runs)}")
+        reports = []
         with LeaseKeeper(store, config.lease_seconds) as keeper:
-            futures = [run_device.submit(store, engine, config, keeper, progress) for engine in engines]
-            reports = [report for future in futures for report in future.result()]
+            for run in runs:  # one after another; each device leaves a run when it is finished
+                on_run = config.model_copy(update={"run": run})
+                progress = ProgressArtifact.create(store, run)
+                futures = [run_device.submit(store, engine, on_run, keeper, progress) for engine in engines]
+                reports += [report for future in futures for report in future.result()]
     totals = summarize_reports(reports)
     for device, total in totals.items():
-        get_run_logger().info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
-                              f"{total['tokens_per_second']} tokens/s")
-    return {"run": config.run, "worker": config.worker_name, "model": config.model.model_dump(),
+        logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
+                    f"{total['tokens_per_second']} tokens/s")
+    return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
             "sampling": config.sampling.model_dump(), "devices": totals}
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_command(WorkerConfig, argv, "flows/generate.py", __doc__)
     resolve_devices(config.devices)  # fail fast, before Prefect starts
-    result = run_from_command_line(generate, config, known_run=config.run != DEFAULT_RUN,  # the default is seeded
-                                   tags=(f"run:{config.run}", f"worker:{config.worker_name}"))
+    result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
+                                   tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
     overall = result["devices"]["all"]
-    print(f"worker {result['worker']}: run {result['run']!r} finished; this worker did {overall['done']} items "
-          f"({overall['failed']} failed) at {overall['tokens_per_second']} tokens/s")
+    print(f"worker {result['worker']}: run(s) {', '.join(result['runs'])} finished; this worker did {overall['done']} "
+          f"items ({overall['failed']} failed) at {overall['tokens_per_second']} tokens/s")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Seed a run with work items: `python flows/seed.py --run NAME --dataset gsm8k --split test`."""
+"""Seed runs with work items: `python flows/seed.py --run NAME --dataset gsm8k --split test`.
+
+One dataset as one run, or with `--suite` every benchmark of a suite as runs of their own
+(`<run-prefix>-<benchmark>`) that workers drain one after another (`--run 'PREFIX-*'`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.common import run_from_command_line, start_flow
-from tasks.benchmarks import build_items, resolve_source
+from tasks.benchmarks import build_items, resolve_source, take_subset
 from tasks.benchmarks.steps import load_dataset
 from tasks.cli import parse_command, run_cli
 from tasks.config import SeedConfig
@@ -19,25 +23,37 @@ from tasks.store.steps import insert_items
 
 @flow(name="seed", validate_parameters=False)
 def seed(config: SeedConfig = SeedConfig()) -> dict[str, Any]:
-    """Load a dataset and add its questions to a run; seeding again adds nothing."""
+    """Load the datasets (all of them before anything is written) and add their questions to
+    their runs; seeding again adds nothing."""
     config = start_flow(SeedConfig, config)
-    rows = load_dataset(resolve_source(config.dataset, config.split), question_field=config.question_field,
-                        answer_field=config.answer_field, response_field=config.response_field, limit=config.limit)
-    items = build_items(rows, config.samples)
+    sources = [(run, resolve_source(dataset, config.split, config.data_dir)) for run, dataset in config.planned_runs()]
+    loaded = [(run, source, load_dataset(source, question_field=config.question_field,
+                                         answer_field=config.answer_field, response_field=config.response_field,
+                                         limit=config.limit))
+              for run, source in sources]
+    runs = {}
     with closing(open_store(config.store)) as store:
-        store.ensure_run(config.run, config.model_dump(exclude={"store", "run"}))
-        inserted = insert_items(store, config.run, items)
-    get_run_logger().info(f"run {config.run!r}: {inserted} new items, {len(items) - inserted} already there "
-                          f"({len(rows)} questions)")
-    return {"run": config.run, "questions": len(rows), "items": len(items), "inserted": inserted}
+        for run, source, rows in loaded:
+            if config.subset:
+                rows = take_subset(rows, config.subset, source.benchmark)
+            items = build_items(rows, config.samples)
+            store.ensure_run(run, {**config.model_dump(exclude={"store", "run", "suite", "run_prefix"}),
+                                   "dataset": source.benchmark or source.where})
+            inserted = insert_items(store, run, items)
+            get_run_logger().info(f"run {run!r}: {inserted} new items, {len(items) - inserted} already there "
+                                  f"({len(rows)} questions)")
+            runs[run] = {"questions": len(rows), "items": len(items), "inserted": inserted}
+    return {"runs": runs}
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_command(SeedConfig, argv, "flows/seed.py", __doc__)
-    resolve_source(config.dataset, config.split)  # fail fast, before Prefect starts
-    result = run_from_command_line(seed, config, known_run=False)
-    print(f"seeded run {result['run']!r}: {result['inserted']} new items, "
-          f"{result['items'] - result['inserted']} already there, {result['questions']} questions")
+    for _, dataset in config.planned_runs():  # fail fast, before Prefect starts and before anything is written
+        resolve_source(dataset, config.split, config.data_dir)
+    result = run_from_command_line(seed, config, runs=None)
+    for run, counts in result["runs"].items():
+        print(f"seeded run {run!r}: {counts['inserted']} new items, {counts['items'] - counts['inserted']} already "
+              f"there, {counts['questions']} questions")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import UserError
-from tasks.store.models import Item
+from tasks.prompts import render
+from tasks.store.models import Item, Result
 
 PROVENANCE = ("engine", "model", "prompt", "prompt_hash", "sampling")
 
@@ -27,19 +28,30 @@ def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | N
     return rows
 
 
-def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = None) -> list[dict[str, Any]]:
-    """Chat examples (user: the question, assistant: a correct response): per question the
-    `per_question` best, best = fewest tokens (characters where a count is missing), identical
-    responses kept once."""
-    best: dict[str, list[dict[str, Any]]] = {}
-    rows = result_rows(items, only_correct=True, stage=stage)
-    for row in sorted(rows, key=lambda r: (r["question_id"], r["tokens"] or len(r["response"]), len(r["response"]))):
-        chosen = best.setdefault(row["question_id"], [])
-        if len(chosen) < per_question and all(row["response"].strip() != c["response"].strip() for c in chosen):
-            chosen.append(row)
-    return [{"question_id": row["question_id"], "messages": [{"role": "user", "content": row["question"]},
-                                                             {"role": "assistant", "content": row["response"]}]}
-            for rows in best.values() for row in rows]
+def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = None,
+             refine_conversations: bool = False) -> list[dict[str, Any]]:
+    """Chat examples of correct answers: per question the `per_question` best, best = fewest tokens
+    (characters where a count is missing), identical responses kept once. First attempts are
+    (user: question, assistant: answer); refine rounds only when asked, as the conversation they
+    answered (question, the wrong attempt, the retry prompt, the answer)."""
+    wanted = {item.stage for item in items} if refine_conversations else {0}
+    answers = [(item, item.result) for item in items if item.status == "done" and item.result is not None
+               and item.result.correct and item.stage in wanted and (stage is None or item.stage == stage)]
+    best: dict[str, list[tuple[Item, Result]]] = {}
+    for item, result in sorted(answers, key=lambda pair: (pair[0].question_id, pair[1].tokens or len(pair[1].response),
+                                                          len(pair[1].response))):
+        chosen = best.setdefault(item.question_id, [])
+        if len(chosen) < per_question and all(result.response.strip() != other.response.strip() for _, other in chosen):
+            chosen.append((item, result))
+    return [{"question_id": item.question_id, "stage": item.stage, "messages": _conversation(item, result)}
+            for chosen in best.values() for item, result in chosen]
+
+
+def _conversation(item: Item, result: Result) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": item.question}]
+    if item.stage > 0 and item.previous:
+        messages += [{"role": "assistant", "content": item.previous}, {"role": "user", "content": render("retry")}]
+    return [*messages, {"role": "assistant", "content": result.response}]
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> str:

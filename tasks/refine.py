@@ -23,6 +23,6 @@ def retry_items(items: list[Item], max_rounds: int) -> list[Item]:
         wrong = item.status == "done" and not (item.result and item.result.correct)
         if item.stage < max_rounds and (wrong or item.status == "failed"):
             retries.append(Item(question_id=item.question_id, question=item.question, reference=item.reference,
-                                stage=item.stage + 1, sample=item.sample,
+                                stage=item.stage + 1, sample=item.sample, metadata=item.metadata,
                                 previous=item.result.response if item.result else None))
     return retries

@@ -112,3 +112,20 @@ class SerializedStore:
                 return call(*args, **kwargs)
 
         return serialized
+
+
+class ScriptedEngine:
+    """An engine that answers each prompt with the scripted response of the first key found in
+    it (a test double behind the engine interface; the worker around it is the real one)."""
+
+    name = "scripted"
+
+    def __init__(self, responses: dict[str, str], device: str = "cpu", label: str = "cpu"):
+        self.responses, self.device, self.label = responses, device, label
+
+    def generate(self, prompts: list[Any], sampling: Any) -> list[Any]:
+        from tasks.engines import Generation
+
+        texts = [prompt if isinstance(prompt, str) else prompt[0]["content"] for prompt in prompts]
+        answers = [next(reply for key, reply in self.responses.items() if key in text) for text in texts]
+        return [Generation(answer, tokens=len(answer.split()), finish_reason="stop") for answer in answers]

@@ -44,10 +44,11 @@ def assert_all_done_once(store: SqliteStore, run: str, expected: int) -> list:
     return items
 
 
-def test_two_devices_in_threads_finish_the_run(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+def test_two_devices_in_threads_finish_the_run(prefect_env, tmp_path: Path, tiny_model: Path, caplog) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="r", limit=12, samples=2))
     result = worker(url, "r", tiny_model, devices="cpu,cpu", batch_size=4, worker="w1")
+    assert "run 'r' asks 2 samples per question, but --temperature is 0: they will be identical" in caplog.text
     items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 24)
     assert {item.result.device for item in items} == {"cpu#0", "cpu#1"}
     devices = result["devices"]
@@ -83,6 +84,38 @@ def test_sampling_settings_reach_the_answers(prefect_env, tmp_path: Path, tiny_m
     expected = engine.generate([chat], SamplingConfig(max_new_tokens=16))[0].text
     assert greedy == [expected, expected]
     assert {item.result.sampling["temperature"] for item in store.items("hot")} == {1.5}
+
+
+SCRIPTED = {  # question -> (reference, a response the grader must read as right)
+    "Share three quarters": ("0.75", "Each gets $\\boxed{\\frac{3}{4}}$."),
+    "Which ratio": ("\\frac{1}{\\sqrt{2}}", "So the ratio is $\\dfrac{\\sqrt{2}}{2}$."),
+    "Which factor": ("(r+5)(r+5)", "Final Answer: The final answer is $(r+5)^2$. I hope it is correct."),
+    "How many eggs": ("18", "She sells 9 eggs at $2 each.\n#### 18"),
+}
+
+
+def test_the_worker_grades_on_its_save_thread_as_seeding_does(prefect_env, tmp_path: Path, monkeypatch) -> None:
+    """Symbolic answers graded by a running worker (its background save thread) get the same
+    verdicts as the same responses brought along and graded at seeding (the main thread)."""
+    from tasks.worker import steps
+    from tests.support import ScriptedEngine
+
+    rows = [{"id": f"q{n}", "question": question, "answer": reference, "response": response}
+            for n, (question, (reference, response)) in enumerate(SCRIPTED.items())]
+    dataset = tmp_path / "scripted.jsonl"
+    dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(SeedConfig(store=url, run="worker", dataset=str(dataset)))
+    seed(SeedConfig(store=url, run="seeded", dataset=str(dataset), response_field="response"))
+    responses = {question: response for question, (_, response) in SCRIPTED.items()}
+    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: ScriptedEngine(responses))
+    generate(WorkerConfig(store=url, run="worker", devices="cpu", batch_size=4))
+    store = SqliteStore(tmp_path / "w.db")
+    by_worker = {item.question_id: item.result for item in store.items("worker")}
+    by_seed = {item.question_id: item.result for item in store.items("seeded")}
+    assert {q: (r.predicted, r.correct) for q, r in by_worker.items()} == {
+        q: (r.predicted, r.correct) for q, r in by_seed.items()}
+    assert all(result.correct for result in by_worker.values()) and by_worker["q0"].engine == "scripted"
 
 
 def test_default_run_is_seeded_from_gsm8k_test(prefect_env, tmp_path: Path, tiny_plain_model: Path) -> None:

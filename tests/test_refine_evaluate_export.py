@@ -19,7 +19,7 @@ from tasks.config import (EvaluateConfig, ExportConfig, ModelConfig, RefineConfi
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.evaluation.metrics import evaluate_items, majority_score, pass_at_k
 from tasks.export import sft_rows
-from tasks.grading import grade_response
+from tasks.grading import grade
 from tasks.progress import FleetProgress, describe
 from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
@@ -48,18 +48,23 @@ def answer_pending(url: str, response: str) -> int:
     """Stand in for a worker: answer every pending item with `response`, graded."""
     store = SqliteStore(Path(url.removeprefix("sqlite:///")))
     claim = store.claim("byo", "hand", 100, 60)
-    graded = {i.id: grade_response(response, i.reference) for i in claim.items}
-    return store.complete(claim, {id_: Result(response=response, predicted=predicted, correct=correct)
-                                  for id_, (predicted, correct) in graded.items()})
+    graded = {i.id: grade(response, i.reference) for i in claim.items}
+    return store.complete(claim, {id_: Result(response=response, predicted=g.predicted, correct=g.correct)
+                                  for id_, g in graded.items()})
+
+
+def evaluate_one(url: str, run: str = "byo", **settings) -> dict:
+    return evaluate(EvaluateConfig(store=url, run=run, **settings))["runs"][0]
 
 
 def test_bring_your_own_responses_are_graded_with_known_accuracy(byo_run: str, tmp_path: Path) -> None:
-    metrics = evaluate(EvaluateConfig(store=byo_run, run="byo", json_path=str(tmp_path / "eval.json")))
+    metrics = evaluate_one(byo_run, json_path=str(tmp_path / "eval.json"))
     assert (metrics["total"], metrics["correct"], metrics["accuracy"]) == (4, 3, 0.75)
     assert metrics["stages"] == [{"stage": 0, "total": 4, "correct": 3, "accuracy": 0.75, "cumulative_correct": 3,
                                   "cumulative_accuracy": 0.75}]
     written = json.loads((tmp_path / "eval.json").read_text())
-    assert {"run", "total", "correct", "accuracy", "stages"} <= set(written) and written["accuracy"] == 0.75
+    assert {"run", "total", "correct", "accuracy", "stages"} <= set(written["runs"][0])
+    assert written["runs"][0]["accuracy"] == 0.75 and written["table"][0]["accuracy"] == 0.75
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with get_client(sync_client=True) as client:
         keys = {artifact.key for artifact in client.read_artifacts()}
@@ -81,7 +86,7 @@ def test_refine_is_idempotent_and_stops_at_max_rounds(byo_run: str) -> None:
     assert refine_byo(byo_run)["by_stage"] == {2: 1}
     assert answer_pending(byo_run, "Oh, #### 5") == 1
     assert refine_byo(byo_run)["queued"] == 0  # right now; and round 2 was the last anyway
-    metrics = evaluate(EvaluateConfig(store=byo_run, run="byo"))
+    metrics = evaluate_one(byo_run)
     assert [(s["stage"], s["total"], s["correct"], s["cumulative_correct"]) for s in metrics["stages"]] == [
         (0, 4, 3, 3), (1, 1, 0, 3), (2, 1, 1, 4)]
     assert metrics["stages"][-1]["cumulative_accuracy"] == 1.0 and metrics["accuracy"] == 0.75

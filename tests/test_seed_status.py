@@ -32,7 +32,8 @@ def test_seed_flow_is_idempotent_and_caches_parsing(prefect_env, tmp_path: Path)
     dataset.write_text("".join(f'{{"question": "q{n}", "answer": "#### {n}"}}\n' for n in range(20)))
     config = SeedConfig(store=f"sqlite:///{tmp_path / 'w.db'}", run="r", dataset=str(dataset), samples=2)
     first, again = seed(config, return_state=True), seed(config, return_state=True)
-    assert (first.result()["inserted"], again.result()["inserted"], again.result()["items"]) == (40, 0, 40)
+    counts = [state.result()["runs"]["r"] for state in (first, again)]
+    assert (counts[0]["inserted"], counts[1]["inserted"], counts[1]["items"]) == (40, 0, 40)
     store = SqliteStore(tmp_path / "w.db")
     assert store.runs() == ["r"] and len(store.items("r")) == 40
     states = {}
@@ -86,7 +87,7 @@ def test_bad_dataset_files_fail_cleanly_and_keep_stored_data(prefect_env, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nowhere.jsonl"], "Dataset 'nowhere.jsonl' cannot be read"),
     (["--store", "redis://localhost/0"], "store (--store): unknown store URL 'redis://localhost/0'"),
-    (["--split", "dev"], "GSM8K has splits train, test"),
+    (["--split", "dev"], "gsm8k has the split(s) train, test, not 'dev'"),
     (["--response-field", "out", "--samples", "2"], "--samples cannot be combined"),
     (["--limit", "0"], "limit (--limit) = '0': Input should be greater than 0"),
 ])

@@ -12,7 +12,7 @@ from tasks.config import ModelConfig, WorkerConfig
 from tasks.engines import Generation
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.store.models import Claim, Item, Result
-from tasks.worker.batch import Answered, BatchReport, answer_claim, grade, summarize_reports
+from tasks.worker.batch import Answered, BatchReport, answer_claim, grade_batch, summarize_reports
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import device_loop
 
@@ -92,20 +92,20 @@ def test_a_failed_write_stops_the_loop_with_its_error() -> None:
 def test_llm_extraction_grades_unparsable_responses_and_keeps_them_verbatim(tiny_model, monkeypatch) -> None:
     model = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu")
 
-    def scripted(prompts, sampling):  # answers without numbers; the extraction pass says 18
-        return [Generation("Answer: 18" if "Solution:" in model.prompt_text(p) else "no digits here", 3, "stop")
-                for p in prompts]
+    def scripted(prompts, sampling):  # answers without an answer in them; the extraction pass says 18
+        return [Generation("Answer: 18" if "Solution:" in model.prompt_text(p) else "I am not sure how to solve it.", 3,
+                           "stop") for p in prompts]
 
     monkeypatch.setattr(model, "generate", scripted)
     claim = Claim("t", "w", [Item(question_id="q1", question="Eggs?", reference="18", id="1")])
     with_llm = answer_claim(claim, model, WorkerConfig(worker="w", extract="llm"))
     regex_only = answer_claim(claim, model, WorkerConfig(worker="w"))
     assert with_llm.results["1"].correct is False  # grading happens off the device, at save time
-    grade(with_llm)
-    grade(regex_only)
+    grade_batch(with_llm)
+    grade_batch(regex_only)
     result = with_llm.results["1"]
     assert (result.response, result.predicted, result.correct, result.extracted_by) == (
-        "no digits here", "18", True, "llm")
+        "I am not sure how to solve it.", "18", True, "llm")
     assert (regex_only.results["1"].predicted, regex_only.results["1"].correct) == (None, False)
 
 

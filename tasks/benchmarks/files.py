@@ -13,12 +13,14 @@ from tasks.errors import UserError
 
 @dataclass(frozen=True)
 class Source:
-    """A local JSONL file or a hub dataset id (`owner/name[:config]`), and its split."""
+    """A local JSONL file or a hub dataset id (`owner/name[:config]`), its split, and the benchmark
+    adapter that reads its rows (None: a user's file, read by field names)."""
 
     name: str  # prefix of generated question ids
     path: Path | None = None
     hub_id: str | None = None
     split: str = "test"
+    benchmark: str | None = None
 
     @property
     def where(self) -> str:
@@ -68,3 +70,8 @@ def _read_hub(source: Source) -> list[tuple[int, dict[str, Any]]]:
             f"{str(error).splitlines()[0][:300]}. Offline? Save it as JSONL and pass its path to --dataset."
         ) from error
     return [(index + 1, dict(row)) for index, row in enumerate(data)]
+
+
+def number_text(value: float) -> str:
+    """A reference number as text: `145.0` -> `145`, `11.5` stays."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

@@ -1,19 +1,18 @@
-"""GSM8K (openai/grade-school-math, MIT): the copy shipped in `data/gsm8k/` (train 7,473, test
-1,319). References are the number after `####`; question ids are `gsm8k/<split>/<row index>`."""
+"""GSM8K (openai/grade-school-math, MIT): grade-school word problems, shipped in `data/gsm8k/`
+(train 7,473, test 1,319). References are the number after `####`; ids `gsm8k/<split>/<row>`."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-from tasks.benchmarks.files import Source
-from tasks.errors import UserError
+from tasks.benchmarks.row import Row
+from tasks.grading.extract import reference_answer
 
 NAME = "gsm8k"
-FOLDER = Path(__file__).resolve().parents[2] / "data" / "gsm8k"
-SPLITS = ("train", "test")
+FILES = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
+SHIPPED, LICENCE = True, "MIT"
 
 
-def source(split: str) -> Source:
-    if split not in SPLITS:
-        raise UserError(f"GSM8K has splits {', '.join(SPLITS)}, not {split!r}. Pass --split train or --split test.")
-    return Source(f"{NAME}/{split}", path=FOLDER / f"{split}.jsonl", split=split)
+def to_row(index: int, raw: dict[str, Any], split: str) -> Row:
+    return Row(question_id=f"gsm8k/{split}/{index}", question=raw["question"],
+               reference=reference_answer(raw["answer"]))

@@ -93,6 +93,8 @@ class WorkerConfig(RunConfig):
     """The worker: which model, how to sample, on which devices, how much to claim."""
 
     title: ClassVar[str] = "worker settings"
+    run: str = setting(DEFAULT_RUN, "run name, or several drained in order: a,b,c or a pattern such as 'suite-*'",
+                       metavar="NAME", min_length=1)
     model: ModelConfig = ModelConfig()
     sampling: SamplingConfig = SamplingConfig()
     engine: Literal["hf-static"] = setting(
@@ -156,13 +158,37 @@ class SeedConfig(RunConfig):
                                 metavar="F")
     response_field: str | None = setting(None, "field holding a response generated elsewhere: items are stored "
                                                "done with it, graded", metavar="F")
+    subset: PositiveInt | None = setting(None, "a deterministic subset of N questions, every level and subject (or "
+                                               "type) in proportion; MATH's 500 is the common MATH-500", metavar="N")
+    data_dir: str | None = setting(None, "folder holding the benchmarks not shipped here (gsm-hard, asdiv, mawps) "
+                                         "as <name>/test.jsonl, e.g. microsoft/ToRA's src/data", metavar="DIR")
+    suite: Literal["math-word-problems"] | None = setting(
+        None, "seed every benchmark of a suite, each as the run <run-prefix>-<benchmark>: math-word-problems = "
+              "gsm8k, math, gsm-hard, svamp, asdiv, mawps")
+    run_prefix: str | None = setting(None, "with --suite: the runs' common prefix (default: the suite's name)",
+                                     metavar="NAME")
 
     @model_validator(mode="after")
-    def _one_response_one_sample(self) -> Self:
+    def _consistent(self) -> Self:
         if self.response_field and self.samples != 1:
             raise ValueError("--samples cannot be combined with --response-field: each row's response is one sample "
                              "(rows sharing an 'id' become successive samples)")
+        if self.limit and self.subset:
+            raise ValueError("--limit (the first N rows) and --subset (a spread of N rows) exclude each other")
+        if self.suite and {"dataset", "run", "response_field"} & self.model_fields_set:
+            raise ValueError("--suite seeds its own benchmarks as runs named <run-prefix>-<benchmark>: drop --dataset, "
+                             "--run and --response-field, or drop --suite")
+        if self.run_prefix and not self.suite:
+            raise ValueError("--run-prefix names the runs of a --suite; without --suite use --run")
         return self
+
+    def planned_runs(self) -> list[tuple[str, str]]:
+        """(run, dataset) for every run this seeding makes: one, or one per benchmark of the suite."""
+        if self.suite:
+            from tasks.benchmarks import SUITES
+
+            return [(f"{self.run_prefix or self.suite}-{name}", name) for name in SUITES[self.suite]]
+        return [(self.run, self.dataset)]
 
 
 class RefineConfig(RunConfig):
@@ -172,6 +198,8 @@ class RefineConfig(RunConfig):
 
 class EvaluateConfig(RunConfig):
     title: ClassVar[str] = "evaluate settings"
+    runs: str | None = setting(None, "several runs in one table, one row per run (benchmark): a,b,c or a pattern "
+                                     "such as 'suite-*' (instead of --run)", metavar="RUNS")
     json_path: JsonPath
 
     @field_validator("json_path")
@@ -189,6 +217,8 @@ class ExportConfig(RunConfig):
     stage: NonNegativeInt | None = setting(None, "only this stage (0 = first attempt)", metavar="S")
     per_question: PositiveInt = setting(1, "sft: up to N distinct correct responses per question, fewest tokens "
                                            "first", metavar="N")
+    refine_conversations: bool = setting(False, "sft: also the refine rounds' correct answers, each as the "
+                                                "conversation it answered (question, wrong attempt, retry prompt)")
     push_to_hub_repo: str | None = setting(None, "also upload to the Hugging Face hub as this dataset repo",
                                            flag="push-to-hub", metavar="REPO")
 

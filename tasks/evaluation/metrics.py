@@ -1,14 +1,24 @@
-"""Accuracy, refine gains, maj@K, pass@k, no-answer rate and throughput of a run."""
+"""Accuracy, refine gains, pass@k, maj@k, no-answer rate, breakdowns and throughput of a run.
+
+Each question counts the samples it really has: pass@k and maj@k use the questions with at least
+k answered samples (and say how many those are), never padding a question with wrong answers.
+Answers made in different ways (engine, model, prompt, sampling) are never merged in one figure.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from math import comb
 from typing import Any
 
+from tasks.errors import UserError
 from tasks.grading.equivalence import answer_key
 from tasks.refine import latest_answers
 from tasks.store.models import STATUSES, Item
+
+PROVENANCE = ("engine", "model", "prompt", "sampling")
+FINISHED = ("done", "failed")
 
 
 def _correct(item: Item | None) -> bool:
@@ -27,9 +37,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def majority_score(answers: list[tuple[str | None, bool]]) -> float:
-    """maj@K for one question as NeMo-Skills scores it: the most frequent predicted answer wins;
-    a tie between several scores the share of the tied answers that are correct; no answer
-    at all scores 0."""
+    """maj@k for one question as NeMo-Skills scores it: the most frequent answer wins (equal
+    values vote together: `1/2`, `0.5`, `\\frac{1}{2}`); a tie scores the share of the tied answers
+    that are correct; no answer at all scores 0."""
     votes = Counter((answer_key(predicted), correct) for predicted, correct in answers if predicted is not None)
     if not votes:
         return 0.0
@@ -38,47 +48,93 @@ def majority_score(answers: list[tuple[str | None, bool]]) -> float:
     return sum(tied) / len(tied)
 
 
+def made_with(item: Item) -> str | None:
+    """How an answer was made, as one comparable text (None for responses brought from elsewhere)."""
+    result = item.result
+    if result is None or result.engine is None:
+        return None
+    return json.dumps({key: getattr(result, key) for key in PROVENANCE}, sort_keys=True)
+
+
+def check_one_way_per_stage(run: str, items: list[Item]) -> dict[str, Any] | None:
+    """UserError when answers of one stage were made in different ways; else how stage 0 was made."""
+    ways: dict[int, Counter[str]] = defaultdict(Counter)
+    for item in items:
+        if item.status == "done" and (way := made_with(item)) is not None:
+            ways[item.stage][way] += 1
+    for stage, counted in sorted(ways.items()):
+        if len(counted) > 1:
+            listed = "; ".join(f"{n} answers made with {way}" for way, n in counted.most_common())
+            raise UserError(
+                f"Run {run!r} holds stage-{stage} answers made in {len(counted)} different ways: {listed}. Figures "
+                "over them would mix models or settings. Seed one run per way of answering (or export the rows: each "
+                "row says how it was made).")
+    return json.loads(next(iter(ways[0]))) if ways.get(0) else None
+
+
 def _ks(samples: int) -> list[int]:
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k < samples]
-    return ks + [samples]
+    return [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k < samples] + [samples]
+
+
+def sample_metrics(questions: list[list[Item]]) -> dict[str, Any]:
+    """pass@k and maj@k from each question's answered stage-0 samples (n may differ per question)."""
+    answered = [[item for item in samples if item.status in FINISHED] for samples in questions]
+    counts = [len(samples) for samples in answered if samples]
+    if not counts:
+        return {}
+    result: dict[str, Any] = {"samples": max(counts), "samples_min": min(counts)}
+    for k in _ks(max(counts)):
+        eligible = [samples for samples in answered if len(samples) >= k]
+        result[f"pass@{k}"] = sum(pass_at_k(len(s), sum(map(_correct, s)), k) for s in eligible) / len(eligible)
+        result[f"maj@{k}"] = sum(majority_score([(_predicted(i), _correct(i)) for i in s[:k]])
+                                 for s in eligible) / len(eligible)
+        result[f"questions@{k}"] = len(eligible)
+    return result
+
+
+def breakdown(first: dict[str, Item | None], field: str) -> dict[str, dict[str, Any]]:
+    """Accuracy at the first attempt per value of a metadata field (MATH: level, subject)."""
+    groups: dict[str, list[Item | None]] = defaultdict(list)
+    for item in first.values():
+        if item is not None and item.metadata and item.metadata.get(field) is not None:
+            groups[str(item.metadata[field])].append(item)
+    return {value: {"questions": len(members), "correct": sum(map(_correct, members)),
+                    "accuracy": sum(map(_correct, members)) / len(members)}
+            for value, members in sorted(groups.items())}
 
 
 def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
-    """Every metric of a run from its items (unanswered questions count as wrong)."""
+    """Every metric of a run from its items (questions not answered yet count as wrong, and are counted)."""
+    way = check_one_way_per_stage(run, items)
     chains: dict[tuple[str, int], dict[int, Item]] = defaultdict(dict)
     for item in items:
         chains[(item.question_id, item.sample)][item.stage] = item
     questions = sorted({item.question_id for item in items})
     total = len(questions)
-    stages_seen = sorted({item.stage for item in items})
-    first = [chains[(q, 0)].get(0) for q in questions]
-    correct = sum(map(_correct, first))
-
+    first = {q: chains[(q, 0)].get(0) for q in questions}
+    correct = sum(map(_correct, first.values()))
     stages, solved = [], set()
-    for stage in stages_seen:
+    for stage in sorted({item.stage for item in items}):
         asked = [chains[(q, 0)][stage] for q in questions if stage in chains[(q, 0)]]
         right = {item.question_id for item in asked if _correct(item)}
         solved |= right
         stages.append({"stage": stage, "total": len(asked), "correct": len(right),
                        "accuracy": len(right) / len(asked) if asked else 0.0,
                        "cumulative_correct": len(solved), "cumulative_accuracy": len(solved) / total if total else 0.0})
-
-    result: dict[str, Any] = {"run": run, "total": total, "correct": correct,
-                              "accuracy": correct / total if total else 0.0, "stages": stages}
-    samples = 1 + max((item.sample for item in items if item.stage == 0), default=0)
-    if samples > 1:
-        per_question = [[chains[(q, s)].get(0) for s in range(samples)] for q in questions]
-        answers = [[(_predicted(i), _correct(i)) for i in row] for row in per_question]
-        result["samples"] = samples
-        result[f"maj@{samples}"] = sum(map(majority_score, answers)) / total
-        for k in _ks(samples):
-            result[f"pass@{k}"] = sum(pass_at_k(samples, sum(map(_correct, row)), k) for row in per_question) / total
+    by_question: dict[str, list[Item]] = defaultdict(list)
+    for item in sorted(items, key=lambda i: i.sample):
+        if item.stage == 0:
+            by_question[item.question_id].append(item)
     done = [item for item in items if item.status == "done"]
-    result["no_answer_rate"] = sum(_predicted(i) is None for i in done) / len(done) if done else 0.0
-    result["counts"] = {status: sum(item.status == status for item in items) for status in STATUSES}
-    result["unfinished"] = sum(item.status in ("pending", "running") for item in latest_answers(items).values())
-    result["throughput"] = {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")}
-    return result
+    return {
+        "run": run, "total": total, "correct": correct, "accuracy": correct / total if total else 0.0,
+        "made_with": way, "stages": stages, **sample_metrics(list(by_question.values())),
+        "no_answer_rate": sum(_predicted(i) is None for i in done) / len(done) if done else 0.0,
+        "counts": {status: sum(item.status == status for item in items) for status in STATUSES},
+        "unfinished": sum(item.status in ("pending", "running") for item in latest_answers(items).values()),
+        "by": {field: table for field in ("level", "subject") if (table := breakdown(first, field))},
+        "throughput": {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")},
+    }
 
 
 def _throughput(done: list[Item], key: str) -> dict[str, dict[str, float]]:

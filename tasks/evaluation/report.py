@@ -1,9 +1,23 @@
-"""A run's metrics for people: the text summary (also the Markdown artifact) and a PNG chart."""
+"""Metrics for people: a run's text summary, a suite's table (one row per run, then MATH by level
+and subject), and a PNG chart of either."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+
+def _ks(metrics: dict[str, Any]) -> list[int]:
+    return sorted(int(key[4:]) for key in metrics if key.startswith("maj@"))
+
+
+def _samples_note(metrics: dict[str, Any]) -> str | None:
+    """Said whenever questions have different numbers of answered samples."""
+    if metrics.get("samples", 1) == metrics.get("samples_min", 1):
+        return None
+    top = metrics["samples"]
+    return (f"(questions have {metrics['samples_min']} to {top} answered samples: each k uses the questions with at "
+            f"least k, e.g. {metrics[f'questions@{top}']} of {metrics['total']} for k = {top})")
 
 
 def format_report(metrics: dict[str, Any]) -> str:
@@ -14,33 +28,80 @@ def format_report(metrics: dict[str, Any]) -> str:
     for stage in metrics["stages"]:
         lines.append(f"stage {stage['stage']}: {stage['correct']}/{stage['total']} right ({stage['accuracy']:.1%}), "
                      f"cumulative {stage['cumulative_correct']}/{metrics['total']} = {stage['cumulative_accuracy']:.1%}")
-    scores = {key: value for key, value in metrics.items() if key.startswith(("maj@", "pass@"))}
-    if scores:
-        lines.append(", ".join(f"{key} {value:.1%}" for key, value in scores.items()))
+    if metrics.get("samples", 1) > 1:
+        lines.append(", ".join(f"pass@{k} {metrics[f'pass@{k}']:.1%}, maj@{k} {metrics[f'maj@{k}']:.1%}"
+                               for k in _ks(metrics)))
+        if note := _samples_note(metrics):
+            lines.append(note)
+    for field, table in metrics["by"].items():
+        lines.append(f"by {field}: " + ", ".join(f"{value} {row['correct']}/{row['questions']} ({row['accuracy']:.0%})"
+                                                 for value, row in table.items()))
     lines.append(f"no answer in {metrics['no_answer_rate']:.1%} of responses; items: "
                  + ", ".join(f"{status} {count}" for status, count in metrics["counts"].items()))
+    if metrics["made_with"]:
+        lines.append("made with " + ", ".join(f"{key} {value}" for key, value in metrics["made_with"].items()))
     for name, figures in metrics["throughput"]["devices"].items():
         lines.append(f"{name}: {figures['items']} items, {figures['tokens_per_second']} tokens/s")
     return "\n".join(lines)
 
 
-def save_chart(metrics: dict[str, Any], path: Path) -> None:
-    """Accuracy by stage (and cumulative), and tokens/s by worker, as one PNG."""
+def suite_rows(suite: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run: questions, accuracy at the first attempt, pass@k and maj@k for every k,
+    no-answer rate (the table artifact's rows, and the text table's)."""
+    ks = sorted({k for metrics in suite for k in _ks(metrics)})
+    rows = []
+    for metrics in suite:
+        row = {"run": metrics["run"], "questions": metrics["total"], "accuracy": round(metrics["accuracy"], 4)}
+        for k in ks:
+            for name in (f"pass@{k}", f"maj@{k}"):
+                row[name] = round(metrics[name], 4) if name in metrics else None
+        rows.append({**row, "no answer": round(metrics["no_answer_rate"], 4)})
+    return rows
+
+
+def format_suite(suite: list[dict[str, Any]]) -> str:
+    rows = suite_rows(suite)
+    columns = list(rows[0])
+    width = max(len(str(row["run"])) for row in rows) + 2
+
+    def cell(value: Any) -> str:
+        return "—" if value is None else f"{value:.1%}" if isinstance(value, float) else str(value)
+
+    lines = [f"{'run':<{width}}" + "".join(f"{column:>11}" for column in columns[1:])]
+    lines += [f"{row['run']:<{width}}" + "".join(f"{cell(row[c]):>11}" for c in columns[1:]) for row in rows]
+    for metrics in suite:
+        if note := _samples_note(metrics):
+            lines.append(f"{metrics['run']}: {note}")
+        for field, table in metrics["by"].items():
+            lines.append(f"{metrics['run']} by {field}: " + ", ".join(
+                f"{value} {row['accuracy']:.1%} ({row['questions']})" for value, row in table.items()))
+    return "\n".join(lines)
+
+
+def save_chart(suite: list[dict[str, Any]], path: Path) -> None:
+    """One PNG: accuracy, pass@1 and maj@K per run (with refine stages for a single run), and
+    MATH-style breakdowns by level and subject where a run has them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (accuracy, speed) = plt.subplots(1, 2, figsize=(10, 4))
-    stages = [str(stage["stage"]) for stage in metrics["stages"]]
-    accuracy.bar(stages, [stage["accuracy"] for stage in metrics["stages"]], label="accuracy at the stage")
-    accuracy.plot(stages, [stage["cumulative_accuracy"] for stage in metrics["stages"]], "o-", color="black",
-                  label="cumulative")
-    accuracy.set(title=f"{metrics['run']}: accuracy by stage", xlabel="stage (0 = first attempt)", ylim=(0, 1))
-    accuracy.legend()
-    workers = metrics["throughput"]["workers"]
-    speed.barh(list(workers) or ["(no generated items)"], [w["tokens_per_second"] for w in workers.values()] or [0])
-    speed.set(title="throughput by worker", xlabel="tokens/s")
+    broken_down = [(metrics["run"], field, table) for metrics in suite for field, table in metrics["by"].items()]
+    figure, axes = plt.subplots(1, 1 + len(broken_down), figsize=(6 + 5 * len(broken_down), 4), squeeze=False)
+    overview = axes[0][0]
+    names = [metrics["run"] for metrics in suite]
+    series = {"accuracy": [m["accuracy"] for m in suite], "pass@1": [m.get("pass@1", m["accuracy"]) for m in suite],
+              "maj@K": [m.get(f"maj@{m.get('samples', 1)}", m["accuracy"]) for m in suite]}
+    width = 0.8 / len(series)
+    for offset, (label, values) in enumerate(series.items()):
+        overview.bar([i + offset * width for i in range(len(names))], values, width, label=label)
+    overview.set_xticks([i + width for i in range(len(names))], names, rotation=20, ha="right")
+    overview.set(title="accuracy by run", ylim=(0, 1))
+    overview.legend()
+    for axis, (run, field, table) in zip(axes[0][1:], broken_down):
+        axis.bar(list(table), [row["accuracy"] for row in table.values()])
+        axis.set(title=f"{run} by {field}", ylim=(0, 1))
+        axis.tick_params(axis="x", labelrotation=30)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

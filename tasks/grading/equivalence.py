@@ -1,49 +1,56 @@
-"""Whether a predicted answer equals the reference: exact numbers first, then math-verify."""
+"""Whether a predicted answer equals the reference.
+
+In this order: exact values (numbers, percents both ways, units, tuples, sets: decisive when both
+sides are such values, so `1000,99` never equals `1000.99`); the same text once normalized
+(case aside); else math-verify's symbolic comparison in the time-limited pool
+(`tasks/grading/symbolic.py`).
+"""
 
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
-LATEX_NOISE = [(r"\\text\{[^}]*\}", ""), (r"\\%", "%"), (r"\\\$", "$"), (r"\\[,!;: ]", "")]
+from tasks.grading import symbolic
+from tasks.grading.normalize import Listed, Number, Value, normalize, read_value, values_equal
 
 
-def to_number(text: str) -> Fraction | None:
-    """A GSM8K-style number: `$1,234.00`, `75%`, `12 apples`, `3/4`, `-2.` -> exact Fraction."""
-    for pattern, replacement in LATEX_NOISE:
-        text = re.sub(pattern, replacement, text)
-    text = text.replace("$", "").replace(",", "").strip().rstrip(".").strip()
-    match = re.fullmatch(r"(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+))?\s*(%|[a-zA-Z][a-zA-Z .]*)?", text)
-    if not match:
-        return None
-    value = Fraction(match.group(1))
-    if match.group(2):
-        if int(match.group(2)) == 0:
-            return None
-        value /= int(match.group(2))
-    return value
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()
+
+
+def quick_verdict(predicted: str | None, reference: str) -> bool | None:
+    """True or False when exact values or normalized text decide; None when it takes algebra."""
+    if predicted is None or not predicted.strip():
+        return False
+    mine, gold = normalize(predicted), normalize(reference)
+    mine_value, gold_value = read_value(mine), read_value(gold)
+    if mine_value is not None and gold_value is not None:
+        return values_equal(mine_value, gold_value)
+    if _squash(mine) == _squash(gold):
+        return True
+    return None
 
 
 def is_correct(predicted: str | None, reference: str) -> bool:
-    """Numbers compare exactly after GSM8K clean-up; anything else through math-verify (LaTeX,
-    symbolic forms)."""
-    if predicted is None or not predicted.strip():
-        return False
-    mine, gold = to_number(predicted), to_number(reference)
-    if mine is not None and gold is not None:
-        return mine == gold
-    from math_verify import parse, verify
-
-    def as_latex(text: str) -> str:
-        return text if "$" in text or "\\boxed" in text else f"${text}$"
-
-    try:
-        return bool(verify(parse(as_latex(reference)), parse(as_latex(predicted))))
-    except Exception:  # math-verify gives up on some inputs: then they are not equal
-        return False
+    verdict = quick_verdict(predicted, reference)
+    if verdict is not None:
+        return verdict
+    (equal,) = symbolic.run_all([(symbolic.compare_answers, (normalize(reference), normalize(predicted or "")))])
+    return bool(equal)
 
 
 def answer_key(predicted: str) -> str:
-    """What a majority vote counts: equal numbers vote together (`18`, `$18.00`)."""
-    number = to_number(predicted)
-    return str(number) if number is not None else predicted.strip()
+    """What a majority vote counts: equal values vote together however they are written (`1/2`,
+    `0.5`, `\\frac{1}{2}`; `18`, `$18.00`, `18 apples`), other answers by their normalized text."""
+    normalized = normalize(predicted)
+    value = read_value(normalized)
+    return _key(value) if value is not None else _squash(normalized)
+
+
+def _key(value: Value) -> str:
+    if isinstance(value, Number):
+        return str(value.value)  # `50%` votes with `50`, the way percent questions are answered
+    if isinstance(value, tuple):
+        return "(" + ",".join(map(_key, value)) + ")"
+    items = value.items if isinstance(value, Listed) else value
+    return "{" + ",".join(sorted(map(_key, items))) + "}"

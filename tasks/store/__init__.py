@@ -12,6 +12,7 @@ same conformance tests. Leases are timed with the store's `clock` (injectable fo
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import time
@@ -37,6 +38,9 @@ class Store(Protocol):
 
     def runs(self) -> list[str]:
         """Names of all runs."""
+
+    def run_config(self, run: str) -> dict[str, Any]:
+        """The settings a run was seeded with ({} for an unknown run)."""
 
     def seed(self, run: str, items: Iterable[Item]) -> int:
         """Insert items that are not there yet; return how many were new."""
@@ -101,16 +105,28 @@ def open_store(url: SecretStr | str | None = None, clock: Clock = time.time) -> 
     return MongoStore.connect(url, clock=clock)
 
 
-def check_store(url: SecretStr | str | None, run: str | None = None) -> None:
-    """Before Prefect starts (seconds), fail fast on a bad store URL or an unknown run; say which
-    store this is."""
+def check_store(url: SecretStr | str | None, runs: str | None = None) -> None:
+    """Before Prefect starts (seconds), fail fast on a bad store URL or an unknown run (`runs` as
+    `match_runs` reads it); say which store this is."""
     store = open_store(url)
     try:
         logging.getLogger("fleetgen").info(f"store: {store.url}")
-        if run is not None:
-            require_run(store, run)
+        if runs is not None:
+            match_runs(store, runs)
     finally:
         store.close()
+
+
+def match_runs(store: Store, spec: str) -> list[str]:
+    """The runs a spec names, in its order: `a,b,c`, or shell patterns such as `suite-*` (matched
+    in the order the runs were created); UserError naming the runs there are when one matches nothing."""
+    known, runs = store.runs(), []
+    for part in (part.strip() for part in spec.split(",") if part.strip()):
+        matched = fnmatch.filter(known, part) if any(char in part for char in "*?[") else [part] * (part in known)
+        if not matched:
+            require_run(store, part)  # says which runs there are
+        runs += [run for run in matched if run not in runs]
+    return runs
 
 
 def require_run(store: Store, run: str) -> None:

@@ -54,6 +54,7 @@ class Item:
     lease_expires: float | None = None
     error: str | None = None
     previous: str | None = None  # the response a refine round asks to improve
+    metadata: dict[str, Any] | None = None  # what the benchmark says of the question (MATH: level, subject)
     id: str = ""
 
 

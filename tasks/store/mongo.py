@@ -38,7 +38,7 @@ def _item(doc: dict[str, Any]) -> Item:
         stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=result,
         attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
         lease_expires=doc.get("lease_expires"), error=doc.get("error"), previous=doc.get("previous"),
-        id=str(doc["_id"]),
+        metadata=doc.get("metadata"), id=str(doc["_id"]),
     )
 
 
@@ -94,6 +94,10 @@ class MongoStore:
     def runs(self) -> list[str]:
         return [doc["_id"] for doc in self._runs.find({}, {"_id": 1}).sort("created", ASCENDING)]
 
+    def run_config(self, run: str) -> dict[str, Any]:
+        doc = self._runs.find_one({"_id": run}, {"config": 1})
+        return dict(doc["config"]) if doc else {}
+
     def seed(self, run: str, items: Iterable[Item], chunk: int = 1000) -> int:
         ops = []
         for item in items:
@@ -104,6 +108,8 @@ class MongoStore:
                 doc["result"] = item.result.to_dict()
             if item.previous is not None:
                 doc["previous"] = item.previous
+            if item.metadata:
+                doc["metadata"] = item.metadata
             key = {k: doc[k] for k in ("run", "question_id", "stage", "sample")}
             ops.append(UpdateOne(key, {"$setOnInsert": doc}, upsert=True))
         return sum(

@@ -25,12 +25,13 @@ CREATE TABLE IF NOT EXISTS items (
     run TEXT NOT NULL, stage INTEGER NOT NULL, question_id TEXT NOT NULL, sample INTEGER NOT NULL,
     question TEXT NOT NULL, reference TEXT NOT NULL,
     status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT, previous TEXT,
+    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT, previous TEXT, metadata TEXT,
     UNIQUE (run, question_id, stage, sample));
 CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
 """
+ADDED_COLUMNS = {"metadata": "TEXT"}  # columns newer than some stores: added in place, nothing else touched
 ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
-                "worker", "token", "lease_expires", "error", "previous")
+                "worker", "token", "lease_expires", "error", "previous", "metadata")
 SELECTED = ", ".join(ITEM_COLUMNS)
 
 
@@ -38,6 +39,7 @@ def _item(row: tuple) -> Item:
     values = dict(zip(ITEM_COLUMNS, row))
     values["id"] = str(values["id"])
     values["result"] = Result.from_dict(json.loads(values["result"])) if values["result"] else None
+    values["metadata"] = json.loads(values["metadata"]) if values["metadata"] else None
     return Item(**values)
 
 
@@ -55,6 +57,10 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as error:
             raise UserError(f"Cannot open the SQLite store {path}: {error}. Is it an SQLite file you can write?") from error
         self._lock = threading.Lock()
@@ -82,11 +88,15 @@ class SqliteStore:
     def runs(self) -> list[str]:
         return [name for (name,) in self._read("SELECT name FROM runs ORDER BY created")]
 
+    def run_config(self, run: str) -> dict[str, Any]:
+        rows = self._read("SELECT config FROM runs WHERE name = ?", (run,))
+        return json.loads(rows[0][0]) if rows else {}
+
     def seed(self, run: str, items: Iterable[Item]) -> int:
-        rows = [(run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status, _json(i.result), i.previous)
-                for i in items]
+        rows = [(run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status, _json(i.result), i.previous,
+                 json.dumps(i.metadata) if i.metadata else None) for i in items]
         sql = ("INSERT OR IGNORE INTO items (run, stage, question_id, sample, question, reference, status, result,"
-               " previous) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+               " previous, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         return self._write(sql, rows, many=True)
 
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:

@@ -9,7 +9,7 @@ from typing import Any
 
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Engine, Generation, generate_splitting
-from tasks.grading import grade_response
+from tasks.grading import grade_many
 from tasks.grading.equivalence import is_correct
 from tasks.grading.extract import extract_answer
 from tasks.prompts import render
@@ -78,19 +78,21 @@ def _extract_with_llm(engine: Engine, results: dict[str, Result]) -> None:
             results[id_].predicted, results[id_].extracted_by = found, "llm"
 
 
-def grade(answered: Answered) -> None:
-    """Set `predicted` (unless the LLM pass found it) and `correct` on every result."""
+def grade_batch(answered: Answered) -> None:
+    """Set `predicted` (unless the LLM pass found it) and `correct` on every result, the batch's
+    symbolic comparisons in parallel."""
     references = {item.id: item.reference for item in answered.claim.items}
-    for id_, result in answered.results.items():
-        if result.extracted_by == "llm":
-            result.correct = is_correct(result.predicted, references[id_])
-        else:
-            result.predicted, result.correct = grade_response(result.response, references[id_])
+    by_llm = {id_: result for id_, result in answered.results.items() if result.extracted_by == "llm"}
+    for id_, result in by_llm.items():
+        result.correct = is_correct(result.predicted, references[id_])
+    rest = [(id_, result) for id_, result in answered.results.items() if id_ not in by_llm]
+    for (id_, result), graded in zip(rest, grade_many([(result.response, references[id_]) for id_, result in rest])):
+        result.predicted, result.correct = graded.predicted, graded.correct
 
 
 def save_answers(store: Store, answered: Answered, max_attempts: int) -> BatchReport:
     """Grade the results and write them through the claim's token; fail the errored items back."""
-    grade(answered)
+    grade_batch(answered)
     claim, report = answered.claim, answered.report
     report.done = store.complete(claim, answered.results)
     report.failed = sum(store.fail(claim, ids, error, max_attempts) for error, ids in answered.errors.items())

@@ -8,10 +8,18 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+from tasks.config import SamplingConfig
 from tasks.store import Store, summarize
 from tasks.store.models import Claim
 from tasks.worker.batch import Answered, BatchReport
 from tasks.worker.leases import LeaseKeeper
+
+
+def sampling_warnings(store: Store, runs: list[str], sampling: SamplingConfig) -> list[str]:
+    """Said once at start: K samples of a question drawn greedily are K copies of one answer."""
+    return [f"run {run!r} asks {samples} samples per question, but --temperature is 0: they will be identical "
+            "(greedy). Set --temperature above 0 (e.g. 0.7) for different draws, or seed with --samples 1."
+            for run in runs if (samples := store.run_config(run).get("samples", 1)) > 1 and sampling.temperature == 0]
 
 
 def run_finished(store: Store, run: str) -> bool:

@@ -1,0 +1,107 @@
+"""Symbolic comparison with math-verify, in a small pool of processes with a deadline.
+
+math-verify times itself out with `signal.alarm`, which works on the main thread only: on the
+worker's save thread every symbolic comparison used to fail, so `\\frac{3}{4}` and `0.75` were
+equal when a run was seeded and unequal when a worker graded it. Here math-verify runs with its
+own timeouts off in a pebble process pool (spawned, so a parent holding torch threads or a CUDA
+context forks nothing), and a comparison that overruns `TIMEOUT_SECONDS` has its process killed
+and counts as "not equal": the same answer on any thread, and no input can hang the caller.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import re
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+TIMEOUT_SECONDS = 5.0
+PYTHON_STYLE = re.compile(r"\*\*|\b(?:sqrt|exp|log|sin|cos|tan|pi)\(")  # `2**(1/4)`, `-1 + sqrt(3)`
+WORKERS = 2
+_pool: Any = None
+_lock = threading.Lock()
+
+
+def _latex(text: str) -> str:
+    """math-verify reads LaTeX between delimiters; a bare answer gets them."""
+    return text if "$" in text or "\\boxed" in text or "\\[" in text or "\\(" in text else f"${text}$"
+
+
+def compare_answers(reference: str, predicted: str) -> bool:
+    """In a pool process: two bare answers, read as LaTeX, else as plain expressions (`2**(1/4)`)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    def read(text: str) -> list[Any]:  # one reading, the next only where it finds nothing: `x < 5` is not `5`
+        if PYTHON_STYLE.search(text):
+            from sympy.parsing.sympy_parser import implicit_multiplication, parse_expr, standard_transformations
+
+            try:
+                return [parse_expr(text, transformations=(*standard_transformations, implicit_multiplication))]
+            except Exception:  # not Python after all: read it as math
+                pass
+        for source, config in ((_latex(text), LatexExtractionConfig()), (text, ExprExtractionConfig())):
+            if found := parse(source, [config], parsing_timeout=None):  # type: ignore[arg-type]
+                return found
+        return []
+
+    return bool(verify(read(reference), read(predicted), timeout_seconds=None))  # type: ignore[arg-type]
+
+
+def compare_response(reference: str, response: str) -> str | None:
+    """In a pool process: math-verify's own reading of a whole response; the answer it found
+    equal to the reference, else None."""
+    from math_verify import parse, verify
+
+    found = parse(response, parsing_timeout=None)  # type: ignore[arg-type]
+    if found and verify(parse(_latex(reference), parsing_timeout=None), found,  # type: ignore[arg-type]
+                        timeout_seconds=None):  # type: ignore[arg-type]
+        return str(found[-1])
+    return None
+
+
+def _quiet() -> None:
+    """Pool initializer: math-verify warns once per process that its timeouts are off; here
+    that is on purpose (the pool's deadline replaces them)."""
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+
+
+def _get_pool() -> Any:
+    global _pool
+    with _lock:
+        if _pool is None or not _pool.active:
+            from pebble import ProcessPool
+
+            _pool = ProcessPool(max_workers=WORKERS, max_tasks=500, initializer=_quiet,
+                                context=multiprocessing.get_context("spawn"))
+            atexit.register(_shut_down, _pool)
+        return _pool
+
+
+def _shut_down(pool: Any) -> None:
+    """At exit: let the workers (and one still being started after a timeout) finish cleanly."""
+    pool.close()
+    try:
+        pool.join(timeout=10)
+    except TimeoutError:
+        pool.stop()
+
+
+def run_all(calls: list[tuple[Any, tuple[str, str]]]) -> list[Any]:
+    """Run `function(*args)` for each call in the pool, in parallel; a call that raises or
+    overruns `TIMEOUT_SECONDS` gives None."""
+    if not calls:
+        return []
+    pool = _get_pool()
+    futures = [pool.schedule(function, args=args, timeout=TIMEOUT_SECONDS) for function, args in calls]
+    results = []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except (FutureTimeout, Exception):  # a timeout, or math-verify giving up: not equal
+            results.append(None)
+    return results
