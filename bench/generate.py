@@ -4,7 +4,7 @@ Three ways to answer the same GSM8K prompts with the same model and greedy setti
 alternately in one run (repeats interleaved, medians reported), printed as ratios:
   raw       tokenizer + `model.generate` over the prompts in batches: the ceiling;
   pipeline  the worker's device loop on an SQLite store: length-sorted batches, grading, the
-            next claim and the last batch's write done in the background, heartbeats;
+            next claim and the last batch's write done in one background call, heartbeats;
   original  a re-creation of August-murr/ScalableGen's loop on the same store: per batch a
             pending count, a claim, generation of unsorted static batches, a second LLM pass
             with the one-shot extraction prompt over every response (half-size batches, 10 new
@@ -33,10 +33,9 @@ from tasks.prompts import render
 from tasks.store import summarize
 from tasks.store.models import Result
 from tasks.store.sqlite import SqliteStore
-from tasks.worker.batch import answer_claim, save_answers
 from tasks.worker.chat import item_messages
 from tasks.worker.leases import LeaseKeeper
-from tasks.worker.loop import device_loop, run_finished
+from tasks.worker.loop import work_on_run
 from tests.support import build_model
 
 
@@ -104,15 +103,12 @@ def pipeline(model: HFStaticEngine, rows: list[Row], batch_size: int, sampling: 
              latency: float) -> tuple[int, float, float]:
     """Answer tokens, seconds and busy fraction of the worker's device loop."""
     config = WorkerConfig(run="bench", worker="bench", batch_size=batch_size, sampling=sampling, devices="cpu")
+    model.batch_size = batch_size
     with tempfile.TemporaryDirectory() as folder:
         store = fresh_store(folder, rows, latency)
         started = time.perf_counter()
         with LeaseKeeper(store, config.lease_seconds) as keeper:
-            reports = device_loop(
-                claim_next=lambda: store.claim("bench", "bench", batch_size, config.lease_seconds),
-                answer=lambda claim: answer_claim(claim, model, config),
-                save=lambda answered: save_answers(store, answered, config.max_attempts),
-                finished=lambda: run_finished(store, "bench"), keeper=keeper, poll_seconds=0.1)
+            reports = work_on_run(store=store, engine=model, config=config, keeper=keeper)
         wall = time.perf_counter() - started
         assert sum(report.done for report in reports) == len(rows)
     return sum(r.tokens for r in reports), wall, sum(r.seconds for r in reports) / wall

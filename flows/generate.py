@@ -19,10 +19,11 @@ from flows.common import run_from_command_line, start_flow
 from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
-from tasks.engines.devices import device_labels, resolve_devices
+from tasks.engines.devices import engine_devices
+from tasks.engines.openai_api import OpenAIEngine
 from tasks.progress import ProgressArtifact
 from tasks.store import match_runs, open_store
-from tasks.worker.batch import summarize_reports
+from tasks.worker.results import summarize_reports
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import sampling_warnings
 from tasks.worker.steps import load_engine, run_device
@@ -41,7 +42,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     import transformers
 
     config = start_flow(WorkerConfig, config)
-    devices = resolve_devices(config.devices)
+    devices = engine_devices(config.engine, config.devices)
     logger = get_run_logger()
     with closing(open_store(config.store)) as store:
         if config.run == DEFAULT_RUN and config.run not in store.runs():
@@ -50,18 +51,21 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         for warning in sampling_warnings(store, runs, config.sampling):
             logger.warning(warning)
         transformers.set_seed(config.sampling.seed)
-        loading = [load_engine.submit(config, device=device, label=label)
-                   for device, label in zip(devices, device_labels(devices))]
-        engines = [future.result() for future in loading]
-        logger.info(f"worker {config.worker_name}: {config.model.model} on {', '.join(devices)}, batch "
-                    f"{config.batch_size}, runs {', '.join(runs)}")
+        engines = [future.result() for future in [load_engine.submit(config, device=device, label=label)
+                                                  for device, label in devices]]
+        logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
+                    f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, runs {', '.join(runs)}")
         reports = []
-        with LeaseKeeper(store, config.lease_seconds) as keeper:
-            for run in runs:  # one after another; each device leaves a run when it is finished
-                on_run = config.model_copy(update={"run": run})
-                progress = ProgressArtifact.create(store, run)
-                futures = [run_device.submit(store, engine, on_run, keeper, progress) for engine in engines]
-                reports += [report for future in futures for report in future.result()]
+        try:
+            with LeaseKeeper(store, config.lease_seconds) as keeper:
+                for run in runs:  # one after another; each device leaves a run when it is finished
+                    on_run = config.model_copy(update={"run": run})
+                    progress = ProgressArtifact.create(store, run)
+                    futures = [run_device.submit(store, engine, on_run, keeper, progress) for engine in engines]
+                    reports += [report for future in futures for report in future.result()]
+        finally:
+            for engine in engines:
+                engine.close()
     totals = summarize_reports(reports)
     for device, total in totals.items():
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
@@ -72,7 +76,9 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_command(WorkerConfig, argv, "flows/generate.py", __doc__)
-    resolve_devices(config.devices)  # fail fast, before Prefect starts
+    for device, label in engine_devices(config.engine, config.devices):  # fail fast, before Prefect starts
+        if config.engine.name == "openai":  # one tiny request: URL, key and model name checked
+            OpenAIEngine(api_base=device, model=config.model.model, label=label, settings=config.engine).close()
     result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
                                    tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
     overall = result["devices"]["all"]

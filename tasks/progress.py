@@ -53,10 +53,14 @@ def describe(progress: dict[str, Any]) -> str:
 
 
 class ProgressArtifact:
-    """The run's `progress-<run>` artifact, updated from the store's counts."""
+    """The run's `progress-<run>` artifact, updated from the store's counts every
+    `REFRESH_SECONDS` at most (each update costs a store aggregation and a Prefect request)."""
+
+    REFRESH_SECONDS = 30.0
 
     def __init__(self, artifact_id: UUID, run: str, figures: FleetProgress):
         self.artifact_id, self.run, self.figures = artifact_id, run, figures
+        self.refreshed = time.monotonic()
 
     @classmethod
     def create(cls, store: Store, run: str) -> ProgressArtifact:
@@ -68,10 +72,13 @@ class ProgressArtifact:
                                                description=describe(snapshot))
         return cls(artifact_id, run, figures)
 
-    def refresh(self, store: Store) -> None:
+    def refresh(self, store: Store, force: bool = False) -> None:
         """Best effort: a dashboard hiccup never fails (or redoes) the work."""
         from prefect.artifacts import update_progress_artifact
 
+        if not force and time.monotonic() - self.refreshed < self.REFRESH_SECONDS:
+            return
+        self.refreshed = time.monotonic()
         try:
             snapshot = self.figures.update(summarize(store.counts(self.run)))
             update_progress_artifact(self.artifact_id, snapshot["percent"], describe(snapshot))

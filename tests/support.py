@@ -30,8 +30,8 @@ def train_tokenizer(texts: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_model(folder: Path, *, chat: bool, hidden: int = 32, seed: int = 0) -> Path:
-    """A 2-layer random Llama and its tokenizer, saved to `folder` (pad token left unset on purpose)."""
+def build_model(folder: Path, *, chat: bool, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A random Llama and its tokenizer, saved to `folder` (pad token left unset on purpose)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -42,7 +42,7 @@ def build_model(folder: Path, *, chat: bool, hidden: int = 32, seed: int = 0) ->
         tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -120,12 +120,91 @@ class ScriptedEngine:
 
     name = "scripted"
 
-    def __init__(self, responses: dict[str, str], device: str = "cpu", label: str = "cpu"):
-        self.responses, self.device, self.label = responses, device, label
+    def __init__(self, responses: dict[str, str] | Any, device: str = "cpu", label: str = "cpu", batch_size: int = 4):
+        self.responses, self.device, self.label, self.batch_size = responses, device, label, batch_size
 
-    def generate(self, prompts: list[Any], sampling: Any) -> list[Any]:
-        from tasks.engines import Generation
+    def reply(self, text: str) -> str:
+        return next(reply for key, reply in self.responses.items() if key in text)
 
-        texts = [prompt if isinstance(prompt, str) else prompt[0]["content"] for prompt in prompts]
-        answers = [next(reply for key, reply in self.responses.items() if key in text) for text in texts]
-        return [Generation(answer, tokens=len(answer.split()), finish_reason="stop") for answer in answers]
+    def run(self, feeder: Any, sampling: Any) -> Any:
+        from tasks.engines import Generation, share_time
+
+        while (requests := feeder.take(self.batch_size, wait=True)) is not None:
+            answers = [self.reply(r.prompt if isinstance(r.prompt, str) else r.prompt[0]["content"]) for r in requests]
+            yield share_time([(request, Generation(answer, tokens=len(answer.split()), finish_reason="stop"))
+                              for request, answer in zip(requests, answers)], 0.01)
+
+    def close(self) -> None:
+        """Nothing to give back."""
+
+
+class ScriptedServer:
+    """An OpenAI-compatible chat-completions server in a thread, whose answers follow a script,
+    one step per request: `ok`, `429` (Retry-After: 1), `500`, `hang` (longer than any timeout),
+    `malformed` (not JSON), `drop` (the connection closed without an answer). After the script it
+    answers `ok`. Requests for another model than `model` get a 404, as real servers do; requests
+    mentioning `poison` always get malformed answers."""
+
+    def __init__(self, script: list[str], model: str = "scripted-model", answer: str = "So it is 7.\n#### 7",
+                 poison: str | None = None):
+        import http.server
+
+        self.script, self.model, self.answer, self.poison = list(script), model, answer, poison
+        self.requests: list[dict[str, Any]] = []  # each request's body and Authorization header
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None: ...
+
+            def do_GET(self) -> None:
+                self._send(200, b'{"status": "ok"}')
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"body": body, "authorization": self.headers.get("Authorization")})
+                    step = server.script.pop(0) if server.script else "ok"
+                    if server.poison and server.poison in json.dumps(body.get("messages")):
+                        step = "malformed"  # a question this server never answers
+                if body.get("model") != server.model:
+                    return self._send(404, json.dumps({"error": {"message": f"model {body.get('model')} not found",
+                                                                 "type": "not_found_error"}}).encode())
+                if step == "429":
+                    return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
+                if step == "500":
+                    return self._send(500, b'{"error": {"message": "boom"}}')
+                if step == "hang":
+                    time.sleep(30)
+                    return
+                if step == "malformed":
+                    return self._send(200, b'{"id": "x", "choices": [')
+                if step == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                text = server.answer
+                self._send(200, json.dumps({
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": server.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": len(text.split()),
+                              "total_tokens": 5 + len(text.split())}}).encode())
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

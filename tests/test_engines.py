@@ -1,5 +1,6 @@
-"""The hf-static engine with tiny local models: templates, padding, new tokens only, sampling
-settings that really reach generation, adapters, load errors, splitting failed batches."""
+"""The Hugging Face engines with tiny local models: templates, padding, new tokens only, sampling
+settings that really reach generation, adapters, load errors, splitting failed batches; and the
+`hf` continuous-batching engine answering as `hf-static` does, each request its own length."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Generation, create_engine, generate_splitting
+from tasks.config import EngineConfig, ModelConfig, SamplingConfig
+from tasks.engines import Generation, Request, answer_all, create_engine
 from tasks.engines.devices import device_labels, resolve_devices
-from tasks.engines.hf_static import HFStaticEngine
+from tasks.engines.hf_continuous import HFContinuousEngine
+from tasks.engines.hf_static import HFStaticEngine, generate_splitting
 from tasks.errors import UserError
 
 GREEDY = SamplingConfig(max_new_tokens=8)
@@ -22,7 +24,8 @@ def engine(model: Path, **settings) -> HFStaticEngine:
 
 
 def test_chat_template_and_left_padding_with_pad_fallback(tiny_model: Path) -> None:
-    model = create_engine(engine="hf-static", model=ModelConfig(model=str(tiny_model)), device="cpu", label="cpu#0")
+    model = create_engine(engine=EngineConfig(), model=ModelConfig(model=str(tiny_model)), device="cpu", label="cpu#0",
+                          batch_size=4)
     assert (model.name, model.label) == ("hf-static", "cpu#0")
     assert model.chat and model.tokenizer.padding_side == "left"
     assert model.tokenizer.pad_token == "</s>"
@@ -87,11 +90,11 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling):
+    def fails_on_big_batches_and_poison(prompts, sampling, limits):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(prompts, sampling)
+        return real(prompts, sampling, limits)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     results = generate_splitting(model, ["a", "b", "c", "poison", "e", "f", "g", "h"], GREEDY)
@@ -105,6 +108,47 @@ def test_devices() -> None:
         assert resolve_devices("auto") == ["cpu"]
         with pytest.raises(UserError, match="visible GPU"):
             resolve_devices("cuda:7")
+
+
+def requests(count: int, lengths: list[int] | None = None) -> list[Request]:
+    questions = [f"Question {n}: how many apples are left after {n} are eaten?" for n in range(count)]
+    return [Request(key=str(n), prompt=question, max_new_tokens=lengths[n] if lengths else None)
+            for n, question in enumerate(questions)]
+
+
+def test_continuous_batching_answers_as_static_batches_do(tiny_model: Path) -> None:
+    static = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu", batch_size=4)
+    continuous = HFContinuousEngine(ModelConfig(model=str(tiny_model)), device="cpu", settings=EngineConfig(
+        name="hf", max_in_flight=3))
+    sampling = SamplingConfig(max_new_tokens=12)
+    expected = [g.text for g in answer_all(static, requests(7), sampling)]
+    answered = answer_all(continuous, requests(7), sampling)
+    assert [g.text for g in answered] == expected  # greedy: the same tokens, whatever the batching
+    assert all(isinstance(g, Generation) and 1 <= g.tokens <= 12 and g.seconds >= 0 for g in answered)
+    lengths = [2, 9, 5, 12, 1, 7, 3]  # each request its own length, as in bench/engines.py
+    short = answer_all(continuous, requests(7, lengths), sampling)
+    assert all(g.tokens <= n and (g.finish_reason == "stop" or g.tokens == n) for g, n in zip(short, lengths))
+
+
+def test_continuous_batching_uses_static_batches_for_a_repetition_penalty(tiny_model: Path, caplog) -> None:
+    continuous = HFContinuousEngine(ModelConfig(model=str(tiny_model)), device="cpu",
+                                    settings=EngineConfig(name="hf", max_in_flight=4))
+    static = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu", batch_size=4)
+    penalty = SamplingConfig(max_new_tokens=8, repetition_penalty=1.3)
+    assert [g.text for g in answer_all(continuous, requests(4), penalty)] == [
+        g.text for g in answer_all(static, requests(4), penalty)]
+    assert "--engine hf does not honour --repetition-penalty, so this run uses hf-static" in caplog.text
+
+
+def test_a_dead_batching_thread_fails_its_requests_instead_of_hanging(tiny_model: Path, monkeypatch) -> None:
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    continuous = HFContinuousEngine(ModelConfig(model=str(tiny_model)), device="cpu",
+                                    settings=EngineConfig(name="hf", max_in_flight=4))
+    too_big = ContinuousBatchingConfig(page_size=64, num_blocks=10**9, max_batch_tokens=1024)  # cannot be allocated
+    monkeypatch.setattr(continuous, "_cache_config", lambda sampling: too_big)
+    answers = answer_all(continuous, requests(4), SamplingConfig(max_new_tokens=8))
+    assert len(answers) == 4 and all(isinstance(a, RuntimeError) for a in answers)  # each fails back, none hangs
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (4-bit bitsandbytes)")

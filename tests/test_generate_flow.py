@@ -39,7 +39,7 @@ def assert_all_done_once(store: SqliteStore, run: str, expected: int) -> list:
     for item in items:
         result = item.result
         assert result.response is not None and result.tokens >= 1 and result.seconds is not None
-        assert result.worker == item.worker and result.device and result.engine == "hf-static"
+        assert result.worker == item.worker and result.device and result.engine in ("hf-static", "hf")
         assert result.finish_reason in ("stop", "length") and result.prompt and result.prompt_hash
     return items
 
@@ -65,6 +65,18 @@ def test_adapter_and_llm_extraction_paths(prefect_env, tmp_path: Path, tiny_mode
            batch_size=3, extract="llm")
     items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 6)
     assert items[0].result.model["adapter"] == str(tiny_adapter) and items[0].result.model["merge_adapter"]
+
+
+def test_continuous_batching_on_two_devices_with_an_adapter(prefect_env, tmp_path: Path, tiny_model: Path,
+                                                            tiny_adapter: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(SeedConfig(store=url, run="r", limit=10, samples=2))
+    result = worker(url, "r", tiny_model, model={"adapter": str(tiny_adapter)}, devices="cpu,cpu", batch_size=4,
+                    engine={"name": "hf", "max_in_flight": 3})
+    items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 20)
+    assert {item.result.engine for item in items} == {"hf"} and {item.result.device for item in items} == {"cpu#0",
+                                                                                                        "cpu#1"}
+    assert items[0].result.model["adapter"] == str(tiny_adapter) and result["devices"]["all"]["done"] == 20
 
 
 def test_sampling_settings_reach_the_answers(prefect_env, tmp_path: Path, tiny_model: Path) -> None:

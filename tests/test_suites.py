@@ -23,30 +23,25 @@ from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.loop import sampling_warnings
 from tests.conftest import run_flow_cli
+from tests.support import ScriptedEngine
 from tests.test_benchmarks import originals
 
 SUITE = ["gsm8k", "math", "gsm-hard", "svamp", "asdiv", "mawps"]
 
 
-class ReferenceEngine:
+class ReferenceEngine(ScriptedEngine):
     """Answers every question with its reference (looked up by question text) in MATH's style,
     except the questions in `wrong`: the real worker around it grades."""
 
     name = "reference"
 
     def __init__(self, references: dict[str, str], wrong: tuple[str, ...] = ()):
-        self.references, self.wrong, self.device, self.label = references, wrong, "cpu", "cpu"
+        super().__init__(references)
+        self.wrong = wrong
 
-    def generate(self, prompts, sampling):
-        from tasks.engines import Generation
-
-        replies = []
-        for prompt in prompts:
-            text = prompt[0]["content"]
-            reference = next(ref for question, ref in self.references.items() if question in text)
-            wrong = any(question in text for question in self.wrong)
-            replies.append(Generation(f"So the answer is $\\boxed{{{'0' if wrong else reference}}}$.", 8, "stop"))
-        return replies
+    def reply(self, text: str) -> str:
+        reference = next(ref for question, ref in self.responses.items() if question in text)
+        return f"So the answer is $\\boxed{{{'0' if any(q in text for q in self.wrong) else reference}}}$."
 
 
 def test_a_suite_is_seeded_drained_in_order_and_evaluated_in_one_table(prefect_env, tmp_path: Path, monkeypatch):

@@ -1,20 +1,28 @@
-"""The device loop's orchestration with fakes: overlap of claims and writes with generation,
-waiting while other workers hold leases, and failures that surface."""
+"""The device loop's orchestration with fakes: a batch claimed ahead while the last one is
+answered, one store call per batch (write and claim together), answers written after a while
+even when a batch's worth is slow to come, waiting while others hold leases, failures that
+surface; and what each stored answer records."""
 
 from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from tasks.config import ModelConfig, WorkerConfig
-from tasks.engines import Generation
+from tasks.config import ModelConfig, SamplingConfig, WorkerConfig
+from tasks.engines import Generation, Request
 from tasks.engines.hf_static import HFStaticEngine
-from tasks.store.models import Claim, Item, Result
-from tasks.worker.batch import Answered, BatchReport, answer_claim, grade_batch, summarize_reports
+from tasks.store.models import Claim, Item
+from tasks.store.sqlite import SqliteStore
+from tasks.worker.exchange import Exchange
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import device_loop
+from tasks.worker.results import BatchReport, Outcome, extract_with_llm, store_outcomes, summarize_reports
+from tests.support import ScriptedEngine
+
+SAMPLING = SamplingConfig(max_new_tokens=4)
 
 
 class FakeKeeper(LeaseKeeper):
@@ -29,102 +37,150 @@ class FakeKeeper(LeaseKeeper):
 
 
 def claims(batches: int, size: int = 2) -> list[Claim]:
-    return [Claim(f"t{b}", "w", [Item(question_id=f"q{b}-{i}", question="q", reference="1", id=f"{b}-{i}")
+    return [Claim(f"t{b}", "w", [Item(question_id=f"q{b}-{i}", question=f"q{b}-{i}", reference="1", id=f"{b}-{i}")
                                  for i in range(size)]) for b in range(batches)]
 
 
-def answered(claim: Claim) -> Answered:
-    return Answered(claim, {i: Result(response="1") for i in claim.ids}, {},
-                    BatchReport(device="cpu", items=len(claim.items), tokens=1, seconds=0.1))
+class FakeStore:
+    """Store calls as the exchange makes them: what each wrote and claimed, and whether the
+    engine was generating at that moment."""
+
+    def __init__(self, batches: list[Claim], generating: threading.Event):
+        self.queue, self.generating, self.calls = list(batches), generating, []
+
+    def call(self, outcomes: list[Outcome], want: int) -> tuple[BatchReport | None, Claim | None]:
+        self.calls.append((len(outcomes), want, self.generating.is_set()))
+        report = BatchReport(device="cpu", items=len(outcomes), tokens=len(outcomes), seconds=0.1,
+                             done=len(outcomes), ids=[o.item.id for o in outcomes]) if outcomes else None
+        claim = (self.queue.pop(0) if self.queue else Claim("empty", "w")) if want else None
+        return report, claim
 
 
-def test_next_claim_and_last_write_overlap_generation() -> None:
-    queue, events, keeper = claims(3), [], FakeKeeper()
-    generating = threading.Event()
+class SlowEngine(ScriptedEngine):
+    """Answers a batch in `seconds`, flagging `generating` meanwhile."""
 
-    def claim_next() -> Claim:
-        events.append(("claim", generating.is_set()))
-        return queue.pop(0) if queue else Claim("empty", "w")
+    def __init__(self, generating: threading.Event, seconds: float = 0.1, batch_size: int = 2):
+        super().__init__({"": "1"}, batch_size=batch_size)
+        self.generating, self.seconds = generating, seconds
 
-    def answer(claim: Claim) -> Answered:
-        generating.set()
-        time.sleep(0.1)  # the background thread claims meanwhile
-        generating.clear()
-        return answered(claim)
+    def reply(self, text: str) -> str:
+        return "1"
 
-    def save(done: Answered) -> BatchReport:
-        events.append(("save", generating.is_set()))
-        done.report.done = len(done.results)
-        return done.report
+    def run(self, feeder, sampling):
+        for group in super().run(feeder, sampling):
+            self.generating.set()
+            time.sleep(self.seconds)
+            self.generating.clear()
+            yield group
 
-    reports = device_loop(claim_next=claim_next, answer=answer, save=save, finished=lambda: True, keeper=keeper,
-                          poll_seconds=0.01)
-    assert [r.done for r in reports] == [2, 2, 2] and keeper.held == set()
-    assert ("claim", True) in events and ("save", True) in events  # I/O happened while the device generated
+
+def exchange(store: FakeStore, keeper: LeaseKeeper, finished=lambda: True, flush_seconds: float = 10.0) -> Exchange:
+    return Exchange(call=store.call, finished=finished, keeper=keeper,
+                    request=lambda item: Request(key=item.id, prompt=item.question), claim_size=2,
+                    flush_seconds=flush_seconds, poll_seconds=0.01)
+
+
+def test_the_next_batch_is_claimed_and_the_last_written_while_the_engine_generates() -> None:
+    generating, keeper = threading.Event(), FakeKeeper()
+    store = FakeStore(claims(4), generating)
+    reports = device_loop(engine=SlowEngine(generating), exchange=exchange(store, keeper), sampling=SAMPLING)
+    assert [r.done for r in reports] == [2, 2, 2, 2] and keeper.held == set()
+    assert any(wrote == 0 and want and busy for wrote, want, busy in store.calls)  # a claim made ahead
+    assert any(wrote and want and busy for wrote, want, busy in store.calls)  # a write and a claim in one call
+    assert len(store.calls) <= 4 + 3  # about one store call a batch, never one per item
+
+
+def test_answers_are_written_after_flush_seconds_even_when_a_batch_is_slow_to_gather() -> None:
+    generating, keeper = threading.Event(), FakeKeeper()
+    store = FakeStore(claims(1, size=4), generating)
+
+    class Trickle(ScriptedEngine):  # answers one request, then keeps working on the others
+        def run(self, feeder, sampling):
+            requests = feeder.take(4, wait=True)
+            yield [(requests[0], Generation("1", 1, "stop"))]
+            time.sleep(0.3)
+            yield []
+            yield [(request, Generation("1", 1, "stop")) for request in requests[1:]]
+            assert feeder.take(4, wait=True) is None
+
+    reports = device_loop(engine=Trickle({}), exchange=exchange(store, keeper, flush_seconds=0.2), sampling=SAMPLING)
+    assert [r.done for r in reports] == [1, 3]  # the first answer did not wait for the other three
 
 
 def test_waits_while_others_hold_leases_then_takes_over() -> None:
-    later, checks = claims(1), []
-
-    def claim_next() -> Claim:
-        return later.pop(0) if len(checks) >= 2 and later else Claim("empty", "w")
+    generating, checks = threading.Event(), []
+    store = FakeStore([], generating)
+    later = claims(1)
 
     def finished() -> bool:
         checks.append(time.monotonic())
-        return not later
+        if len(checks) == 2:
+            store.queue += later  # another worker's lease ran out: its items can be claimed
+        return len(checks) > 3
 
-    reports = device_loop(claim_next=claim_next, answer=answered, save=lambda a: a.report, finished=finished,
-                          keeper=FakeKeeper(), poll_seconds=0.01)
-    assert len(reports) == 1 and len(checks) == 3
+    reports = device_loop(engine=SlowEngine(generating, seconds=0), exchange=exchange(store, FakeKeeper(), finished),
+                          sampling=SAMPLING)
+    assert sum(r.done for r in reports) == 2 and len(checks) >= 3
 
 
 def test_a_failed_write_stops_the_loop_with_its_error() -> None:
-    queue = claims(2)
+    generating = threading.Event()
+    store = FakeStore(claims(2), generating)
+    original = store.call
 
-    def save(done: Answered) -> BatchReport:
-        raise ConnectionError("store unreachable")
+    def failing(outcomes, want):
+        if outcomes:
+            raise ConnectionError("store unreachable")
+        return original(outcomes, want)
 
+    store.call = failing
     with pytest.raises(ConnectionError, match="store unreachable"):
-        device_loop(claim_next=lambda: queue.pop(0) if queue else Claim("empty", "w"), answer=answered, save=save,
-                    finished=lambda: True, keeper=FakeKeeper(), poll_seconds=0.01)
+        device_loop(engine=SlowEngine(generating, seconds=0), exchange=exchange(store, FakeKeeper()), sampling=SAMPLING)
 
 
-def test_llm_extraction_grades_unparsable_responses_and_keeps_them_verbatim(tiny_model, monkeypatch) -> None:
+def test_llm_extraction_reads_unparsable_responses_and_keeps_them_verbatim(tiny_model, tmp_path: Path) -> None:
     model = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu")
 
-    def scripted(prompts, sampling):  # answers without an answer in them; the extraction pass says 18
-        return [Generation("Answer: 18" if "Solution:" in model.prompt_text(p) else "I am not sure how to solve it.", 3,
-                           "stop") for p in prompts]
+    def scripted(prompts, sampling, limits=None):  # the extraction pass says 18
+        return [Generation("Answer: 18", 3, "stop") for _ in prompts]
 
-    monkeypatch.setattr(model, "generate", scripted)
-    claim = Claim("t", "w", [Item(question_id="q1", question="Eggs?", reference="18", id="1")])
-    with_llm = answer_claim(claim, model, WorkerConfig(worker="w", extract="llm"))
-    regex_only = answer_claim(claim, model, WorkerConfig(worker="w"))
-    assert with_llm.results["1"].correct is False  # grading happens off the device, at save time
-    grade_batch(with_llm)
-    grade_batch(regex_only)
-    result = with_llm.results["1"]
-    assert (result.response, result.predicted, result.correct, result.extracted_by) == (
+    model.generate = scripted
+    group = [(Request(key="1", prompt="Eggs?"), Generation("I am not sure how to solve it.", 7, "stop")),
+             (Request(key="2", prompt="Eggs?"), Generation("#### 17", 3, "stop"))]
+    extract_with_llm(model, group)
+    assert [answer.extracted for _, answer in group] == ["18", None]
+    store = SqliteStore(tmp_path / "w.db")
+    store.seed("r", [Item(question_id=f"q{n}", question="Eggs?", reference="18") for n in range(2)])
+    claim = store.claim("r", "w", 2, 60)
+    outcomes = [Outcome(item=item, claim=claim, answer=answer) for item, (_, answer) in zip(claim.items, group)]
+    store_outcomes(store, outcomes, engine="hf-static", device="cpu", config=WorkerConfig(worker="w", extract="llm"))
+    first, second = (item.result for item in store.items("r"))
+    assert (first.response, first.predicted, first.correct, first.extracted_by) == (
         "I am not sure how to solve it.", "18", True, "llm")
-    assert (regex_only.results["1"].predicted, regex_only.results["1"].correct) == (None, False)
+    assert (second.predicted, second.correct, second.extracted_by) == ("17", False, None)
 
 
-def test_every_answer_records_how_it_was_made(tiny_model) -> None:
+def test_every_answer_records_how_it_was_made_and_errors_go_back(tmp_path: Path) -> None:
     from tasks.prompts import prompt_hash
 
-    model = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu", label="cpu#1")
+    store = SqliteStore(tmp_path / "w.db")
+    store.seed("r", [Item(question_id="q1", question="Eggs?", reference="18"),
+                     Item(question_id="q1", question="Eggs?", reference="18", stage=1, previous="17"),
+                     Item(question_id="q2", question="Ducks?", reference="3")])
+    claim = store.claim("r", "w", 3, 60)
     config = WorkerConfig(worker="w", sampling={"max_new_tokens": 3, "temperature": 0.7, "seed": 5})
-    first = Item(question_id="q1", question="Eggs?", reference="18", id="1")
-    retry = Item(question_id="q1", question="Eggs?", reference="18", stage=1, previous="17", id="2")
-    results = answer_claim(Claim("t", "w", [first, retry]), model, config).results
-    made = results["1"]
-    assert (made.engine, made.model, made.sampling) == ("hf-static", config.model.model_dump(),
-                                                        config.sampling.model_dump())
-    assert (made.worker, made.device, made.prompt, made.prompt_hash) == ("w", "cpu#1", "step_by_step",
-                                                                         prompt_hash("step_by_step"))
-    assert (results["2"].prompt, results["2"].prompt_hash) == ("step_by_step+retry",
-                                                               prompt_hash("step_by_step", "retry"))
-    assert made.finish_reason in ("stop", "length") and 1 <= made.tokens <= 3 and made.seconds >= 0
+    answers = [Generation("#### 18", 3, "stop", seconds=0.2), Generation("#### 18", 3, "length", seconds=0.1),
+               RuntimeError("CUDA out of memory")]
+    report = store_outcomes(store, [Outcome(item=i, claim=claim, answer=a) for i, a in zip(claim.items, answers)],
+                            engine="hf-static", device="cpu#1", config=config)
+    assert (report.done, report.failed, report.tokens, report.seconds) == (2, 1, 6, pytest.approx(0.3))
+    made, retry, failed = sorted(store.items("r"), key=lambda i: (i.question_id, i.stage))
+    assert (made.result.engine, made.result.model, made.result.sampling) == (
+        "hf-static", config.model.model_dump(), config.sampling.model_dump())
+    assert (made.result.worker, made.result.device, made.result.prompt, made.result.prompt_hash) == (
+        "w", "cpu#1", "step_by_step", prompt_hash("step_by_step"))
+    assert (retry.result.prompt, retry.result.finish_reason) == ("step_by_step+retry", "length")
+    assert (failed.status, failed.attempts, failed.error) == ("pending", 1, "RuntimeError: CUDA out of memory")
 
 
 def test_throughput_adds_up_over_devices_running_in_parallel() -> None:

@@ -89,6 +89,46 @@ class SamplingConfig(Config):
     seed: int = setting(0, "random seed for sampling", metavar="S")
 
 
+ENGINES = ("hf-static", "hf", "openai", "vllm")
+DEFAULT_SERVE_COMMAND = "vllm serve {model} --port {port} --dtype {dtype} --max-model-len 4096"
+
+
+class EngineConfig(Config):
+    """How answers are generated."""
+
+    title: ClassVar[str] = "engine settings"
+    name: Literal["hf-static", "hf", "openai", "vllm"] = setting(
+        "hf-static", "hf-static: transformers' model.generate on length-sorted batches; hf: transformers' continuous "
+                     "batching; openai: any OpenAI-compatible server (--api-base); vllm: one server per GPU started "
+                     "by the worker (--serve-command)", flag="engine")
+    max_in_flight: PositiveInt | None = setting(None, "hf, openai, vllm: answers generated at once per device "
+                                                      "(default: 8 for hf, --concurrency for the servers)", metavar="N")
+    api_base: str | None = setting(None, "openai: the server's base URL, several comma-separated (one device "
+                                         "thread each), e.g. http://127.0.0.1:8000/v1", metavar="URL[,URL]")
+    api_key_env: str = setting("OPENAI_API_KEY", "openai, vllm: the environment variable holding the API key (never "
+                                                 "shown, logged or stored); a server that needs none takes none",
+                               metavar="NAME")
+    concurrency: PositiveInt = setting(16, "openai, vllm: requests in flight per endpoint", metavar="N")
+    request_timeout: float = setting(600.0, "openai, vllm: seconds one request may take (then retried)", metavar="S",
+                                     gt=0)
+    serve_command: str = setting(DEFAULT_SERVE_COMMAND, "vllm: the command starting one OpenAI-compatible server "
+                                 "per device; {model}, {port}, {dtype}, {device} are filled in", metavar="TEMPLATE")
+    serve_timeout: float = setting(900.0, "vllm: seconds a server may take to become healthy", metavar="S", gt=0)
+
+    @model_validator(mode="after")
+    def _engine_needs(self) -> Self:
+        if self.name == "openai" and not self.api_base:
+            raise ValueError("--engine openai needs --api-base, the server's URL (e.g. http://127.0.0.1:8000/v1)")
+        if self.name != "openai" and self.api_base:
+            raise ValueError("--api-base is for --engine openai (--engine vllm starts its own servers)")
+        if self.name == "vllm" and not {"{port}", "{model}"} <= set(re.findall(r"\{\w+\}", self.serve_command)):
+            raise ValueError("--serve-command must contain {model} and {port} (each server gets its own port)")
+        return self
+
+    def endpoints(self) -> list[str]:
+        return [url.strip().rstrip("/") for url in (self.api_base or "").split(",") if url.strip()]
+
+
 class WorkerConfig(RunConfig):
     """The worker: which model, how to sample, on which devices, how much to claim."""
 
@@ -97,8 +137,7 @@ class WorkerConfig(RunConfig):
                        metavar="NAME", min_length=1)
     model: ModelConfig = ModelConfig()
     sampling: SamplingConfig = SamplingConfig()
-    engine: Literal["hf-static"] = setting(
-        "hf-static", "how answers are generated: hf-static = transformers' model.generate on length-sorted batches")
+    engine: EngineConfig = EngineConfig()
     devices: str = setting("auto", "one model copy per listed device: auto (every visible GPU, else cpu), "
                                    "cuda:0,cuda:1, cpu, cpu,cpu", metavar="LIST")
     batch_size: PositiveInt = setting(16, "items claimed and generated together", metavar="B")
@@ -124,6 +163,12 @@ class WorkerConfig(RunConfig):
             if name not in ("auto", "cpu") and not re.fullmatch(r"cuda:\d+", name) or name == "auto" and len(names) > 1:
                 raise ValueError(f"unknown device {name!r}: use auto, cpu, or cuda:N (comma separated)")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _extract_on_static(self) -> Self:
+        if self.extract == "llm" and self.engine.name != "hf-static":
+            raise ValueError("--extract llm (a second pass on the same model copy) runs with --engine hf-static only")
+        return self
 
     @field_validator("prompt")
     @classmethod

@@ -1,15 +1,29 @@
-"""Generation engines behind one small interface: the worker hands an engine prompts and
-sampling settings and gets answers back, never knowing which engine it drives. One module per
-engine (`hf_static.py` today); `create_engine` picks it from the worker's settings."""
+"""Generation engines behind one small interface.
+
+An engine *runs* a stream of requests: it takes requests from a feeder when it has room (a
+batch at a time, or up to N in flight) and yields the finished ones in groups as they end. The
+worker never knows which engine it drives. One module per engine:
+`hf_static.py` (`model.generate` on length-sorted batches), `hf_continuous.py` (transformers'
+continuous batching), `openai_api.py` (any OpenAI-compatible server), `served.py` (servers the
+worker starts itself, one per GPU: `vllm serve`); `create_engine` picks one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterator, Protocol
 
-from tasks.config import ModelConfig, SamplingConfig
+from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 
 Prompt = str | list[dict[str, str]]  # a text (one user turn) or chat messages
+
+
+@dataclass(frozen=True)
+class Request:
+    key: str  # the work item's id
+    prompt: Prompt
+    seed: int | None = None  # per request, so K samples of a question are K draws on a server
+    max_new_tokens: int | None = None  # per request; by default the sampling settings'
 
 
 @dataclass
@@ -17,6 +31,17 @@ class Generation:
     text: str  # the new tokens only, never the prompt
     tokens: int
     finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    seconds: float = 0.0  # this answer's share of the device's busy time (shares add up to it)
+    extracted: str | None = None  # the final answer a second pass read, where the text alone does not say it
+
+
+Finished = tuple[Request, Generation | Exception]
+
+
+class Feeder(Protocol):
+    def take(self, count: int, wait: bool) -> list[Request] | None:
+        """Up to `count` requests. With `wait`, blocks until there are some; None when the work
+        is over. Without, returns at once (maybe none)."""
 
 
 class Engine(Protocol):
@@ -24,26 +49,58 @@ class Engine(Protocol):
     device: str
     label: str  # the device's name in reports (`cpu#0` when a device holds two copies)
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> list[Generation]:
-        """Answer a batch of prompts; raise when the batch as a whole fails."""
+    def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
+        """Answer the feeder's requests until it is done, yielding finished ones in groups (an
+        empty group now and then while a long answer is still being written)."""
+
+    def close(self) -> None:
+        """Give back what the engine holds (a server process, a cache)."""
 
 
-def create_engine(*, engine: str, model: ModelConfig, device: str, label: str) -> Engine:
-    """Load `engine` with `model` on `device`."""
-    if engine == "hf-static":
+def create_engine(*, engine: EngineConfig, model: ModelConfig, device: str, label: str, batch_size: int) -> Engine:
+    """Load `engine.name` for `model` on `device` (for API engines, `device` is an endpoint)."""
+    if engine.name == "hf-static":
         from tasks.engines.hf_static import HFStaticEngine
 
-        return HFStaticEngine(model, device=device, label=label)
-    raise ValueError(f"unknown engine {engine!r}")  # WorkerConfig admits only the engines above
+        return HFStaticEngine(model, device=device, label=label, batch_size=batch_size)
+    if engine.name == "hf":
+        from tasks.engines.hf_continuous import HFContinuousEngine
+
+        return HFContinuousEngine(model, device=device, label=label, settings=engine)
+    from tasks.engines.openai_api import OpenAIEngine
+
+    if engine.name == "openai":
+        return OpenAIEngine(api_base=device, model=model.model, label=label, settings=engine)
+    from tasks.engines.served import ServedEngine
+
+    return ServedEngine(model, device=device, label=label, settings=engine)
 
 
-def generate_splitting(engine: Engine, prompts: list[Prompt], sampling: SamplingConfig) -> list[Generation | Exception]:
-    """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own.
-    A single prompt that still fails yields its exception instead of a generation."""
-    try:
-        return list(engine.generate(prompts, sampling))
-    except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
-        if len(prompts) == 1:
-            return [error]
-        half = len(prompts) // 2
-        return generate_splitting(engine, prompts[:half], sampling) + generate_splitting(engine, prompts[half:], sampling)
+def share_time(group: list[Finished], seconds: float) -> list[Finished]:
+    """Give each answer of a group its share of `seconds` by tokens, so shares add up."""
+    answers = [generation for _, generation in group if isinstance(generation, Generation)]
+    tokens = sum(answer.tokens for answer in answers)
+    for answer in answers:
+        answer.seconds = round(seconds * answer.tokens / tokens if tokens else seconds / len(answers), 4)
+    return group
+
+
+class ListFeeder:
+    """A fixed list of requests (benchmarks, tests, an extraction pass)."""
+
+    def __init__(self, requests: list[Request]):
+        self.pending = list(requests)
+
+    def take(self, count: int, wait: bool) -> list[Request] | None:
+        if not self.pending:
+            return None
+        taken, self.pending = self.pending[:count], self.pending[count:]
+        return taken
+
+
+def answer_all(engine: Engine, requests: list[Request], sampling: SamplingConfig) -> list[Generation | Exception]:
+    """Every request through the engine; the answers in the requests' order."""
+    answers: dict[str, Generation | Exception] = {}
+    for group in engine.run(ListFeeder(requests), sampling):
+        answers.update((request.key, answer) for request, answer in group)
+    return [answers[request.key] for request in requests]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tasks.config import EngineConfig
 from tasks.errors import UserError
 
 
@@ -24,3 +25,14 @@ def resolve_devices(devices: str) -> list[str]:
 def device_labels(devices: list[str]) -> list[str]:
     """Unique names for reports: `cpu,cpu` -> `cpu#0`, `cpu#1`; distinct devices keep their names."""
     return [f"{name}#{index}" if devices.count(name) > 1 else name for index, name in enumerate(devices)]
+
+
+def engine_devices(engine: EngineConfig, devices: str) -> list[tuple[str, str]]:
+    """(device, label) for every engine copy: an endpoint each for `openai`, else a local device."""
+    if engine.name == "openai":
+        from tasks.engines.openai_api import endpoint_label
+
+        urls = engine.endpoints()
+        return list(zip(urls, device_labels([endpoint_label(url) for url in urls])))
+    names = resolve_devices(devices)
+    return list(zip(names, device_labels(names)))

@@ -1,111 +1,53 @@
-"""The `hf-static` engine: one Hugging Face model copy on one device, answering each batch with
-`model.generate` (left padding, the batch runs until its longest answer ends)."""
+"""The `hf-static` engine: `model.generate` on static batches, length-sorted (left padding; a
+batch runs until its longest answer ends). A batch that fails (CUDA out of memory) is retried in
+halves; a prompt that still fails alone gives its error back."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+import time
+from typing import Iterator
 
 from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Generation, Prompt
-from tasks.errors import UserError
+from tasks.engines import Feeder, Finished, Generation, Prompt, share_time
+from tasks.engines.hf_model import HFModel
 
 
-def _dtype(name: str, device: str) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4: float16
-    return torch.float32
-
-
-class HFStaticEngine:
-    """A model and its tokenizer loaded with `from_pretrained`, a PEFT adapter applied if asked."""
-
+class HFStaticEngine(HFModel):
     name = "hf-static"
 
-    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None, batch_size: int = 16):
+        super().__init__(config, device=device, label=label)
+        self.batch_size = batch_size
 
-        if config.quantization != "none" and not device.startswith("cuda"):
-            raise UserError(f"--quantization {config.quantization} (bitsandbytes) needs a CUDA GPU, but the device is "
-                            f"{device}. Use --quantization none on CPU.")
-        self.config, self.device, self.label = config, device, label or device
-        options: dict[str, Any] = {"dtype": _dtype(config.dtype, device)}
-        if config.quantization != "none":
-            from transformers import BitsAndBytesConfig
+    def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
+        return run_static(self, feeder, sampling, self.batch_size)
 
-            options["device_map"] = {"": device}
-            options["quantization_config"] = (
-                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=torch.float16)
-                if config.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-            model = AutoModelForCausalLM.from_pretrained(config.model, **options)
-        except (OSError, ValueError) as error:
-            raise UserError(
-                f"Cannot load model {config.model!r}: {str(error).splitlines()[0][:300]} Pass --model with a local "
-                "folder holding config.json, the weights and the tokenizer (save_pretrained), or a hub id on a "
-                "machine that is online."
-            ) from error
-        if config.quantization == "none":
-            model = model.to(device)
-        if config.adapter:
-            model = self._with_adapter(model, config)
-        self.model = model.eval()
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+    def close(self) -> None:
+        """Nothing to give back: the model goes with the process."""
 
-    @staticmethod
-    def _with_adapter(model: Any, config: ModelConfig) -> Any:
-        from peft import PeftModel
 
-        try:
-            model = PeftModel.from_pretrained(model, config.adapter)
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise UserError(
-                f"Cannot apply the adapter {config.adapter!r} to {config.model!r}: {str(error).splitlines()[0][:300]} "
-                "Check that the adapter folder holds adapter_config.json and was trained on this base model."
-            ) from error
-        return model.merge_and_unload() if config.merge_adapter else model
+def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_size: int) -> Iterator[list[Finished]]:
+    """Take a batch, generate it (length-sorted), yield it; until the feeder is done."""
+    while (requests := feeder.take(batch_size, wait=True)) is not None:
+        if not requests:
+            continue
+        requests = sorted(requests, key=lambda request: len(model.prompt_text(request.prompt)))
+        limits = [request.max_new_tokens or sampling.max_new_tokens for request in requests]
+        started = time.perf_counter()
+        outputs = generate_splitting(model, [request.prompt for request in requests], sampling, limits)
+        yield share_time(list(zip(requests, outputs)), time.perf_counter() - started)
 
-    def prompt_text(self, prompt: Prompt) -> str:
-        """The text the model sees: the chat template when the tokenizer has one, else the turns
-        joined by blank lines."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        if not self.chat:
-            return "\n\n".join(message["content"] for message in messages)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig) -> list[Generation]:
-        """One batch through `model.generate`; sampling as given (greedy at temperature 0)."""
-        from transformers import GenerationConfig
-
-        texts = [self.prompt_text(prompt) for prompt in prompts]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
-        sample = sampling.temperature > 0
-        eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens, do_sample=sample,
-            temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
-            top_k=None, repetition_penalty=sampling.repetition_penalty,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(**batch, generation_config=config)
-        except Exception:
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
-            raise
-        new = output[:, batch["input_ids"].shape[1]:].cpu()
-        stops = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
-        generations = []
-        for row, text in zip(new.tolist(), self.tokenizer.batch_decode(new, skip_special_tokens=True)):
-            end = next((index for index, token in enumerate(row) if token in stops), None)
-            generations.append(Generation(text.strip(), tokens=len(row) if end is None else end + 1,
-                                          finish_reason="length" if end is None else "stop"))
-        return generations
+def generate_splitting(model: HFModel, prompts: list[Prompt], sampling: SamplingConfig,
+                       limits: list[int] | None = None) -> list[Generation | Exception]:
+    """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own.
+    A single prompt that still fails yields its exception instead of a generation."""
+    limits = limits or [sampling.max_new_tokens] * len(prompts)
+    try:
+        return list(model.generate(prompts, sampling, limits))
+    except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
+        if len(prompts) == 1:
+            return [error]
+        half = len(prompts) // 2
+        return (generate_splitting(model, prompts[:half], sampling, limits[:half])
+                + generate_splitting(model, prompts[half:], sampling, limits[half:]))

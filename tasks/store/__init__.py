@@ -54,6 +54,9 @@ class Store(Protocol):
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
         """Store results (by item id) of items still held by the claim; return how many."""
 
+    def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
+        """`complete` for several claims at once, in one round trip; return how many were stored."""
+
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         """Give items back (attempts + 1) or mark them failed after `max_attempts`."""
 

@@ -1,7 +1,8 @@
 """MongoDB work store (Atlas free tier friendly): few round trips, compact documents.
 
-A claim costs three round trips whatever the batch size (find candidate ids, update those still
-claimable under a fresh token, read back what that token got); complete is one bulk write.
+A claim costs two round trips whatever the batch size (find the candidates, update those still
+claimable under a fresh token), three when other workers took some first (then a read-back of
+what the token got); complete is one bulk write, for several claims at once.
 """
 
 from __future__ import annotations
@@ -121,17 +122,17 @@ class MongoStore:
         token = uuid.uuid4().hex
         for _ in range(CLAIM_ROUNDS):
             now = self.clock()
-            ids = [doc["_id"] for doc in self._items.find(_claimable(run, now), {"_id": 1}).limit(limit)]
-            if not ids:
+            docs = list(self._items.find(_claimable(run, now), {"result": 0}).limit(limit))
+            if not docs:
                 break
-            taken = self._items.update_many(
-                {"_id": {"$in": ids}, **_claimable(run, now)},
-                {"$set": {"status": "running", "worker": worker, "token": token,
-                          "lease_expires": now + lease_seconds}},
-            ).modified_count
-            if taken:
-                docs = self._items.find({"_id": {"$in": ids}, "token": token})
-                return Claim(token, worker, [_item(doc) for doc in docs])
+            held = {"status": "running", "worker": worker, "token": token, "lease_expires": now + lease_seconds}
+            taken = self._items.update_many({"_id": {"$in": [doc["_id"] for doc in docs]}, **_claimable(run, now)},
+                                            {"$set": held}).modified_count
+            if taken == len(docs):  # all of them ours: no read-back needed
+                return Claim(token, worker, [_item({**doc, **held}) for doc in docs])
+            if taken:  # others took some first: read back what this token holds
+                got = self._items.find({"_id": {"$in": [doc["_id"] for doc in docs]}, "token": token}, {"result": 0})
+                return Claim(token, worker, [_item(doc) for doc in got])
         return Claim(token, worker, [])
 
     def _held(self, claim: Claim, ids: list[str]) -> dict[str, Any]:
@@ -142,14 +143,15 @@ class MongoStore:
         return self._items.update_many(self._held(claim, claim.ids), update).modified_count
 
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
-        if not results:
-            return 0
+        return self.complete_many([(claim, results)])
+
+    def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
         ops = [
             UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
                       {"$set": {"status": "done", "result": result.to_dict()}, "$unset": {"lease_expires": "", "error": ""}})
-            for id_, result in results.items()
+            for claim, results in parts for id_, result in results.items()
         ]
-        return self._items.bulk_write(ops, ordered=False).modified_count
+        return self._items.bulk_write(ops, ordered=False).modified_count if ops else 0
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         if not ids:

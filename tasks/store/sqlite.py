@@ -126,10 +126,13 @@ class SqliteStore:
         return self._write(f"UPDATE items SET lease_expires = ? WHERE {where}", [self.clock() + lease_seconds, *params])
 
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
-        rows = [(_json(result), int(id_), claim.token) for id_, result in results.items()]
+        return self.complete_many([(claim, results)])
+
+    def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
+        rows = [(_json(result), int(id_), claim.token) for claim, results in parts for id_, result in results.items()]
         sql = ("UPDATE items SET status = 'done', result = ?, lease_expires = NULL, error = NULL"
                " WHERE id = ? AND token = ? AND status = 'running'")
-        return self._write(sql, rows, many=True)
+        return self._write(sql, rows, many=True) if rows else 0
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         where, params = self._held(claim, ids)

@@ -1,18 +1,20 @@
-"""One device's loop: the device only generates, while claiming the next batch and writing the
-last one's results happen in a background thread."""
+"""One device's loop: its engine answers the requests its exchange hands out, and hands the
+answers back to be written; the store traffic happens in the exchange's background call."""
 
 from __future__ import annotations
 
-import contextvars
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Callable
 
-from tasks.config import SamplingConfig
+from tasks.config import SamplingConfig, WorkerConfig
+from tasks.engines import Engine, Finished, Request
 from tasks.store import Store, summarize
-from tasks.store.models import Claim
-from tasks.worker.batch import Answered, BatchReport
+from tasks.store.models import Claim, Item
+from tasks.worker.chat import item_messages
+from tasks.worker.exchange import Exchange, StoreCall
 from tasks.worker.leases import LeaseKeeper
+from tasks.worker.results import BatchReport, Outcome, extract_with_llm, store_outcomes
+
+FLUSH_SECONDS = 10.0  # answers wait at most this long to be written when a batch's worth is slow to gather
 
 
 def sampling_warnings(store: Store, runs: list[str], sampling: SamplingConfig) -> list[str]:
@@ -28,43 +30,38 @@ def run_finished(store: Store, run: str) -> bool:
     return summary["pending"] == 0 and summary["running"] == 0
 
 
-def device_loop(*, claim_next: Callable[[], Claim], answer: Callable[[Claim], Answered],
-                save: Callable[[Answered], BatchReport], finished: Callable[[], bool], keeper: LeaseKeeper,
-                poll_seconds: float) -> list[BatchReport]:
-    """Loop until the run is finished; writes happen in claim order, and a failed write raises."""
-    reports: list[BatchReport] = []
-    saving: list[Future[BatchReport]] = []
+def device_loop(*, engine: Engine, exchange: Exchange, sampling: SamplingConfig,
+                on_answers: Callable[[list[Finished]], None] | None = None) -> list[BatchReport]:
+    """Run the engine until the run is finished; what finished is written even when it stops on
+    an error (the error then goes on up)."""
+    try:
+        for group in engine.run(exchange, sampling):
+            if on_answers is not None and group:
+                on_answers(group)
+            exchange.put(group)
+    finally:
+        exchange.close()
+    return exchange.reports
 
-    def claim_and_hold() -> Claim:
-        claim = claim_next()
-        if claim.items:
-            keeper.hold(claim)
-        return claim
 
-    def save_and_drop(answered: Answered) -> BatchReport:
-        try:
-            return save(answered)
-        finally:
-            keeper.drop(answered.claim)
+def store_and_claim(store: Store, config: WorkerConfig, engine: Engine, outcomes: list[Outcome],
+                    want: int) -> tuple[BatchReport | None, Claim | None]:
+    """One store call: write the answers that finished, claim up to `want` more."""
+    report = store_outcomes(store, outcomes, engine=engine.name, device=engine.label, config=config) if outcomes else None
+    claim = store.claim(config.run, config.worker_name, want, config.lease_seconds) if want else None
+    return report, claim
 
-    def collect(wait: bool) -> None:
-        while saving and (wait or saving[0].done()):
-            reports.append(saving.pop(0).result())  # a failed write raises here
 
-    with ThreadPoolExecutor(1, thread_name_prefix="store-io") as io:
-        def background(function: Callable[..., Any], *args: Any) -> Future[Any]:
-            return io.submit(contextvars.copy_context().run, function, *args)  # keeps Prefect's context
+def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper,
+                call: StoreCall | None = None, request: Callable[[Item], Request] | None = None) -> list[BatchReport]:
+    """One device works on `config.run` until it is finished: `call` is the store call (by
+    default `store_and_claim`; the worker's Prefect step makes each one a task run)."""
 
-        upcoming = background(claim_and_hold)
-        while True:
-            claim = upcoming.result()
-            if not claim.items:
-                collect(wait=True)
-                if finished():
-                    return reports
-                time.sleep(poll_seconds)
-                upcoming = background(claim_and_hold)
-                continue
-            upcoming = background(claim_and_hold)
-            saving.append(background(save_and_drop, answer(claim)))
-            collect(wait=False)
+    def ask(item: Item) -> Request:  # a seed per sample: K samples of a question are K draws on a server
+        return Request(key=item.id, prompt=item_messages(item, config.prompt), seed=config.sampling.seed + item.sample)
+
+    exchange = Exchange(call=call or (lambda outcomes, want: store_and_claim(store, config, engine, outcomes, want)),
+                        finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,
+                        claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds)
+    extract = (lambda group: extract_with_llm(engine, group)) if config.extract == "llm" else None
+    return device_loop(engine=engine, exchange=exchange, sampling=config.sampling, on_answers=extract)

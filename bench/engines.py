@@ -1,0 +1,175 @@
+"""Engine benchmark: `python bench/engines.py [--questions N] [--hidden H] [--layers L]`.
+
+Ratios measured side by side in one run (repeats interleaved, medians), on GSM8K questions:
+  (a) `hf` (continuous batching) / `hf-static` useful tokens/s, at 8, 16 and 32 in flight (the
+      static batch the same size as the claimed batch);
+  (b) the worker pipeline with `hf` (exchange, store writes, grading, on an SQLite store) / the
+      raw `hf` engine on the same prompts;
+  (c) the `openai` engine against a local `transformers serve` / that server driven directly
+      with the same concurrency.
+Random weights never stop on their own, so every prompt gets its own length: max new tokens drawn
+from the token lengths of GSM8K reference solutions (the same draw for every engine), and only
+those useful tokens count (a static batch computes up to its longest). The model is a randomly
+initialised Llama whose forward pass dominates (hidden and layers below); speed does not depend
+on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import torch
+
+from tasks.benchmarks import build_items, load_rows, resolve_source
+from tasks.config import EngineConfig, ModelConfig, SamplingConfig, WorkerConfig
+from tasks.engines import Generation, Request, answer_all
+from tasks.engines.hf_continuous import HFContinuousEngine
+from tasks.engines.hf_static import HFStaticEngine
+from tasks.engines.openai_api import OpenAIEngine
+from tasks.prompts import render
+from tasks.store.sqlite import SqliteStore
+from tasks.worker.chat import item_messages
+from tasks.worker.leases import LeaseKeeper
+from tasks.worker.loop import work_on_run
+from tests.support import build_model
+
+
+def lengths_from_gsm8k(model: HFStaticEngine, count: int, cap: int, seed: int = 0) -> list[int]:
+    """Token lengths of GSM8K reference solutions, drawn at random (the same draw for every engine)."""
+    rows = load_rows(resolve_source(str(Path(__file__).resolve().parents[1] / "data/gsm8k/train.jsonl"), "train"),
+                     response_field="answer", limit=2000)
+    lengths = [min(cap, len(model.tokenizer(str(row.response))["input_ids"])) for row in rows]
+    return random.Random(seed).choices(lengths, k=count)
+
+
+def useful(answers: list[Generation | Exception], lengths: list[int]) -> int:
+    """Tokens up to each request's own length (what a static batch computes beyond it is waste)."""
+    return sum(min(answer.tokens, length) for answer, length in zip(answers, lengths) if isinstance(answer, Generation))
+
+
+def timed(run: Callable[[], list[Generation | Exception]], lengths: list[int]) -> float:
+    started = time.perf_counter()
+    answers = run()
+    return useful(answers, lengths) / (time.perf_counter() - started)
+
+
+def requests_for(prompts: list[str], lengths: list[int]) -> list[Request]:
+    return [Request(key=str(n), prompt=prompt, max_new_tokens=length)
+            for n, (prompt, length) in enumerate(zip(prompts, lengths))]
+
+
+def pipeline(engine: HFContinuousEngine, rows: list[Any], lengths: list[int], sampling: SamplingConfig) -> float:
+    """The worker's device loop with the engine on a fresh SQLite store: useful tokens/s."""
+    config = WorkerConfig(run="bench", worker="bench", batch_size=engine.max_in_flight, sampling=sampling,
+                          devices="cpu")
+    with tempfile.TemporaryDirectory() as folder:
+        store = SqliteStore(Path(folder) / "bench.db")
+        store.seed("bench", build_items(rows, 1))
+        length_of = {item.id: length for item, length in zip(store.items("bench"), lengths)}
+        started = time.perf_counter()
+        with LeaseKeeper(store, config.lease_seconds) as keeper:
+            work_on_run(store=store, engine=engine, config=config, keeper=keeper, request=lambda item: Request(
+                key=item.id, prompt=item_messages(item, "step_by_step"), max_new_tokens=length_of[item.id]))
+        seconds = time.perf_counter() - started
+        tokens = sum(min(item.result.tokens, length_of[item.id]) for item in store.items("bench"))
+    return tokens / seconds
+
+
+def serve(model: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(["transformers", "serve", str(model), "--port", str(port), "--device", "cpu",
+                                "--host", "127.0.0.1"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(360):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return process, f"http://127.0.0.1:{port}/v1"
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError("transformers serve did not start")
+
+
+def direct(api: str, model: str, prompts: list[str], lengths: list[int], concurrency: int) -> float:
+    """The server driven directly: plain HTTP requests, `concurrency` at a time; completion tokens/s."""
+    def ask(pair: tuple[str, int]) -> int:
+        body = {"model": model, "messages": [{"role": "user", "content": pair[0]}], "max_tokens": pair[1],
+                "temperature": 0}
+        return httpx.post(f"{api}/chat/completions", json=body, timeout=600).json()["usage"]["completion_tokens"]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(ask, zip(prompts, lengths)))
+    return tokens / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--in-flight", default="8,16,32", help="in-flight counts to compare (default: 8,16,32)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="the longest drawn length (default: 256)")
+    parser.add_argument("--server-questions", type=int, default=16, help="(c) prompts (default: 16)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    folder = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    build_model(folder, chat=True, hidden=args.hidden, layers=args.layers)
+    model = ModelConfig(model=str(folder))
+    static = HFStaticEngine(model, device="cpu")
+    rows = load_rows(resolve_source("gsm8k", "test"), limit=args.questions)
+    prompts = [render("step_by_step", question=row.question) for row in rows]
+    lengths = lengths_from_gsm8k(static, len(prompts), args.max_new_tokens)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    print(f"cpu ({torch.get_num_threads()} threads), random Llama hidden {args.hidden}, {args.layers} layers, "
+          f"{len(prompts)} GSM8K questions, new tokens drawn from GSM8K solutions (mean "
+          f"{statistics.mean(lengths):.0f}, max {max(lengths)}), greedy, {args.repeats} interleaved repeats (medians):")
+    answer_all(static, requests_for(prompts[:2], [4, 4]), sampling)  # warm-up
+    for in_flight in map(int, args.in_flight.split(",")):
+        static.batch_size = in_flight
+        continuous = HFContinuousEngine(model, device="cpu", settings=EngineConfig(name="hf", max_in_flight=in_flight))
+        rates: dict[str, list[float]] = {"hf-static": [], "hf": [], "pipeline": []}
+        for _ in range(args.repeats):
+            rates["hf-static"].append(timed(lambda: answer_all(static, requests_for(prompts, lengths), sampling),
+                                            lengths))
+            rates["hf"].append(timed(lambda: answer_all(continuous, requests_for(prompts, lengths), sampling), lengths))
+            rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling))
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        print(f"  {in_flight:>2} in flight: hf-static {median['hf-static']:7.1f}, hf {median['hf']:7.1f}, worker "
+              f"pipeline with hf {median['pipeline']:7.1f} useful tokens/s | (a) hf / hf-static = "
+              f"{median['hf'] / median['hf-static']:.2f}, (b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}")
+    process, api = serve(folder)
+    try:
+        count, concurrency = args.server_questions, 4
+        engine = OpenAIEngine(api_base=api, model=str(folder), label="serve", settings=EngineConfig(
+            name="openai", api_base=api, concurrency=concurrency))
+        short = [min(length, 64) for length in lengths[:count]]
+        through, plain = [], []
+        for _ in range(args.repeats):
+            through.append(timed(lambda: answer_all(engine, requests_for(prompts[:count], short), sampling), short))
+            plain.append(direct(api, str(folder), prompts[:count], short, concurrency))
+        print(f"  (c) openai engine {statistics.median(through):.1f} / the server driven directly "
+              f"{statistics.median(plain):.1f} completion tokens/s = "
+              f"{statistics.median(through) / statistics.median(plain):.2f} (transformers serve, {concurrency} at a time, "
+              f"{count} prompts)")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

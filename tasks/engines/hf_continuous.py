@@ -1,0 +1,89 @@
+"""The `hf` engine: transformers' own continuous batching (`init_continuous_batching`, paged
+attention). Requests enter as they are claimed and leave as each sequence ends, so one long
+answer never holds a batch; up to `--max-in-flight` are generated at once. It does not honour
+`repetition_penalty` (transformers drops it with a warning): asked for one, the worker uses
+`hf-static` instead and says so. On a CPU its paged cache is sized here (it would otherwise take
+60% of the machine's memory)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator
+
+from tasks.config import EngineConfig, ModelConfig, SamplingConfig
+from tasks.engines import Feeder, Finished, Request, share_time
+from tasks.engines.hf_model import HFModel
+from tasks.engines.hf_static import run_static
+
+log = logging.getLogger("fleetgen")
+DEFAULT_IN_FLIGHT = 8  # measured best on CPU (bench/engines.py); set --max-in-flight on a GPU
+PAGE_SIZE = 64
+PROMPT_TOKENS = 1024  # the CPU cache holds this much prompt per request (a longer one waits for room)
+IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
+
+
+class HFContinuousEngine(HFModel):
+    name = "hf"
+
+    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None, settings: EngineConfig):
+        super().__init__(config, device=device, label=label)
+        self.max_in_flight = settings.max_in_flight or DEFAULT_IN_FLIGHT
+
+    def _cache_config(self, sampling: SamplingConfig) -> Any:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        if self.device.startswith("cuda"):
+            return ContinuousBatchingConfig(max_requests_per_batch=self.max_in_flight)
+        longest = PROMPT_TOKENS + sampling.max_new_tokens  # a request's prompt and answer, in tokens
+        return ContinuousBatchingConfig(page_size=PAGE_SIZE, max_requests_per_batch=self.max_in_flight,
+                                        num_blocks=self.max_in_flight * (longest // PAGE_SIZE + 1),
+                                        max_batch_tokens=PROMPT_TOKENS + self.max_in_flight)
+
+    def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
+        if sampling.repetition_penalty != 1.0:
+            log.warning(f"{self.label}: --engine hf does not honour --repetition-penalty, so this run uses hf-static")
+            yield from run_static(self, feeder, sampling, self.max_in_flight)
+            return
+        manager = self.model.init_continuous_batching(generation_config=self.generation_config(sampling),
+                                                      continuous_batching_config=self._cache_config(sampling))
+        manager.start()
+        in_flight: dict[str, Request] = {}
+        exhausted, last = False, time.perf_counter()
+        try:
+            while not exhausted or in_flight:
+                if not exhausted and len(in_flight) < self.max_in_flight:
+                    taken = feeder.take(self.max_in_flight - len(in_flight), wait=not in_flight)
+                    exhausted = taken is None
+                    for request in taken or []:
+                        in_flight[request.key] = request
+                        manager.add_request(self.encode(request.prompt), request_id=request.key,
+                                            max_new_tokens=request.max_new_tokens or sampling.max_new_tokens)
+                group = self._collect(manager, in_flight)
+                if group or time.perf_counter() - last > IDLE_YIELD_SECONDS:
+                    now = time.perf_counter()
+                    yield share_time(group, now - last)
+                    last = now
+        finally:
+            manager.stop(block=True)
+
+    def _collect(self, manager: Any, in_flight: dict[str, Request]) -> list[Finished]:
+        """The requests that ended since the last look (waiting briefly for the first one); all of
+        them, failed, when transformers' batching thread has died (they would never end)."""
+        if in_flight and not manager.is_running():
+            error = RuntimeError(f"continuous batching stopped: {manager.background_thread_status.fatal_error}")
+            failed: list[Finished] = [(request, error) for request in in_flight.values()]
+            in_flight.clear()
+            return failed
+        group: list[Finished] = []
+        timeout = 0.05
+        while in_flight and (output := manager.get_result(timeout=timeout)) is not None:
+            timeout = 0.0
+            if not output.is_finished() or output.request_id not in in_flight:
+                continue
+            request = in_flight.pop(output.request_id)
+            group.append((request, RuntimeError(output.error) if output.error else self.answer(output.generated_tokens)))
+        return group
+
+    def close(self) -> None:
+        """Nothing to give back: each run stops its manager."""

@@ -1,0 +1,121 @@
+"""A Hugging Face model and its tokenizer, loaded once per device for the `hf-static` and `hf`
+engines: dtype per device, bitsandbytes quantization, a PEFT adapter, the chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tasks.config import ModelConfig, SamplingConfig
+from tasks.engines import Generation, Prompt
+from tasks.errors import UserError
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4: float16
+    return torch.float32
+
+
+class HFModel:
+    """A model and its tokenizer loaded with `from_pretrained`, a PEFT adapter applied if asked."""
+
+    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if config.quantization != "none" and not device.startswith("cuda"):
+            raise UserError(f"--quantization {config.quantization} (bitsandbytes) needs a CUDA GPU, but the device is "
+                            f"{device}. Use --quantization none on CPU.")
+        self.config, self.device, self.label = config, device, label or device
+        options: dict[str, Any] = {"dtype": _dtype(config.dtype, device)}
+        if config.quantization != "none":
+            from transformers import BitsAndBytesConfig
+
+            options["device_map"] = {"": device}
+            options["quantization_config"] = (
+                BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float16)
+                if config.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+            model = AutoModelForCausalLM.from_pretrained(config.model, **options)
+        except (OSError, ValueError) as error:
+            raise UserError(
+                f"Cannot load model {config.model!r}: {str(error).splitlines()[0][:300]} Pass --model with a local "
+                "folder holding config.json, the weights and the tokenizer (save_pretrained), or a hub id on a "
+                "machine that is online."
+            ) from error
+        if config.quantization == "none":
+            model = model.to(device)
+        if config.adapter:
+            model = self._with_adapter(model, config)
+        self.model = model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.chat = bool(getattr(self.tokenizer, "chat_template", None))
+        eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
+        self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
+        self.eos = eos
+
+    @staticmethod
+    def _with_adapter(model: Any, config: ModelConfig) -> Any:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, config.adapter)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            raise UserError(
+                f"Cannot apply the adapter {config.adapter!r} to {config.model!r}: {str(error).splitlines()[0][:300]} "
+                "Check that the adapter folder holds adapter_config.json and was trained on this base model."
+            ) from error
+        return model.merge_and_unload() if config.merge_adapter else model
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The text the model sees: the chat template when the tokenizer has one, else the turns
+        joined by blank lines."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if not self.chat:
+            return "\n\n".join(message["content"] for message in messages)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
+
+    def answer(self, tokens: list[int]) -> Generation:
+        """The text of newly generated tokens, cut after the first end of sequence."""
+        end = next((index for index, token in enumerate(tokens) if token in self.stop_ids), None)
+        kept = tokens if end is None else tokens[:end + 1]
+        return Generation(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), tokens=len(kept),
+                          finish_reason="length" if end is None else "stop")
+
+    def generation_config(self, sampling: SamplingConfig) -> Any:
+        from transformers import GenerationConfig
+
+        sample = sampling.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens, do_sample=sample,
+            temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
+            top_k=None, repetition_penalty=sampling.repetition_penalty,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
+
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig,
+                 limits: list[int] | None = None) -> list[Generation]:
+        """One static batch through `model.generate` (left padding; greedy at temperature 0). With
+        `limits`, each answer stops at its own length (the batch runs to the longest)."""
+        if limits:
+            sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
+        texts = [self.prompt_text(prompt) for prompt in prompts]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**batch, generation_config=self.generation_config(sampling))
+        except Exception:
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
+            raise
+        rows = output[:, batch["input_ids"].shape[1]:].cpu().tolist()
+        return [self.answer(row[:limit]) for row, limit in zip(rows, limits or [len(row) for row in rows])]

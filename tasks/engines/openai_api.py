@@ -1,0 +1,109 @@
+"""The `openai` engine: any server that speaks the OpenAI chat-completions API (`vllm serve`, TGI,
+llama.cpp's server, `transformers serve`, a hosted model). Up to `--concurrency` requests in
+flight per endpoint, through the `openai` client: 429 and 5xx answers, timeouts and dropped
+connections are retried with exponential backoff that honours `Retry-After`; a request that
+still fails fails its item back (attempts + 1), never the worker. Token counts come from `usage`.
+The key comes from an environment variable, is registered as a secret and is never shown."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from tasks.config import EngineConfig, SamplingConfig
+from tasks.engines import Feeder, Finished, Generation, Request, share_time
+from tasks.errors import UserError
+from tasks.secrets import register_secret
+
+MAX_RETRIES = 5
+IDLE_YIELD_SECONDS = 1.0
+
+
+def endpoint_label(api_base: str) -> str:
+    """An endpoint's name in reports: its host and port."""
+    parsed = urlparse(api_base)
+    return parsed.netloc or api_base
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(self, *, api_base: str, model: str, label: str, settings: EngineConfig):
+        import openai
+
+        key = os.environ.get(settings.api_key_env)
+        if settings.api_key_env != EngineConfig().api_key_env and key is None:
+            raise UserError(f"--api-key-env names {settings.api_key_env}, but that environment variable is not set. "
+                            "Set it (a Kaggle secret, say) before the worker starts, or drop --api-key-env.")
+        register_secret(key)
+        self.device, self.label, self.model_name = api_base, label, model
+        self.key_source = settings.api_key_env if key else None
+        self.concurrency = settings.max_in_flight or settings.concurrency
+        self.client = openai.OpenAI(base_url=api_base, api_key=key or "none", max_retries=MAX_RETRIES,
+                                    timeout=settings.request_timeout)
+        self.check()
+
+    def check(self) -> None:
+        """One tiny request first: a wrong URL, key or model name stops the worker with a clear
+        message before it claims anything."""
+        import openai
+
+        where = f"the OpenAI-compatible server at {self.device}"
+        try:
+            self.client.with_options(max_retries=1, timeout=60).chat.completions.create(
+                model=self.model_name, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+        except openai.APIConnectionError as error:
+            raise UserError(f"Cannot reach {where} ({error.__cause__ or error}). Check --api-base (scheme, host, port "
+                            "and the /v1 path) and that the server runs.") from None
+        except openai.AuthenticationError:
+            given = f"the key from {self.key_source}" if self.key_source else "no key"
+            raise UserError(f"{where} refused {given} (401). Put the key in an environment variable and name it with "
+                            "--api-key-env (OPENAI_API_KEY by default).") from None
+        except openai.NotFoundError as error:
+            raise UserError(f"{where} answered 404 for model {self.model_name!r} ({_gist(error)}): pass --model with "
+                            "a name it serves, and --api-base up to /v1.") from None
+        except (openai.APIStatusError, openai.APIResponseValidationError, ValueError) as error:
+            raise UserError(f"{where} did not answer a chat completion for model {self.model_name!r} ({_gist(error)}). "
+                            "Is it an OpenAI-compatible server, serving that model?") from None
+
+    def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
+        in_flight: dict[Future[Generation], Request] = {}
+        exhausted, last = False, time.perf_counter()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"requests-{self.label}") as pool:
+            while not exhausted or in_flight:
+                if not exhausted and len(in_flight) < self.concurrency:
+                    taken = feeder.take(self.concurrency - len(in_flight), wait=not in_flight)
+                    exhausted = taken is None
+                    for request in taken or []:
+                        in_flight[pool.submit(self._ask, request, sampling)] = request
+                room = not exhausted and len(in_flight) < self.concurrency
+                done, _ = wait(in_flight, timeout=0.05 if room else IDLE_YIELD_SECONDS, return_when=FIRST_COMPLETED)
+                group: list[Finished] = [(in_flight.pop(future), future.exception() or future.result())
+                                         for future in done]
+                if group or time.perf_counter() - last > IDLE_YIELD_SECONDS:
+                    now = time.perf_counter()
+                    yield share_time(group, now - last)
+                    last = now
+
+    def _ask(self, request: Request, sampling: SamplingConfig) -> Generation:
+        messages = [{"role": "user", "content": request.prompt}] if isinstance(request.prompt, str) else request.prompt
+        options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+        if request.seed is not None:
+            options["seed"] = request.seed
+        response = self.client.chat.completions.create(
+            model=self.model_name, messages=messages, max_tokens=request.max_new_tokens or sampling.max_new_tokens,
+            n=1, **options)
+        choice = response.choices[0]
+        text = (choice.message.content or "").strip()
+        tokens = response.usage.completion_tokens if response.usage else len(text.split())
+        return Generation(text, tokens=tokens, finish_reason="length" if choice.finish_reason == "length" else "stop")
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _gist(error: Exception) -> str:
+    return str(getattr(error, "message", None) or error).splitlines()[0][:200]

@@ -1,0 +1,113 @@
+"""Finished answers turned into stored results: how each was made, graded off the device (the
+batch's symbolic comparisons in parallel), written through their claims' tokens in one round
+trip, errors failed back; and throughput figures that add up across devices."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.config import SamplingConfig, WorkerConfig
+from tasks.engines import Finished, Generation, Request, answer_all
+from tasks.grading import grade_many
+from tasks.grading.equivalence import is_correct
+from tasks.grading.extract import extract_answer
+from tasks.prompts import render
+from tasks.store import Store
+from tasks.store.models import Claim, Item, Result
+from tasks.worker.chat import prompt_provenance
+
+EXTRACT_SAMPLING = SamplingConfig(max_new_tokens=16)
+
+
+@dataclass
+class Outcome:
+    """One finished request: its item, the claim holding it, and the answer or the error."""
+
+    item: Item
+    claim: Claim
+    answer: Generation | Exception
+
+
+@dataclass(kw_only=True)
+class BatchReport:
+    device: str
+    items: int
+    tokens: int
+    seconds: float
+    done: int = 0
+    failed: int = 0
+    ids: list[str] = field(default_factory=list)  # the items written or failed back
+
+
+def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, config: WorkerConfig) -> Result:
+    return Result(response=answer.text, tokens=answer.tokens, finish_reason=answer.finish_reason,
+                  seconds=answer.seconds, worker=outcome.claim.worker, device=device, engine=engine,
+                  model=config.model.model_dump(), sampling=config.sampling.model_dump(),
+                  predicted=answer.extracted, extracted_by="llm" if answer.extracted else None,
+                  **prompt_provenance(outcome.item, config.prompt))
+
+
+def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device: str,
+                   config: WorkerConfig) -> BatchReport:
+    """Grade the answers and write them through their claims' tokens (one round trip); give
+    the errored items back (attempts + 1), failed with their error after the last attempt."""
+    answered = [(o, to_result(o, o.answer, engine, device, config)) for o in outcomes
+                if isinstance(o.answer, Generation)]
+    grade_results([(outcome.item, result) for outcome, result in answered])
+    parts: dict[str, tuple[Claim, dict[str, Result]]] = {}
+    for outcome, result in answered:
+        parts.setdefault(outcome.claim.token, (outcome.claim, {}))[1][outcome.item.id] = result
+    errors: dict[tuple[str, str], tuple[Claim, list[str]]] = {}
+    for outcome in outcomes:
+        if isinstance(outcome.answer, Exception):
+            message = f"{type(outcome.answer).__name__}: {outcome.answer}"[:500]
+            errors.setdefault((outcome.claim.token, message), (outcome.claim, []))[1].append(outcome.item.id)
+    report = BatchReport(device=device, items=len(outcomes), ids=[o.item.id for o in outcomes],
+                         tokens=sum(result.tokens or 0 for _, result in answered),
+                         seconds=sum(result.seconds or 0.0 for _, result in answered))
+    report.done = store.complete_many(list(parts.values())) if parts else 0
+    report.failed = sum(store.fail(claim, ids, message, config.max_attempts)
+                        for (_, message), (claim, ids) in errors.items())
+    return report
+
+
+def grade_results(answered: list[tuple[Item, Result]]) -> None:
+    """Set `predicted` (unless an extraction pass found it) and `correct` on every result."""
+    by_llm = [(item, result) for item, result in answered if result.extracted_by == "llm"]
+    for item, result in by_llm:
+        result.correct = is_correct(result.predicted, item.reference)
+    rest = [(item, result) for item, result in answered if result.extracted_by != "llm"]
+    for (item, result), graded in zip(rest, grade_many([(result.response, item.reference) for item, result in rest])):
+        result.predicted, result.correct = graded.predicted, graded.correct
+
+
+def extract_with_llm(engine: Any, group: list[Finished]) -> None:
+    """The original's second pass, on the device, for answers whose final answer cannot be read:
+    ask the model for the bare final answer (prompts/extract.txt); the response stays as it was."""
+    unparsed = [answer for _, answer in group if isinstance(answer, Generation) and extract_answer(answer.text) is None]
+    requests = [Request(key=str(index), prompt=render("extract", response=answer.text))
+                for index, answer in enumerate(unparsed)]
+    for answer, extracted in zip(unparsed, answer_all(engine, requests, EXTRACT_SAMPLING) if requests else []):
+        found = extract_answer(extracted.text) if isinstance(extracted, Generation) else None
+        answer.extracted = found
+
+
+def summarize_reports(reports: list[BatchReport]) -> dict[str, dict[str, Any]]:
+    """Batches, items, tokens, seconds and tokens/s per device, then `all`: devices run in
+    parallel, so the worker's rate is the sum of its devices' rates."""
+    devices: dict[str, dict[str, Any]] = defaultdict(lambda: {"batches": 0, "items": 0, "done": 0, "failed": 0,
+                                                              "tokens": 0, "seconds": 0.0})
+    for report in reports:
+        total = devices[report.device]
+        total["batches"] += 1
+        for name in ("items", "done", "failed", "tokens", "seconds"):
+            total[name] += getattr(report, name)
+    for total in devices.values():
+        total["tokens_per_second"] = round(total["tokens"] / total["seconds"], 1) if total["seconds"] else 0.0
+        total["seconds"] = round(total["seconds"], 2)
+    overall = {name: sum(total[name] for total in devices.values())
+               for name in ("batches", "items", "done", "failed", "tokens")}
+    overall["tokens_per_second"] = round(sum(total["tokens_per_second"] for total in devices.values()), 1)
+    return {**dict(sorted(devices.items())), "all": overall}

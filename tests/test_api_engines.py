@@ -1,0 +1,189 @@
+"""Engines that talk to servers: the `openai` engine against a real `transformers serve` process
+and against a scripted server that injects faults; bad settings through the command line; and
+`vllm`-style managed servers (started per device from `--serve-command`, stopped at the end, and
+gone when their worker is killed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+from flows.generate import generate
+from flows.seed import seed
+from tasks.config import SeedConfig, WorkerConfig
+from tasks.store.sqlite import SqliteStore
+from tests.conftest import ROOT, cli_env, run_flow_cli
+from tests.support import ScriptedServer
+
+KEY = "sk-fleetgen-engine-test-0123456789"
+SERVE = "transformers serve {model} --port {port} --device cpu --host 127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real OpenAI-compatible server process serving the tiny model's folder, offline."""
+    from tests.support import build_model
+
+    model = build_model(tmp_path_factory.mktemp("served-model"), chat=True)
+    port = free_port()
+    process = subprocess.Popen(SERVE.format(model=model, port=port).split(), env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        pytest.fail("transformers serve did not become healthy in 180 s")
+    yield f"http://127.0.0.1:{port}/v1", model
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def seeded(tmp_path: Path, questions: int = 6) -> tuple[str, SqliteStore]:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(SeedConfig(store=url, run="r", limit=questions))
+    return url, SqliteStore(tmp_path / "w.db")
+
+
+def test_a_real_server_process_answers_every_item_once(prefect_env, tmp_path: Path, served) -> None:
+    api, model = served
+    url, store = seeded(tmp_path)
+    result = generate(WorkerConfig(store=url, run="r", model={"model": str(model)}, batch_size=4,
+                                   engine={"name": "openai", "api_base": f"{api},{api}", "concurrency": 2},
+                                   sampling={"max_new_tokens": 8}))
+    items = store.items("r")
+    assert {item.status for item in items} == {"done"} and len(items) == 6
+    assert {item.result.engine for item in items} == {"openai"}
+    assert all(1 <= item.result.tokens <= 8 for item in items)  # counted by the server (usage)
+    port = api.split(":")[2].split("/")[0]
+    assert set(result["devices"]) == {f"127.0.0.1:{port}#0", f"127.0.0.1:{port}#1", "all"}
+
+
+def test_faults_are_retried_or_given_back_and_the_key_never_shows(prefect_env, tmp_path: Path, monkeypatch,
+                                                                   capsys, caplog) -> None:
+    script = ["ok", "429", "ok", "500", "ok", "hang", "ok", "malformed", "ok", "drop", "ok"]
+    server = ScriptedServer(script)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    url, store = seeded(tmp_path)
+    try:
+        generate(WorkerConfig(store=url, run="r", model={"model": "scripted-model"}, batch_size=2,
+                              engine={"name": "openai", "api_base": server.url, "concurrency": 1,
+                                      "request_timeout": 2}))
+    finally:
+        server.close()
+    items = store.items("r")
+    assert {item.status for item in items} == {"done"}  # every item done once
+    assert sorted(item.attempts for item in items) == [0, 0, 0, 0, 0, 1]  # the malformed answer was given back
+    assert all(item.result.predicted == "7" and item.result.tokens == 6 for item in items)  # usage says 6
+    assert {request["authorization"] for request in server.requests} == {f"Bearer {KEY}"}
+    assert all(request["body"]["max_tokens"] in (1, 512) for request in server.requests)
+    seeds = [request["body"].get("seed") for request in server.requests if request["body"]["max_tokens"] > 1]
+    assert set(seeds) == {0}  # sample 0 of each question; K samples would be K draws
+    captured = capsys.readouterr()
+    database = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().removeprefix("sqlite+aiosqlite:///")).parent
+    places = [captured.out, captured.err, caplog.text, (tmp_path / "w.db").read_bytes().decode("latin-1"),
+              *(path.read_bytes().decode("latin-1") for path in database.iterdir() if path.is_file())]
+    assert not [place for place in places if KEY in place]
+
+
+def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env, tmp_path: Path) -> None:
+    server = ScriptedServer([], poison="POISON")  # one question's three attempts all fail
+    dataset = tmp_path / "three.jsonl"
+    dataset.write_text("".join(f'{{"question": "{q}", "answer": "7"}}\n' for q in ("Apples?", "POISON pears?", "Figs?")))
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(SeedConfig(store=url, run="r", dataset=str(dataset)))
+    store = SqliteStore(tmp_path / "w.db")
+    try:
+        result = generate(WorkerConfig(store=url, run="r", model={"model": "scripted-model"}, batch_size=1,
+                                       engine={"name": "openai", "api_base": server.url, "concurrency": 1}))
+    finally:
+        server.close()
+    failed = [item for item in store.items("r") if item.status == "failed"]
+    assert len(failed) == 1 and failed[0].attempts == 3 and failed[0].question == "POISON pears?"
+    assert failed[0].error.startswith("APIResponseValidationError") or "JSON" in failed[0].error, failed[0].error
+    assert result["devices"]["all"]["done"] == 2
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["--engine", "openai", "--api-base", "http://127.0.0.1:9/v1"], "Cannot reach the OpenAI-compatible server"),
+    (["--engine", "openai", "--api-base", "{scripted}", "--model", "wrong-model"], "answered 404 for model 'wrong-model'"),
+    (["--engine", "openai", "--api-base", "{scripted}", "--model", "scripted-model", "--api-key-env", "NO_SUCH_KEY"],
+     "--api-key-env names NO_SUCH_KEY, but that environment variable is not set"),
+    (["--engine", "openai", "--api-base", "{plain}", "--model", "m"], "did not answer a chat completion"),
+    (["--engine", "openai"], "--engine openai needs --api-base"),
+    (["--engine", "nope"], "engine.name (--engine) = 'nope': Input should be 'hf-static', 'hf', 'openai' or 'vllm'"),
+])
+def test_bad_engine_settings_are_one_clear_paragraph(tmp_path: Path, settings: list[str], message: str) -> None:
+    import http.server
+    import threading
+
+    scripted = ScriptedServer([])
+    plain = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)  # not an API
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    urls = {"{scripted}": scripted.url, "{plain}": f"http://127.0.0.1:{plain.server_address[1]}/v1"}
+    store = SqliteStore(tmp_path / "fleetgen.db")
+    store.ensure_run("r", {})
+    try:
+        result = run_flow_cli("generate.py", "--run", "r", *[urls.get(s, s) for s in settings], cwd=tmp_path,
+                              timeout=120)
+    finally:
+        scripted.close()
+        plain.shutdown()
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and store.items("r") == [] and store.runs() == ["r"]
+
+
+def server_pids(model: Path) -> list[int]:
+    """The processes serving this test's model (their command lines name its folder)."""
+    lines = subprocess.run(["ps", "-eww", "-o", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [int(line.split()[0]) for line in lines if f"serve {model} " in line]
+
+
+def test_managed_servers_per_device_and_none_left_behind(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    """`--engine vllm` with `--serve-command` pointing at `transformers serve`: one server per
+    device (cpu,cpu), all items done, no server left at the end; and a worker killed mid-run
+    takes its servers with it."""
+    seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=30))
+    args = [sys.executable, str(ROOT / "flows/generate.py"), "--run", "r", "--model", str(tiny_model),
+            "--engine", "vllm", "--serve-command", SERVE, "--devices", "cpu,cpu", "--batch-size", "2",
+            "--max-new-tokens", "48", "--lease-seconds", "5", "--concurrency", "1"]
+    env = cli_env({**prefect_env, "HF_HUB_OFFLINE": "1"})
+    doomed = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = SqliteStore(tmp_path / "fleetgen.db")
+    deadline = time.monotonic() + 240
+    while not any(item.status == "done" for item in store.items("r")):
+        assert doomed.poll() is None and time.monotonic() < deadline, doomed.stdout.read() if doomed.poll() else ""
+        time.sleep(0.5)
+    assert len(server_pids(tiny_model)) == 2  # one server per device
+    doomed.send_signal(signal.SIGKILL)  # the worker alone dies: no cleanup code of its runs
+    doomed.wait(timeout=10)
+    deadline = time.monotonic() + 60
+    while server_pids(tiny_model) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert server_pids(tiny_model) == [], "a killed worker's servers must die with it"
+
+    finished = subprocess.run(args[:-2] + ["--concurrency", "2"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=400)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert {item.status for item in store.items("r")} == {"done"} and {item.result.engine for item in
+                                                                       store.items("r")} == {"vllm"}
+    assert server_pids(tiny_model) == []  # stopped at the end of the run

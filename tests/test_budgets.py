@@ -1,0 +1,107 @@
+"""What a run costs the free tiers, counted where it happens: Prefect events at the session's
+real Prefect server, Prefect API requests at the client's HTTP layer, MongoDB round trips at the
+collections (mongomock). 1,000 items through the real worker flow, answered by a scripted engine
+(the engine does not change the traffic)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect.client.base import PrefectHttpxAsyncClient, PrefectHttpxSyncClient
+from prefect.client.orchestration import get_client
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+
+from bench.store import OperationCounter
+from flows.generate import generate
+from tasks.config import WorkerConfig
+from tasks.store.models import Item
+from tasks.store.mongo import MongoStore
+from tasks.worker import steps
+from tests.support import ScriptedEngine, SerializedStore, mongomock_store
+
+ITEMS, BATCH = 1000, 32
+
+
+def count_http(monkeypatch) -> Counter[str]:
+    """Every HTTP request the Prefect client sends, by path."""
+    requests: Counter[str] = Counter()
+    for client in (PrefectHttpxAsyncClient, PrefectHttpxSyncClient):
+        send = client.send
+
+        if client is PrefectHttpxAsyncClient:
+            async def counted(self, request, *args, _send=send, **kwargs):
+                requests[request.url.path.split("/api/")[-1]] += 1
+                return await _send(self, request, *args, **kwargs)
+        else:
+            def counted(self, request, *args, _send=send, **kwargs):
+                requests[request.url.path.split("/api/")[-1]] += 1
+                return _send(self, request, *args, **kwargs)
+        monkeypatch.setattr(client, "send", counted)
+    return requests
+
+
+def events_since(since: datetime) -> Counter[str]:
+    """The events the server holds that occurred since `since`, by name."""
+    names: Counter[str] = Counter()
+    with get_client(sync_client=True) as client:
+        page = client._client.post("/events/filter", json={
+            "filter": {"occurred": {"since": since.isoformat()}}, "limit": 50}).json()
+        while True:
+            names.update(event["event"] for event in page["events"])
+            if not page.get("next_page"):
+                return names
+            page = client._client.get(page["next_page"]).json()
+
+
+def test_a_run_of_1000_items_stays_within_the_free_tier_budgets(prefect_env, monkeypatch) -> None:
+    store = mongomock_store()
+    store.seed("budget", [Item(question_id=f"q{n}", question=f"Question {n}", reference="7") for n in range(ITEMS)])
+    store.ensure_run("budget", {"samples": 1})
+    counter = OperationCounter(store._items)
+    store._items = counter
+    monkeypatch.setattr(MongoStore, "connect", classmethod(lambda cls, url, **options: SerializedStore(store)))
+    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: ScriptedEngine({"": "#### 7"}, batch_size=BATCH))
+    requests = count_http(monkeypatch)
+    since = datetime.now(timezone.utc)
+
+    generate(WorkerConfig(store="mongodb://budget.example/fleet", run="budget", batch_size=BATCH, devices="cpu"))
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
+    sent = Counter(requests)  # before this test's own queries below
+    time.sleep(8)  # the server writes the events it received in the background
+    events = events_since(since)
+    per_thousand = {"events": sum(events.values()) * 1000 / ITEMS, "requests": sum(sent.values()) * 1000 / ITEMS}
+    round_trips = sum(counter.calls.values()) * 32 / ITEMS
+    assert {i.status for i in store.items("budget")} == {"done"}
+    assert per_thousand["events"] <= 150, (per_thousand, events)
+    assert per_thousand["requests"] <= 30, (per_thousand, sent)
+    assert round_trips <= 4, (round_trips, counter.calls)
+    print(f"per 1,000 items: {per_thousand['events']:.0f} Prefect events {dict(events)}, "
+          f"{per_thousand['requests']:.0f} API requests {dict(sent)}; per 32 items {round_trips:.2f} MongoDB "
+          f"round trips {dict(counter.calls)}")
+
+
+def test_counting_sees_what_it_counts(prefect_env, monkeypatch) -> None:
+    """The counters themselves: a flow of 3 task runs makes events and requests they see."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(cache_policy=NO_CACHE)
+    def step(n: int) -> int:
+        return n
+
+    @flow
+    def three() -> Any:
+        return [step(n) for n in range(3)]
+
+    requests = count_http(monkeypatch)
+    since = datetime.now(timezone.utc)
+    three()
+    EventsWorker.drain_all()
+    time.sleep(8)
+    assert events_since(since)["prefect.task-run.Completed"] >= 3 and requests["flow_runs/"] >= 1
