@@ -104,16 +104,18 @@ def serve(model: Path) -> tuple[subprocess.Popen, str]:
 
 
 def direct(api: str, model: str, prompts: list[str], lengths: list[int], concurrency: int) -> float:
-    """The server driven directly: plain HTTP requests, `concurrency` at a time; completion tokens/s."""
-    def ask(pair: tuple[str, int]) -> int:
-        body = {"model": model, "messages": [{"role": "user", "content": pair[0]}], "max_tokens": pair[1],
-                "temperature": 0}
-        return httpx.post(f"{api}/chat/completions", json=body, timeout=600).json()["usage"]["completion_tokens"]
+    """The server driven directly: plain HTTP requests on one pooled client, `concurrency` at a time;
+    completion tokens/s."""
+    with httpx.Client(base_url=api, timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+        def ask(pair: tuple[str, int]) -> int:
+            body = {"model": model, "messages": [{"role": "user", "content": pair[0]}], "max_tokens": pair[1],
+                    "temperature": 0}
+            return client.post("/chat/completions", json=body).json()["usage"]["completion_tokens"]
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        tokens = sum(pool.map(ask, zip(prompts, lengths)))
-    return tokens / (time.perf_counter() - started)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            tokens = sum(pool.map(ask, zip(prompts, lengths)))
+        return tokens / (time.perf_counter() - started)
 
 
 def main() -> None:
