@@ -20,6 +20,7 @@ from tasks.store import check_store
 ConfigT = TypeVar("ConfigT", bound=Config)
 RunConfigT = TypeVar("RunConfigT", bound=RunConfig)
 ResultT = TypeVar("ResultT")
+EPHEMERAL_STARTUP_SECONDS = 180
 
 
 def start_flow(config_class: type[ConfigT], config: ConfigT | dict[str, Any] | None) -> ConfigT:
@@ -37,9 +38,16 @@ def prefect_session() -> Iterator[None]:
     local database with another fleetgen process on this machine (the first one keeps it; later
     ones get a private one, removed at exit)."""
     from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED,
-                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, get_current_settings, temporary_settings)
+                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  get_current_settings, temporary_settings)
 
     updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
+    if not PREFECT_API_URL.value():  # a busy 2-core machine needs more than Prefect's 20 s to start it
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = max(
+            EPHEMERAL_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        logging.getLogger("fleetgen").info(
+            f"no PREFECT_API_URL: starting a temporary Prefect server (up to {EPHEMERAL_STARTUP_SECONDS} s on a busy "
+            "machine; set PREFECT_API_URL to a `prefect server start` or Prefect Cloud to skip this)")
     with ExitStack() as stack:
         settings = get_current_settings()
         if not PREFECT_API_URL.value() and not os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):

@@ -12,6 +12,7 @@ from contextlib import closing
 from typing import Any
 
 from prefect import flow
+from prefect.futures import wait
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
@@ -26,6 +27,7 @@ from tasks.store import match_runs, open_store
 from tasks.worker.results import summarize_reports
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import sampling_warnings
+from tasks.worker.shutdown import Shutdown
 from tasks.worker.steps import load_engine, run_device
 
 
@@ -55,13 +57,18 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                                                   for device, label in devices]]
         logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
                     f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, runs {', '.join(runs)}")
-        reports = []
+        reports, shutdown = [], Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
         try:
-            with LeaseKeeper(store, config.lease_seconds) as keeper:
+            with LeaseKeeper(store, config.lease_seconds) as keeper, shutdown.on_signals(keeper.give_back_all):
                 for run in runs:  # one after another; each device leaves a run when it is finished
+                    if shutdown.requested:
+                        break
                     on_run = config.model_copy(update={"run": run})
-                    progress = ProgressArtifact.create(store, run)
-                    futures = [run_device.submit(store, engine, on_run, keeper, progress) for engine in engines]
+                    progress = ProgressArtifact.start(store, run)
+                    idle_exit = config.idle_exit if run == runs[-1] else 0.0
+                    futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit) for engine in engines]
+                    wait(futures)  # a device that failed leaves the others working (its claims given back)
+                    progress.stop()
                     reports += [report for future in futures for report in future.result()]
         finally:
             for engine in engines:
@@ -71,7 +78,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
                     f"{total['tokens_per_second']} tokens/s")
     return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
-            "sampling": config.sampling.model_dump(), "devices": totals}
+            "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
                                    tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
     overall = result["devices"]["all"]
-    print(f"worker {result['worker']}: run(s) {', '.join(result['runs'])} finished; this worker did {overall['done']} "
+    ended = f"stopped ({result['stopped']})" if result["stopped"] else "finished"
+    print(f"worker {result['worker']}: run(s) {', '.join(result['runs'])} {ended}; this worker did {overall['done']} "
           f"items ({overall['failed']} failed) at {overall['tokens_per_second']} tokens/s")
 
 

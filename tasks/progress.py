@@ -3,6 +3,7 @@ one Prefect progress artifact per run."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -54,33 +55,52 @@ def describe(progress: dict[str, Any]) -> str:
 
 class ProgressArtifact:
     """The run's `progress-<run>` artifact, updated from the store's counts every
-    `REFRESH_SECONDS` at most (each update costs a store aggregation and a Prefect request)."""
+    `REFRESH_SECONDS` by a thread of its own (each update costs a store aggregation and a Prefect
+    request), never on the devices' path: a Prefect outage or rate limit (whose retries can take
+    minutes) never slows, fails or redoes the work. It is said once; the artifact catches up
+    when Prefect answers again."""
 
     REFRESH_SECONDS = 30.0
+    LAST_WORD_SECONDS = 10.0  # the final update may take this long at most
 
-    def __init__(self, artifact_id: UUID, run: str, figures: FleetProgress):
-        self.artifact_id, self.run, self.figures = artifact_id, run, figures
-        self.refreshed = time.monotonic()
+    def __init__(self, store: Store, run: str):
+        self.store, self.run, self.figures = store, run, FleetProgress()
+        self.artifact_id: UUID | None = None
+        self.failing = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        name=f"progress-{run}", daemon=True)  # in the flow run's Prefect context
 
     @classmethod
-    def create(cls, store: Store, run: str) -> ProgressArtifact:
-        from prefect.artifacts import create_progress_artifact
+    def start(cls, store: Store, run: str) -> ProgressArtifact:
+        progress = cls(store, run)
+        progress._thread.start()
+        return progress
 
-        figures = FleetProgress()
-        snapshot = figures.update(summarize(store.counts(run)))
-        artifact_id = create_progress_artifact(snapshot["percent"], key=f"progress-{artifact_key(run)}",
-                                               description=describe(snapshot))
-        return cls(artifact_id, run, figures)
+    def stop(self) -> None:
+        """A last update with the final figures, waited for `LAST_WORD_SECONDS` at most."""
+        self._stop.set()
+        self._thread.join(timeout=self.LAST_WORD_SECONDS)
 
-    def refresh(self, store: Store, force: bool = False) -> None:
-        """Best effort: a dashboard hiccup never fails (or redoes) the work."""
-        from prefect.artifacts import update_progress_artifact
+    def _loop(self) -> None:
+        self.refresh()
+        while not self._stop.wait(self.REFRESH_SECONDS):
+            self.refresh()
+        self.refresh()
 
-        if not force and time.monotonic() - self.refreshed < self.REFRESH_SECONDS:
-            return
-        self.refreshed = time.monotonic()
+    def refresh(self) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
         try:
-            snapshot = self.figures.update(summarize(store.counts(self.run)))
-            update_progress_artifact(self.artifact_id, snapshot["percent"], describe(snapshot))
+            snapshot = self.figures.update(summarize(self.store.counts(self.run)))
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(snapshot["percent"], key=f"progress-{artifact_key(self.run)}",
+                                                            description=describe(snapshot))
+            else:
+                update_progress_artifact(self.artifact_id, snapshot["percent"], describe(snapshot))
         except Exception as error:
-            log.warning(f"progress artifact not updated: {error}")
+            if not self.failing:
+                log.warning(f"the progress artifact is not updated ({error}); the work goes on, and it catches up later")
+            self.failing = True
+        else:
+            self.failing = False

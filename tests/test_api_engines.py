@@ -165,7 +165,7 @@ def test_managed_servers_per_device_and_none_left_behind(prefect_env, tmp_path: 
     seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=30))
     args = [sys.executable, str(ROOT / "flows/generate.py"), "--run", "r", "--model", str(tiny_model),
             "--engine", "vllm", "--serve-command", SERVE, "--devices", "cpu,cpu", "--batch-size", "2",
-            "--max-new-tokens", "48", "--lease-seconds", "5", "--concurrency", "1"]
+            "--max-new-tokens", "48", "--lease-seconds", "10", "--concurrency", "1"]
     env = cli_env({**prefect_env, "HF_HUB_OFFLINE": "1"})
     doomed = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     store = SqliteStore(tmp_path / "fleetgen.db")

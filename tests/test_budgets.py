@@ -10,14 +10,17 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+import httpx
 from prefect.client.base import PrefectHttpxAsyncClient, PrefectHttpxSyncClient
 from prefect.client.orchestration import get_client
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
+import flows.generate
 from bench.store import OperationCounter
 from flows.generate import generate
 from tasks.config import WorkerConfig
+from tasks.progress import ProgressArtifact
 from tasks.store.models import Item
 from tasks.store.mongo import MongoStore
 from tasks.worker import steps
@@ -105,3 +108,56 @@ def test_counting_sees_what_it_counts(prefect_env, monkeypatch) -> None:
     EventsWorker.drain_all()
     time.sleep(8)
     assert events_since(since)["prefect.task-run.Completed"] >= 3 and requests["flow_runs/"] >= 1
+
+
+def test_a_prefect_outage_does_not_stop_the_work(prefect_env, monkeypatch) -> None:
+    """The store is the source of truth, Prefect the dashboard: with every Prefect API request
+    answered 503 (then 429) while the run is worked on, the worker keeps claiming, generating and
+    writing at its usual pace and finishes; the outage is said once."""
+    store = mongomock_store()
+    store.seed("outage", [Item(question_id=f"q{n}", question=f"Question {n}", reference="7") for n in range(200)])
+    store.ensure_run("outage", {"samples": 1})
+    monkeypatch.setattr(MongoStore, "connect", classmethod(lambda cls, url, **options: SerializedStore(store)))
+    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: ScriptedEngine({"": "#### 7"}, batch_size=8))
+    monkeypatch.setattr(ProgressArtifact, "REFRESH_SECONDS", 0.2)  # Prefect requests all along
+    outage, refused = {"on": False}, Counter()
+    store_and_claim = steps.store_and_claim
+
+    def first_call_starts_the_outage(*args, **kwargs):
+        outage["on"] = True
+        return store_and_claim(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "store_and_claim", first_call_starts_the_outage)
+    for client in (httpx.AsyncClient, httpx.Client):  # under Prefect's client, so its own retries run
+        send = client.send
+
+        def failing(request):
+            refused[request.url.path.split("/api/")[-1]] += 1
+            status = 503 if sum(refused.values()) % 2 else 429
+            return httpx.Response(status, headers={"Retry-After": "5"}, request=request)
+
+        if client is httpx.AsyncClient:
+            async def maybe(self, request, *args, _send=send, **kwargs):
+                if outage["on"] and "/api/" in request.url.path:
+                    return failing(request)
+                return await _send(self, request, *args, **kwargs)
+        else:
+            def maybe(self, request, *args, _send=send, **kwargs):
+                if outage["on"] and "/api/" in request.url.path:
+                    return failing(request)
+                return _send(self, request, *args, **kwargs)
+        monkeypatch.setattr(client, "send", maybe)
+
+    summarize_reports = flows.generate.summarize_reports
+
+    def outage_ends_when_the_work_is_done(reports):  # the flow's own end is reported again
+        outage["on"] = False
+        return summarize_reports(reports)
+
+    monkeypatch.setattr(flows.generate, "summarize_reports", outage_ends_when_the_work_is_done)
+    started = time.monotonic()
+    generate(WorkerConfig(store="mongodb://outage.example/fleet", run="outage", batch_size=8, devices="cpu"))
+    assert {i.status for i in store.items("outage")} == {"done"}
+    assert sum(refused.values()) > 0, "the outage must meet some Prefect requests"
+    assert time.monotonic() - started < 60, refused  # no stall behind Prefect's retries
+    print(f"outage: {dict(refused)} refused, {time.monotonic() - started:.1f} s")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
-from tasks.engines import Generation, Request, answer_all, create_engine
+from tasks.engines import Generation, Request, UnanswerableItem, answer_all, create_engine
 from tasks.engines.devices import device_labels, resolve_devices
 from tasks.engines.hf_continuous import HFContinuousEngine
 from tasks.engines.hf_static import HFStaticEngine, generate_splitting
@@ -128,6 +128,17 @@ def test_continuous_batching_answers_as_static_batches_do(tiny_model: Path) -> N
     lengths = [2, 9, 5, 12, 1, 7, 3]  # each request its own length, as in bench/engines.py
     short = answer_all(continuous, requests(7, lengths), sampling)
     assert all(g.tokens <= n and (g.finish_reason == "stop" or g.tokens == n) for g, n in zip(short, lengths))
+
+
+@pytest.mark.parametrize("engine", ["hf-static", "hf"])
+def test_a_prompt_longer_than_the_context_fails_alone_and_clearly(tiny_model: Path, engine: str) -> None:
+    model = create_engine(engine=EngineConfig(name=engine), model=ModelConfig(model=str(tiny_model)), device="cpu",
+                          label="cpu", batch_size=4)
+    long = Request(key="long", prompt="seven apples " * 3000)  # the tiny model reads 2,048 positions
+    answers = answer_all(model, [*requests(2), long], SamplingConfig(max_new_tokens=4))
+    assert all(isinstance(answer, Generation) for answer in answers[:2])
+    assert isinstance(answers[2], UnanswerableItem) and "reads at most 2,048" in str(answers[2])
+    assert "shorten the question or use a model with a longer context" in str(answers[2])
 
 
 def test_continuous_batching_uses_static_batches_for_a_repetition_penalty(tiny_model: Path, caplog) -> None:

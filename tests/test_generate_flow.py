@@ -168,7 +168,7 @@ def test_a_killed_worker_is_finished_by_another(prefect_env, tmp_path: Path, tin
     seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=40))
     store = SqliteStore(tmp_path / "fleetgen.db")
     doomed = start_worker(tmp_path, tiny_model, "doomed", "--batch-size", "4", "--max-new-tokens", "64",
-                          "--lease-seconds", "4")
+                          "--lease-seconds", "10")
     deadline = time.monotonic() + 120
     while not any(item.status == "done" for item in store.items("r")):
         assert doomed.poll() is None and time.monotonic() < deadline

@@ -4,6 +4,7 @@ Leases run on an injected clock, so expiry needs no sleeping and holds against a
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -11,6 +12,7 @@ from bench.store import mongomock_round_trips, real_mongodb_round_trips
 from tasks.errors import UserError
 from tasks.store import Store, open_store, summarize
 from tasks.store.models import Item, Result
+from tasks.store.mongo import MongoStore
 from tests.support import FakeClock, mongomock_store
 
 
@@ -87,7 +89,8 @@ def test_heartbeat_keeps_the_lease(store: Store, clock: FakeClock) -> None:
 def test_complete_stores_results_once(store: Store) -> None:
     store.seed("r", items(3))
     claim = store.claim("r", "w", 3, 60)
-    results = {i.id: Result(response=f"answer {i.question_id}", tokens=7, finish_reason="stop") for i in claim.items[:2]}
+    first_two = sorted(claim.items, key=lambda i: i.question_id)[:2]
+    results = {i.id: Result(response=f"answer {i.question_id}", tokens=7, finish_reason="stop") for i in first_two}
     assert store.complete(claim, results) == 2
     assert store.complete(claim, results) == 0
     by_id = {i.question_id: i for i in store.items("r")}
@@ -104,7 +107,7 @@ def test_complete_many_writes_several_claims_at_once_through_their_tokens(store:
     parts = [(first, answers(first.ids, "late")), (second, answers(second.ids, "fresh"))]
     assert store.complete_many(parts) == 3 and store.complete_many([]) == 0
     done = {i.id: i.result.response for i in store.items("r") if i.status == "done"}
-    assert set(done) == set(second.ids) and set(done.values()) == {"fresh"} and taken.ids == first.ids
+    assert set(done) == set(second.ids) and set(done.values()) == {"fresh"} and sorted(taken.ids) == sorted(first.ids)
 
 
 def test_fail_retries_then_gives_up_with_the_error(store: Store) -> None:
@@ -130,7 +133,7 @@ def test_release_gives_items_back(store: Store) -> None:
 
 
 def test_counts_by_status_stage_and_worker(store: Store, clock: FakeClock) -> None:
-    store.seed("r", items(6) + items(2, stage=1))
+    store.seed("r", items(6))
     store.seed("other", items(3))
     done = store.claim("r", "w1", 2, 60)
     store.complete(done, answers(done.ids))
@@ -138,6 +141,7 @@ def test_counts_by_status_stage_and_worker(store: Store, clock: FakeClock) -> No
     store.claim("r", "w3", 1, 5)
     failed = store.claim("r", "w1", 1, 60)
     store.fail(failed, failed.ids, "oom", max_attempts=1)
+    store.seed("r", items(2, stage=1))  # a refine round queued later
     clock.advance(10)
     summary = summarize(store.counts("r"))
     assert {k: summary[k] for k in ("total", "pending", "running", "done", "failed", "expired")} == {
@@ -150,17 +154,66 @@ def test_counts_by_status_stage_and_worker(store: Store, clock: FakeClock) -> No
 def test_a_mongodb_claim_that_others_beat_to_some_items_reads_back_what_it_got() -> None:
     store = mongomock_store()
     store.seed("r", items(4))
-    update_many = store._items.update_many
+    bulk_write = store._items.bulk_write
 
-    def others_first(query, update, **kwargs):  # another worker takes one candidate in between
+    def others_first(ops, **kwargs):  # another worker takes one candidate in between
         store._items.update_one({"question_id": "q000"}, {"$set": {"status": "running", "token": "other",
                                                                   "lease_expires": store.clock() + 60}})
-        return update_many(query, update, **kwargs)
+        return bulk_write(ops, **kwargs)
 
-    store._items.update_many = others_first
+    store._items.bulk_write = others_first
     claim = store.claim("r", "w", 4, 60)
     assert sorted(i.question_id for i in claim.items) == ["q001", "q002", "q003"]
     assert all(i.token == claim.token and i.status == "running" for i in claim.items)
+
+
+def test_an_item_whose_worker_dies_every_time_fails_after_max_attempts(store: Store, clock: FakeClock) -> None:
+    store.seed("r", items(2))
+    once = store.claim("r", "w", 1, 60)
+    store.fail(once, once.ids, "oom", max_attempts=3)  # one real failure of one of them
+    for attempt in (1, 2):  # each holder dies; taking the lease over spends an attempt
+        store.claim("r", f"dead{attempt}", 2, 10, max_attempts=3)
+        clock.advance(11)
+    poisoned = {i.id: i for i in store.items("r")}.pop(once.ids[0])
+    (other,) = [i for i in store.items("r") if i.id != poisoned.id]
+    assert store.claim("r", "live", 2, 60, max_attempts=3).ids == [other.id]
+    poisoned, other = ({i.id: i for i in store.items("r")}[id_] for id_ in (poisoned.id, other.id))
+    assert (poisoned.status, poisoned.attempts) == ("failed", 3)
+    assert poisoned.error == "gave up after 3 attempts: the lease expired (the worker died while holding it)"
+    assert (other.status, other.attempts, other.worker) == ("running", 2, "live")
+    assert store.claim("r", "w", 2, 60).items == []
+
+
+def test_a_notebook_whose_clock_runs_ahead_does_not_take_over_live_leases() -> None:
+    """MongoDB leases are timed with the server's clock (read from `hello` at connect)."""
+    import datetime
+
+    store = mongomock_store()
+    store.seed("r", items(2))
+    live = store.claim("r", "live", 2, 60)
+    db, true_time = store._db, time.time
+    ahead = lambda: true_time() + 3600  # noqa: E731
+    server_hello = {"ok": 1.0, "localTime": datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)}
+    db.command = lambda name, *args, **kwargs: server_hello if name == "hello" else None
+    fast = MongoStore(db, clock=ahead)
+    assert -3601 < fast.clock_offset < -3599
+    assert fast.claim("r", "fast", 2, 60).items == [] and store.heartbeat(live, 60) == 2
+
+
+def test_claims_on_mongodb_start_at_random_points_so_a_fleet_seldom_collides() -> None:
+    store = mongomock_store()
+    store.seed("r", items(400))
+    candidates = [{doc["_id"] for doc in store._candidates("r", store.now(), 16)} for _ in range(20)]
+    overlapping = sum(len(a & b) for i, a in enumerate(candidates) for b in candidates[i + 1:])
+    assert all(len(c) == 16 for c in candidates) and overlapping < 16 * 20  # in order, every pair would share all 16
+
+
+def test_an_sqlite_claim_reads_the_index_not_the_run(tmp_path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    for branch in ("status = 'pending' ORDER BY id LIMIT 16", "status = 'running' AND lease_expires < 5"):
+        (plan,) = store._db.execute(f"EXPLAIN QUERY PLAN SELECT id FROM items WHERE run = 'r' AND {branch}").fetchall()
+        assert "USING COVERING INDEX" in plan[-1] and "TEMP B-TREE" not in plan[-1]
+    store.close()
 
 
 def test_unknown_url_scheme_is_a_user_error() -> None:
@@ -187,3 +240,17 @@ def test_a_batch_of_32_costs_few_round_trips_on_a_real_server() -> None:
         pytest.skip("needs MONGODB_URI (the mongomock count ran instead)")
     trips = real_mongodb_round_trips(uri)
     assert trips["claim"] == 2 and trips["heartbeat"] == 1 and trips["complete"] == 1
+
+
+def test_a_damaged_or_foreign_sqlite_file_is_refused_with_what_to_do(tmp_path) -> None:
+    (tmp_path / "notes.db").write_text("these are my notes, not a database\n" * 200)
+    with pytest.raises(UserError, match="not an SQLite file, or a damaged one"):
+        open_store(f"sqlite:///{tmp_path / 'notes.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'work.db'}")
+    store.seed("r", items(3000))
+    store.close()
+    data = bytearray((tmp_path / "work.db").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = b"\xff" * 4096  # one page in the middle overwritten
+    (tmp_path / "work.db").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="damaged one: restore it from a copy"):
+        open_store(f"sqlite:///{tmp_path / 'work.db'}")

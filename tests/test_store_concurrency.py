@@ -25,7 +25,7 @@ def claim_until_empty(db: str, worker: str, out: str, start: Any) -> None:
     start.wait()
     accepted, abandoned = 0, []
     while True:
-        claim = store.claim("r", worker, BATCH, LEASE)
+        claim = store.claim("r", worker, BATCH, LEASE, max_attempts=1000)  # abandoning is no poison here
         if not claim.items:
             summary = summarize(store.counts("r"))
             if summary["pending"] == summary["running"] == 0:

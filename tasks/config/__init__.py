@@ -11,13 +11,14 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
 
 from tasks.config.base import Config, setting
 from tasks.prompts import question_templates
 from tasks.store import check_store_url
+from tasks.store.models import MIN_LEASE_SECONDS
 
 DEFAULT_RUN = "gsm8k-test"
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -148,8 +149,28 @@ class WorkerConfig(RunConfig):
     worker: str | None = setting(None, "this worker's name in the store and the UI (default: host-pid)",
                                  metavar="NAME")
     lease_seconds: float = setting(600.0, "how long claimed items stay reserved without a heartbeat; a dead "
-                                          "worker's items are taken over after this", metavar="S", gt=0)
-    max_attempts: PositiveInt = setting(3, "attempts per item before it is marked failed", metavar="N")
+                                          "worker's items are taken over after this (at least 10)", metavar="S",
+                                   ge=MIN_LEASE_SECONDS)
+    max_attempts: PositiveInt = setting(3, "attempts per item before it is marked failed (a lease that expires "
+                                           "because its worker died counts as one)", metavar="N")
+    grace_seconds: float = setting(20.0, "on SIGTERM/SIGINT or at --max-runtime: how long answers being generated "
+                                         "may take to finish before they are given back too", metavar="S", ge=0)
+    max_runtime: float | None = setting(None, "stop claiming when less time is left than a batch takes, e.g. 11h30m "
+                                              "for a 12-hour notebook (also 90m, 3600 seconds)", metavar="DURATION",
+                                        gt=0)
+    idle_exit: float = setting(0.0, "when the run(s) are finished, keep looking for new work this long (e.g. a "
+                                    "refine round queued later) before exiting", metavar="S", ge=0)
+
+    @field_validator("max_runtime", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", value)
+        if not value.strip() or not match:
+            raise ValueError(f"{value!r} is not a duration: use e.g. 11h30m, 90m or 3600")
+        hours, minutes, seconds = (float(part or 0) for part in match.groups())
+        return hours * 3600 + minutes * 60 + seconds
 
     @field_validator("devices")
     @classmethod

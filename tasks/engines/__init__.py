@@ -18,6 +18,11 @@ from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 Prompt = str | list[dict[str, str]]  # a text (one user turn) or chat messages
 
 
+class UnanswerableItem(ValueError):
+    """The item itself cannot be answered (a prompt longer than the model reads): it fails at
+    once, with no retry, and says nothing about the device."""
+
+
 @dataclass(frozen=True)
 class Request:
     key: str  # the work item's id

@@ -52,14 +52,19 @@ class HFContinuousEngine(HFModel):
         exhausted, last = False, time.perf_counter()
         try:
             while not exhausted or in_flight:
+                unreadable: list[Finished] = []
                 if not exhausted and len(in_flight) < self.max_in_flight:
                     taken = feeder.take(self.max_in_flight - len(in_flight), wait=not in_flight)
                     exhausted = taken is None
                     for request in taken or []:
+                        tokens = self.encode(request.prompt)
+                        if error := self.too_long(tokens):
+                            unreadable.append((request, error))
+                            continue
                         in_flight[request.key] = request
-                        manager.add_request(self.encode(request.prompt), request_id=request.key,
+                        manager.add_request(tokens, request_id=request.key,
                                             max_new_tokens=request.max_new_tokens or sampling.max_new_tokens)
-                group = self._collect(manager, in_flight)
+                group = unreadable + self._collect(manager, in_flight)
                 if group or time.perf_counter() - last > IDLE_YIELD_SECONDS:
                     now = time.perf_counter()
                     yield share_time(group, now - last)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Generation, Prompt
+from tasks.engines import Generation, Prompt, UnanswerableItem
 from tasks.errors import UserError
 
 
@@ -84,6 +84,15 @@ class HFModel:
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
+
+    def too_long(self, tokens: list[int]) -> UnanswerableItem | None:
+        """The error of a prompt the model cannot read (longer than its context): that item
+        fails with it, instead of taking the machine's memory (a likely poison item)."""
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        if context and len(tokens) >= context:
+            return UnanswerableItem(f"the prompt is {len(tokens):,} tokens, but {self.config.model} reads at most {context:,}: "
+                              "shorten the question or use a model with a longer context")
+        return None
 
     def answer(self, tokens: list[int]) -> Generation:
         """The text of newly generated tokens, cut after the first end of sequence."""

@@ -29,6 +29,12 @@ class HFStaticEngine(HFModel):
 def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_size: int) -> Iterator[list[Finished]]:
     """Take a batch, generate it (length-sorted), yield it; until the feeder is done."""
     while (requests := feeder.take(batch_size, wait=True)) is not None:
+        unreadable: list[Finished] = [(request, error) for request in requests
+                                      if (error := model.too_long(model.encode(request.prompt)))]
+        if unreadable:
+            yield unreadable
+            rejected = {request.key for request, _ in unreadable}
+            requests = [request for request in requests if request.key not in rejected]
         if not requests:
             continue
         requests = sorted(requests, key=lambda request: len(model.prompt_text(request.prompt)))

@@ -45,8 +45,10 @@ class Store(Protocol):
     def seed(self, run: str, items: Iterable[Item]) -> int:
         """Insert items that are not there yet; return how many were new."""
 
-    def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
-        """Atomically take up to `limit` pending or lease-expired items of `run`."""
+    def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
+        """Atomically take up to `limit` pending or lease-expired items of `run`. Taking over an
+        expired lease spends an attempt (its worker died holding it); an item whose lease expires
+        for the `max_attempts`-th time is marked failed instead (a poison item)."""
 
     def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's items still held; return how many."""

@@ -1,15 +1,19 @@
 """MongoDB work store (Atlas free tier friendly): few round trips, compact documents.
 
 A claim costs two round trips whatever the batch size (find the candidates, update those still
-claimable under a fresh token), three when other workers took some first (then a read-back of
-what the token got); complete is one bulk write, for several claims at once.
+claimable under a fresh token), more when other workers took some first or leases are taken
+over (a read-back of what the token got) and near a run's end (the candidates wrap around).
+Candidates start at a random point of the run, so a fleet's claims seldom collide; leases are
+timed with the server's clock. Complete is one bulk write, for several claims at once.
 """
 
 from __future__ import annotations
 
+import random
 import re
 import time
 import uuid
+from datetime import timezone
 from typing import Any, Iterable
 
 from bson import ObjectId
@@ -20,11 +24,12 @@ from pymongo.server_api import ServerApi
 
 from tasks.errors import UserError
 from tasks.secrets import redact
-from tasks.store.models import Claim, Clock, Item, Result
+from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
 CLAIM_ROUNDS = 3  # re-tries when other workers took every candidate first
+RELEASE = {"$set": {"status": "pending"}, "$unset": {"lease_expires": "", "worker": "", "token": ""}}
 
 
 def _first_clause(message: str) -> str:
@@ -43,14 +48,24 @@ def _item(doc: dict[str, Any]) -> Item:
     )
 
 
-def _claimable(run: str, now: float) -> dict[str, Any]:
-    return {"run": run, "$or": [{"status": "pending"}, {"status": "running", "lease_expires": {"$lt": now}}]}
+def server_clock_offset(db: Database, clock: Clock) -> float:
+    """Seconds to add to `clock` to read the server's clock (from `hello`'s localTime, halfway
+    through the round trip; 0 where the server does not say), so a notebook whose clock runs
+    ahead does not take over live leases."""
+    sent = clock()
+    try:
+        server_time = db.command("hello").get("localTime")
+    except (PyMongoError, NotImplementedError):  # mongomock has no `hello`
+        return 0.0
+    received = clock()
+    return server_time.replace(tzinfo=timezone.utc).timestamp() - (sent + received) / 2 if server_time else 0.0
 
 
 class MongoStore:
     def __init__(self, db: Database, url: str = "mongodb://", clock: Clock = time.time):
         self.url, self.clock = redact(url), clock
         self._db = db
+        self.clock_offset = server_clock_offset(db, clock)
         self._items = db["items"]
         self._runs = db["runs"]
         self._items.create_index(
@@ -60,6 +75,7 @@ class MongoStore:
         self._items.create_index(
             [("run", ASCENDING), ("status", ASCENDING), ("lease_expires", ASCENDING)], name="claim"
         )
+        self._items.create_index([("run", ASCENDING), ("status", ASCENDING), ("r", ASCENDING)], name="claim_spread")
 
     @classmethod
     def connect(cls, url: str, clock: Clock = time.time, **client_options: Any) -> "MongoStore":
@@ -104,7 +120,7 @@ class MongoStore:
         for item in items:
             doc = {"run": run, "stage": item.stage, "question_id": item.question_id, "sample": item.sample,
                    "question": item.question, "reference": item.reference, "status": item.status,
-                   "attempts": 0}
+                   "attempts": 0, "r": random.random()}
             if item.result is not None:
                 doc["result"] = item.result.to_dict()
             if item.previous is not None:
@@ -118,28 +134,57 @@ class MongoStore:
             for start in range(0, len(ops), chunk)
         )
 
-    def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
+    def now(self) -> float:
+        """The server's time as this machine estimates it (leases are compared across machines)."""
+        return self.clock() + self.clock_offset
+
+    def _candidates(self, run: str, now: float, limit: int) -> list[dict[str, Any]]:
+        """Items from a random point of the run on, in the order of their random key `r` (the
+        `claim_spread` index): workers claiming at once seldom want the same items. Expired leases
+        are among them wherever they are; wraps around."""
+        start, fields = random.random(), {"result": 0}
+        docs = list(self._items.find({"run": run, "$or": [{"status": "running", "lease_expires": {"$lt": now}},
+                                                           {"status": "pending", "r": {"$gte": start}}]},
+                                     fields).sort("r", ASCENDING).limit(limit))
+        if len(docs) < limit:  # near the end of the run, or items seeded before the random key
+            docs += self._items.find({"run": run, "status": "pending", "$or": [{"r": {"$lt": start}}, {"r": None}]},
+                                     fields).sort("r", ASCENDING).limit(limit - len(docs))
+        return docs
+
+    def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
         token = uuid.uuid4().hex
         for _ in range(CLAIM_ROUNDS):
-            now = self.clock()
-            docs = list(self._items.find(_claimable(run, now), {"result": 0}).limit(limit))
+            now = self.now()
+            docs = self._candidates(run, now, limit)
             if not docs:
                 break
             held = {"status": "running", "worker": worker, "token": token, "lease_expires": now + lease_seconds}
-            taken = self._items.update_many({"_id": {"$in": [doc["_id"] for doc in docs]}, **_claimable(run, now)},
-                                            {"$set": held}).modified_count
-            if taken == len(docs):  # all of them ours: no read-back needed
+            fresh = [doc["_id"] for doc in docs if doc["status"] == "pending"]
+            expired = [doc for doc in docs if doc["status"] == "running"]
+            ops: list[Any] = [UpdateMany({"_id": {"$in": fresh}, "status": "pending"}, {"$set": held})] if fresh else []
+            for doc in expired:  # a worker died holding it: an attempt spent; the last one fails it (a poison item)
+                still = {"_id": doc["_id"], "status": "running", "lease_expires": {"$lt": now}}
+                spent = doc.get("attempts", 0) + 1 >= max_attempts
+                ops.append(UpdateOne(still, {"$inc": {"attempts": 1}, "$set": {
+                    "status": "failed", "error": LEASE_EXPIRED % (doc.get("attempts", 0) + 1)} if spent else held}))
+            taken = self._items.bulk_write(ops, ordered=False).modified_count
+            if not expired and taken == len(fresh):  # all of them ours: no read-back needed
                 return Claim(token, worker, [_item({**doc, **held}) for doc in docs])
-            if taken:  # others took some first: read back what this token holds
-                got = self._items.find({"_id": {"$in": [doc["_id"] for doc in docs]}, "token": token}, {"result": 0})
-                return Claim(token, worker, [_item(doc) for doc in got])
+            if taken:  # others took some first, or leases were taken over: read back what this token holds
+                try:
+                    got = [_item(doc) for doc in self._items.find({"token": token, "status": "running"}, {"result": 0})]
+                except PyMongoError:
+                    self._items.update_many({"token": token, "status": "running"}, RELEASE)  # not stranded for a lease
+                    raise
+                if got:
+                    return Claim(token, worker, got)
         return Claim(token, worker, [])
 
     def _held(self, claim: Claim, ids: list[str]) -> dict[str, Any]:
         return {"_id": {"$in": [ObjectId(i) for i in ids]}, "token": claim.token, "status": "running"}
 
     def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
-        update = {"$set": {"lease_expires": self.clock() + lease_seconds}}
+        update = {"$set": {"lease_expires": self.now() + lease_seconds}}
         return self._items.update_many(self._held(claim, claim.ids), update).modified_count
 
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
@@ -168,11 +213,10 @@ class MongoStore:
         return self._items.bulk_write(ops, ordered=True).modified_count
 
     def release(self, claim: Claim) -> int:
-        update = {"$set": {"status": "pending"}, "$unset": {"lease_expires": "", "worker": "", "token": ""}}
-        return self._items.update_many(self._held(claim, claim.ids), update).modified_count
+        return self._items.update_many(self._held(claim, claim.ids), RELEASE).modified_count
 
     def counts(self, run: str) -> list[dict[str, Any]]:
-        now = self.clock()
+        now = self.now()
         expired = {"$and": [{"$eq": ["$status", "running"]}, {"$lt": ["$lease_expires", now]}]}
         pipeline = [
             {"$match": {"run": run}},

@@ -11,11 +11,12 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from tasks.errors import UserError
-from tasks.store.models import Claim, Clock, Item, Result
+from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -28,6 +29,7 @@ CREATE TABLE IF NOT EXISTS items (
     worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT, previous TEXT, metadata TEXT,
     UNIQUE (run, question_id, stage, sample));
 CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
+CREATE INDEX IF NOT EXISTS items_status ON items (run, status);
 """
 ADDED_COLUMNS = {"metadata": "TEXT"}  # columns newer than some stores: added in place, nothing else touched
 ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
@@ -43,6 +45,27 @@ def _item(row: tuple) -> Item:
     return Item(**values)
 
 
+@contextmanager
+def storage_faults(url: str) -> Iterator[None]:
+    """A full disk or a damaged file as a UserError saying what to do (a passing lock timeout
+    stays a plain, retryable error)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        message = str(error)
+        if isinstance(error, sqlite3.OperationalError) and "locked" in message:
+            raise
+        if "full" in message:
+            hint = ("The disk is full: free space there (items being answered go back to other workers when their "
+                    "lease ends)")
+        elif "malformed" in message or "not a database" in message:
+            hint = ("It is not an SQLite file, or a damaged one: restore it from a copy, or recover what is readable "
+                    "with `sqlite3 FILE .recover | sqlite3 NEW.db`")
+        else:
+            hint = "Check that the file and its folder are writable and on a local disk"
+        raise UserError(f"The SQLite store {url} failed: {message}. {hint}.") from error
+
+
 def _json(result: Result | None) -> str | None:
     return json.dumps(result.to_dict()) if result is not None else None
 
@@ -52,7 +75,7 @@ class SqliteStore:
         self.url, self.clock = f"sqlite:///{path}", clock
         if path.parent and not path.parent.is_dir():
             raise UserError(f"Cannot create the SQLite store {path}: folder {path.parent} does not exist.")
-        try:
+        with storage_faults(self.url):
             self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -61,25 +84,33 @@ class SqliteStore:
             for column, kind in ADDED_COLUMNS.items():
                 if column not in present:
                     self._db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
-        except sqlite3.DatabaseError as error:
-            raise UserError(f"Cannot open the SQLite store {path}: {error}. Is it an SQLite file you can write?") from error
+            (verdict,) = self._db.execute("PRAGMA quick_check(1)").fetchone()  # a damaged file is found here
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
         self._lock = threading.Lock()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """An immediate transaction (the caller holds the lock); storage faults as UserError."""
+        with storage_faults(self.url):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # SQLite rolls back by itself on a full disk or I/O error
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _write(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
         """Run one statement in an immediate transaction; return the rows it changed."""
-        with self._lock:
+        with self._lock, self._transaction():
             before = self._db.total_changes
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (self._db.executemany if many else self._db.execute)(sql, params)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            (self._db.executemany if many else self._db.execute)(sql, params)
             return self._db.total_changes - before
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        with self._lock:
+        with self._lock, storage_faults(self.url):
             return self._db.execute(sql, params).fetchall()
 
     def ensure_run(self, run: str, config: dict[str, Any]) -> None:
@@ -99,22 +130,22 @@ class SqliteStore:
                " previous, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
         return self._write(sql, rows, many=True)
 
-    def claim(self, run: str, worker: str, limit: int, lease_seconds: float) -> Claim:
+    def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
         token, now = uuid.uuid4().hex, self.clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                rows = self._db.execute(
-                    f"""UPDATE items SET status = 'running', worker = ?, token = ?, lease_expires = ?
-                    WHERE id IN (SELECT id FROM items WHERE run = ? AND (status = 'pending'
-                        OR (status = 'running' AND lease_expires < ?)) ORDER BY id LIMIT ?)
+        with self._lock, self._transaction():
+            self._db.execute(  # an item whose worker died holding it, for the last time: failed (a poison item)
+                """UPDATE items SET status = 'failed', attempts = attempts + 1, lease_expires = NULL,
+                    error = printf(?, attempts + 1) WHERE run = ? AND status = 'running' AND lease_expires < ?
+                    AND attempts + 1 >= ?""", (LEASE_EXPIRED, run, now, max_attempts))
+            rows = self._db.execute(  # expired leases first, then pending in order; each branch on the claim index
+                f"""UPDATE items SET attempts = attempts + (status = 'running'), status = 'running', worker = ?,
+                    token = ?, lease_expires = ? WHERE id IN (SELECT id FROM (
+                        SELECT id FROM items WHERE run = ? AND status = 'running' AND lease_expires < ?)
+                    UNION ALL SELECT id FROM (
+                        SELECT id FROM items WHERE run = ? AND status = 'pending' ORDER BY id LIMIT ?) LIMIT ?)
                     RETURNING {SELECTED}""",
-                    (worker, token, now + lease_seconds, run, now, limit),
-                ).fetchall()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                (worker, token, now + lease_seconds, run, now, run, limit, limit),
+            ).fetchall()
         return Claim(token, worker, sorted((_item(row) for row in rows), key=lambda i: int(i.id)))
 
     def _held(self, claim: Claim, ids: list[str]) -> tuple[str, list[Any]]:

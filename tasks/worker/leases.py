@@ -29,9 +29,25 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join()
         for claim in list(self._claims.values()):
+            self.give_back(claim)
+
+    def give_back_all(self) -> None:
+        with self._lock:
+            claims = list(self._claims.values())
+        for claim in claims:
+            self.give_back(claim)
+
+    def give_back(self, claim: Claim) -> None:
+        """Release a claim's unwritten items at once (other workers take them without waiting
+        for the lease); a store that cannot be reached leaves them to the lease."""
+        self.drop(claim)
+        try:
             released = self.store.release(claim)
-            if released:
-                log.info(f"gave back {released} unfinished items")
+        except Exception as error:
+            log.warning(f"could not give back a claim ({error}); its items return when the lease ends")
+            return
+        if released:
+            log.info(f"gave back {released} unfinished items")
 
     def hold(self, claim: Claim) -> None:
         with self._lock:
@@ -45,11 +61,8 @@ class LeaseKeeper:
         while not self._stop.wait(self.lease_seconds / 3):
             with self._lock:
                 claims = list(self._claims.values())
-            for claim in claims:
+            for claim in claims:  # fewer kept than held is no sign of a takeover: some are written by now
                 try:
-                    kept = self.store.heartbeat(claim, self.lease_seconds)
+                    self.store.heartbeat(claim, self.lease_seconds)
                 except Exception as error:  # a flaky network: the next beat tries again
                     log.warning(f"heartbeat failed ({error}); retrying in {self.lease_seconds / 3:.0f} s")
-                    continue
-                if kept < len(claim.items):
-                    log.warning(f"{len(claim.items) - kept} items of a batch were taken over after their lease expired")

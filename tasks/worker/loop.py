@@ -3,17 +3,21 @@ answers back to be written; the store traffic happens in the exchange's backgrou
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Engine, Finished, Request
+from tasks.errors import UserError
 from tasks.store import Store, summarize
 from tasks.store.models import Claim, Item
 from tasks.worker.chat import item_messages
 from tasks.worker.exchange import Exchange, StoreCall
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.results import BatchReport, Outcome, extract_with_llm, store_outcomes
+from tasks.worker.shutdown import Shutdown
 
+log = logging.getLogger("fleetgen")
 FLUSH_SECONDS = 10.0  # answers wait at most this long to be written when a batch's worth is slow to gather
 
 
@@ -25,8 +29,15 @@ def sampling_warnings(store: Store, runs: list[str], sampling: SamplingConfig) -
 
 
 def run_finished(store: Store, run: str) -> bool:
-    """Nothing pending and nothing running (failed items stay failed)."""
-    summary = summarize(store.counts(run))
+    """Nothing pending and nothing running (failed items stay failed). A store that cannot be
+    asked (a network hiccup) answers "not yet": an idle device asks again at its next poll."""
+    try:
+        summary = summarize(store.counts(run))
+    except UserError:
+        raise
+    except Exception as error:
+        log.warning(f"could not ask the store whether run {run!r} is finished ({error}); asking again")
+        return False
     return summary["pending"] == 0 and summary["running"] == 0
 
 
@@ -48,20 +59,24 @@ def store_and_claim(store: Store, config: WorkerConfig, engine: Engine, outcomes
                     want: int) -> tuple[BatchReport | None, Claim | None]:
     """One store call: write the answers that finished, claim up to `want` more."""
     report = store_outcomes(store, outcomes, engine=engine.name, device=engine.label, config=config) if outcomes else None
-    claim = store.claim(config.run, config.worker_name, want, config.lease_seconds) if want else None
+    claim = store.claim(config.run, config.worker_name, want, config.lease_seconds,
+                        max_attempts=config.max_attempts) if want else None
     return report, claim
 
 
 def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper,
-                call: StoreCall | None = None, request: Callable[[Item], Request] | None = None) -> list[BatchReport]:
-    """One device works on `config.run` until it is finished: `call` is the store call (by
-    default `store_and_claim`; the worker's Prefect step makes each one a task run)."""
+                call: StoreCall | None = None, request: Callable[[Item], Request] | None = None,
+                shutdown: Shutdown | None = None, idle_exit: float = 0.0) -> list[BatchReport]:
+    """One device works on `config.run` until it is finished (and `idle_exit` seconds more) or
+    the worker stops: `call` is the store call (by default `store_and_claim`; the worker's
+    Prefect step makes each one a task run)."""
 
     def ask(item: Item) -> Request:  # a seed per sample: K samples of a question are K draws on a server
         return Request(key=item.id, prompt=item_messages(item, config.prompt), seed=config.sampling.seed + item.sample)
 
     exchange = Exchange(call=call or (lambda outcomes, want: store_and_claim(store, config, engine, outcomes, want)),
                         finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,
-                        claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds)
+                        claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds,
+                        shutdown=shutdown, idle_exit=idle_exit)
     extract = (lambda group: extract_with_llm(engine, group)) if config.extract == "llm" else None
     return device_loop(engine=engine, exchange=exchange, sampling=config.sampling, on_answers=extract)

@@ -4,12 +4,13 @@ trip, errors failed back; and throughput figures that add up across devices."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.config import SamplingConfig, WorkerConfig
-from tasks.engines import Finished, Generation, Request, answer_all
+from tasks.engines import Finished, Generation, Request, UnanswerableItem, answer_all
 from tasks.grading import grade_many
 from tasks.grading.equivalence import is_correct
 from tasks.grading.extract import extract_answer
@@ -18,6 +19,7 @@ from tasks.store import Store
 from tasks.store.models import Claim, Item, Result
 from tasks.worker.chat import prompt_provenance
 
+log = logging.getLogger("fleetgen")
 EXTRACT_SAMPLING = SamplingConfig(max_new_tokens=16)
 
 
@@ -59,17 +61,21 @@ def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device
     parts: dict[str, tuple[Claim, dict[str, Result]]] = {}
     for outcome, result in answered:
         parts.setdefault(outcome.claim.token, (outcome.claim, {}))[1][outcome.item.id] = result
-    errors: dict[tuple[str, str], tuple[Claim, list[str]]] = {}
+    errors: dict[tuple[str, str, int], tuple[Claim, list[str]]] = {}  # (token, message, attempts allowed)
     for outcome in outcomes:
         if isinstance(outcome.answer, Exception):
             message = f"{type(outcome.answer).__name__}: {outcome.answer}"[:500]
-            errors.setdefault((outcome.claim.token, message), (outcome.claim, []))[1].append(outcome.item.id)
+            attempts = 1 if isinstance(outcome.answer, UnanswerableItem) else config.max_attempts  # no retry helps
+            errors.setdefault((outcome.claim.token, message, attempts), (outcome.claim, []))[1].append(outcome.item.id)
     report = BatchReport(device=device, items=len(outcomes), ids=[o.item.id for o in outcomes],
                          tokens=sum(result.tokens or 0 for _, result in answered),
                          seconds=sum(result.seconds or 0.0 for _, result in answered))
     report.done = store.complete_many(list(parts.values())) if parts else 0
-    report.failed = sum(store.fail(claim, ids, message, config.max_attempts)
-                        for (_, message), (claim, ids) in errors.items())
+    if report.done < len(answered):  # the only sure sign of a takeover (a heartbeat races with writes)
+        log.warning(f"{device}: {len(answered) - report.done} answers were not written: their items are no longer this "
+                    "worker's (given back at shutdown, or their lease expired and another worker took them: raise "
+                    "--lease-seconds if this worker was alive all along)")
+    report.failed = sum(store.fail(claim, ids, message, attempts) for (_, message, attempts), (claim, ids) in errors.items())
     return report
 
 

@@ -12,12 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import WorkerConfig
 from tasks.engines import Engine, create_engine
 from tasks.errors import retry_unless_user_error
-from tasks.progress import ProgressArtifact
 from tasks.store import Store
 from tasks.store.models import Claim
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import store_and_claim, work_on_run
 from tasks.worker.results import BatchReport, Outcome
+from tasks.worker.shutdown import Shutdown
 
 log = logging.getLogger("fleetgen")
 
@@ -29,24 +29,24 @@ def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
                          batch_size=config.batch_size)
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
-def store_call(store: Store, config: WorkerConfig, engine: Engine, progress: ProgressArtifact, outcomes: list[Outcome],
+@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+def store_call(store: Store, config: WorkerConfig, engine: Engine, outcomes: list[Outcome],
                want: int) -> tuple[BatchReport | None, Claim | None]:
     """Write the answers that finished (idempotent: the claim tokens guard every write) and claim
-    up to `want` more; refresh the fleet's progress now and then."""
+    up to `want` more."""
     report, claim = store_and_claim(store, config, engine, outcomes, want)
     if report is not None:
         log.info(f"{report.device}: {report.done} answers written ({report.failed} failed back), {report.tokens} "
                  f"tokens at {report.tokens / max(report.seconds, 1e-9):.1f} tokens/s")
-    progress.refresh(store)
     return report, claim
 
 
 @task(cache_policy=NO_CACHE)
-def run_device(store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper,
-               progress: ProgressArtifact) -> list[BatchReport]:
-    """One device's loop, in its own thread, until the run has nothing pending or running."""
-    reports = work_on_run(store=store, engine=engine, config=config, keeper=keeper,
-                          call=lambda outcomes, want: store_call(store, config, engine, progress, outcomes, want))
-    progress.refresh(store, force=True)
+def run_device(store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper, shutdown: Shutdown,
+               idle_exit: float) -> list[BatchReport]:
+    """One device's loop, in its own thread, until the run has nothing pending or running (and
+    `idle_exit` seconds more), or the worker stops."""
+    reports = work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown,
+                          idle_exit=idle_exit,
+                          call=lambda outcomes, want: store_call(store, config, engine, outcomes, want))
     return reports

@@ -1,0 +1,171 @@
+"""Faults a fleet meets every day, as a worker meets them. Preemption: SIGTERM/SIGINT stop the
+claims, what is being generated finishes within the grace period and is written, everything else
+goes back at once, exit 0 with the summary; `--max-runtime` stops claiming in time; `--idle-exit`
+picks up work queued after the run finished. A full disk stops the worker clearly, its claims
+given back; a broken device stops without spending its items' attempts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.seed import seed
+from tasks.config import SeedConfig, WorkerConfig
+from tasks.errors import UserError
+from tasks.store.models import Item
+from tasks.store.sqlite import SqliteStore
+from tasks.worker.leases import LeaseKeeper
+from tasks.worker.exchange import DeviceBroken
+from tasks.worker.loop import work_on_run
+from tasks.worker.shutdown import Shutdown
+from tests.support import ScriptedEngine
+from tests.test_generate_flow import start_worker
+
+
+class TimedEngine(ScriptedEngine):
+    """Answers each batch after `seconds`; calls `after_batch(n)` when batch n is answered."""
+
+    def __init__(self, seconds: float, after_batch=lambda n: None):
+        super().__init__({"": "#### 1"}, batch_size=4)
+        self.seconds, self.after_batch, self.batches = seconds, after_batch, 0
+
+    def run(self, feeder, sampling):
+        for group in super().run(feeder, sampling):
+            time.sleep(self.seconds)
+            self.batches += 1
+            self.after_batch(self.batches)
+            yield group
+
+
+def seeded(tmp_path: Path, count: int) -> tuple[SqliteStore, WorkerConfig]:
+    store = SqliteStore(tmp_path / "w.db")
+    store.seed("r", [Item(question_id=f"q{n:03d}", question=f"question {n}", reference="1") for n in range(count)])
+    return store, WorkerConfig(store=f"sqlite:///{tmp_path / 'w.db'}", run="r", batch_size=4, lease_seconds=60,
+                               worker="w")
+
+
+def statuses(store: SqliteStore) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in store.items("r"):
+        counts[item.status] = counts.get(item.status, 0) + 1
+    return counts
+
+
+def test_a_stop_writes_what_finished_and_gives_the_rest_back_at_once(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 40)
+    shutdown = Shutdown(grace_seconds=30)
+    engine = TimedEngine(0.05, after_batch=lambda n: n == 2 and shutdown.request("SIGTERM"))
+    with LeaseKeeper(store, config.lease_seconds) as keeper, shutdown.on_signals(keeper.give_back_all):
+        reports = work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown)
+    assert sum(report.done for report in reports) == 8 == statuses(store)["done"]
+    assert statuses(store) == {"done": 8, "pending": 32}  # the batch claimed ahead went back untouched
+    assert {item.attempts for item in store.items("r")} == {0} and shutdown.reason == "SIGTERM"
+
+
+def test_after_the_grace_period_what_is_still_generating_goes_back_too(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 8)
+    shutdown = Shutdown(grace_seconds=0.2)
+    engine = TimedEngine(3.0)
+    with LeaseKeeper(store, config.lease_seconds) as keeper, shutdown.on_signals(keeper.give_back_all):
+        threading.Timer(0.5, shutdown.request, args=("SIGTERM",)).start()
+        worker = threading.Thread(target=work_on_run, kwargs=dict(store=store, engine=engine, config=config,
+                                                                  keeper=keeper, shutdown=shutdown))
+        worker.start()
+        time.sleep(1.5)  # the grace period is over; the batch is still being generated
+        assert statuses(store) == {"pending": 8}  # another worker could take them now
+        worker.join(timeout=30)
+    assert statuses(store) == {"pending": 8}  # the late answers were refused: the items are no longer ours
+
+
+def test_max_runtime_stops_claiming_when_less_time_is_left_than_a_batch_takes(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 40)
+    shutdown = Shutdown(grace_seconds=30, max_runtime=1.5)
+    started = time.monotonic()
+    with LeaseKeeper(store, config.lease_seconds) as keeper:
+        work_on_run(store=store, engine=TimedEngine(0.4), config=config, keeper=keeper, shutdown=shutdown)
+    assert time.monotonic() - started < 3.0 and "--max-runtime" in shutdown.reason
+    done = statuses(store)
+    assert 4 <= done["done"] <= 16 and done.get("running", 0) == 0 and sum(done.values()) == 40
+
+
+def test_idle_exit_picks_up_work_queued_after_the_run_finished(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 4)
+    late = Item(question_id="late", question="a refine round", reference="1")
+    threading.Timer(1.0, lambda: SqliteStore(tmp_path / "w.db").seed("r", [late])).start()
+    with LeaseKeeper(store, config.lease_seconds) as keeper:
+        work_on_run(store=store, engine=TimedEngine(0.01), config=config.model_copy(update={"lease_seconds": 10}),
+                    keeper=keeper, idle_exit=4.0)
+    assert statuses(store) == {"done": 5}
+
+
+def test_sigterm_ends_a_worker_cleanly_with_exit_0(tmp_path: Path, tiny_model: Path) -> None:
+    """The real command line with its own temporary Prefect server, as on a bare notebook."""
+    seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=60))
+    store = SqliteStore(tmp_path / "fleetgen.db")
+    worker = start_worker(tmp_path, tiny_model, "preempted", "--batch-size", "4", "--max-new-tokens", "48")
+    deadline = time.monotonic() + 240
+    while not any(item.status == "done" for item in store.items("r")):
+        assert worker.poll() is None and time.monotonic() < deadline, worker.stdout.read() if worker.poll() else ""
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    output = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 0, output
+    assert "stopped (SIGTERM)" in output and "Traceback" not in output, output
+    counts = statuses(store)
+    assert counts.get("running", 0) == 0 and counts["done"] >= 1 and counts["done"] + counts["pending"] == 60
+    time.sleep(2)
+    try:  # nothing of the worker's session is left: no orphaned Prefect server
+        os.killpg(worker.pid, 0)
+        leftover = True
+    except ProcessLookupError:
+        leftover = False
+    assert not leftover, "the worker's temporary Prefect server outlived it"
+
+
+def test_a_full_disk_stops_the_worker_with_a_clear_message_and_its_claims_given_back(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 40)
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count = {pages}")  # no room for a single answer more
+    engine = TimedEngine(0.01)
+    with LeaseKeeper(store, config.lease_seconds) as keeper, pytest.raises(UserError) as raised:
+        work_on_run(store=store, engine=engine, config=config, keeper=keeper)
+    assert "The disk is full" in str(raised.value) and "cannot rollback" not in str(raised.value)
+    after = statuses(SqliteStore(tmp_path / "w.db"))  # what fitted is kept; nothing lost, nothing left held
+    assert after.get("running", 0) == 0 and after["pending"] > 0 and after["pending"] + after.get("done", 0) == 40
+
+
+class BrokenEngine(ScriptedEngine):
+    """A device whose every answer fails (a corrupted CUDA context)."""
+
+    def run(self, feeder, sampling):
+        while (requests := feeder.take(self.batch_size, wait=True)) is not None:
+            yield [(request, RuntimeError("CUDA error: an illegal memory access was encountered"))
+                   for request in requests]
+
+
+def test_a_broken_device_stops_and_gives_its_items_back_with_no_attempt_spent(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 40)
+    with LeaseKeeper(store, config.lease_seconds) as keeper, pytest.raises(DeviceBroken, match="illegal memory"):
+        work_on_run(store=store, engine=BrokenEngine({}), config=config, keeper=keeper)
+    assert statuses(store) == {"pending": 40} and {item.attempts for item in store.items("r")} == {0}
+
+
+def test_items_that_fail_among_answered_ones_fail_as_their_own(tmp_path: Path) -> None:
+    store, config = seeded(tmp_path, 12)
+
+    class Flaky(ScriptedEngine):
+        def run(self, feeder, sampling):
+            for group in super().run(feeder, sampling):
+                yield [(request, RuntimeError("bad item") if "question 3" in str(request.prompt) or
+                        "question 7" in str(request.prompt) else answer)
+                       for request, answer in group]
+
+    with LeaseKeeper(store, config.lease_seconds) as keeper:
+        for _ in range(config.max_attempts):
+            work_on_run(store=store, engine=Flaky({"": "#### 1"}), config=config, keeper=keeper)
+    assert statuses(store) == {"done": 10, "failed": 2}
