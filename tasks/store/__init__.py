@@ -68,6 +68,9 @@ class Store(Protocol):
     def counts(self, run: str) -> list[dict[str, Any]]:
         """Rows {stage, status, worker, n, expired} grouping every item of the run."""
 
+    def storage(self) -> dict[str, float] | None:
+        """{bytes, documents, bytes_per_document} where a quota applies (MongoDB), else None."""
+
     def items(self, run: str) -> list[Item]:
         """Every item of the run (for reports, exports and tests)."""
 
@@ -139,6 +142,23 @@ def require_run(store: Store, run: str) -> None:
     if run not in store.runs():
         known = ", ".join(store.runs()) or "none yet (seed one with python flows/seed.py)"
         raise UserError(f"Run {run!r} is not in the store {store.url}. Runs there: {known}.")
+
+
+ATLAS_FREE_BYTES = 512 * 1024 * 1024  # Atlas M0: data + indexes
+QUOTA_WARNING_SHARE = 0.8
+
+
+def quota_warning(storage: dict[str, float] | None, quota_bytes: int = ATLAS_FREE_BYTES) -> str | None:
+    """A warning when the database holds more than 80% of the free tier's quota, with how many
+    more items of today's average size fit."""
+    if not storage or storage["bytes"] < QUOTA_WARNING_SHARE * quota_bytes:
+        return None
+    left = max(0.0, quota_bytes - storage["bytes"])
+    more = f"about {int(left // storage['bytes_per_document']):,} more items" if storage["bytes_per_document"] else (
+        "little more")
+    return (f"the database holds {storage['bytes'] / 2**20:,.0f} MB of the free tier's {quota_bytes / 2**20:,.0f} MB "
+            f"(data and indexes): {more} fit. Export and drop finished runs, or move to a larger cluster, before "
+            "writes are refused.")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -228,6 +228,15 @@ class MongoStore:
             row.setdefault("worker", None)
         return sorted(rows, key=lambda r: (r["stage"], r["status"], r["worker"] or ""))
 
+    def storage(self) -> dict[str, float] | None:
+        """What the database holds, as Atlas counts it against a quota (data + indexes, uncompressed)."""
+        try:
+            stats = self._db.command("dbStats")
+        except (OperationFailure, NotImplementedError):  # no right to dbStats; mongomock has none
+            return None
+        return {"bytes": stats["dataSize"] + stats["indexSize"], "documents": stats["objects"],
+                "bytes_per_document": stats.get("avgObjSize") or 0}
+
     def items(self, run: str) -> list[Item]:
         docs = self._items.find({"run": run}).sort([("stage", ASCENDING), ("question_id", ASCENDING),
                                                    ("sample", ASCENDING)])

@@ -192,6 +192,10 @@ class SqliteStore:
         )
         return [dict(zip(("stage", "status", "worker", "n", "expired"), row)) for row in rows]
 
+    def storage(self) -> dict[str, float] | None:
+        """None: a local file has no quota."""
+        return None
+
     def items(self, run: str) -> list[Item]:
         rows = self._read(f"SELECT {SELECTED} FROM items WHERE run = ? ORDER BY stage, question_id, sample", (run,))
         return [_item(row) for row in rows]
