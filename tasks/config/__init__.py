@@ -103,7 +103,7 @@ class EngineConfig(Config):
                      "batching; openai: any OpenAI-compatible server (--api-base); vllm: one server per GPU started "
                      "by the worker (--serve-command)", flag="engine")
     max_in_flight: PositiveInt | None = setting(None, "hf, openai, vllm: answers generated at once per device "
-                                                      "(default: hf 32 on a CPU, 64 on a GPU; --concurrency for the servers)", metavar="N")
+                                                      "(default: hf 8 on a CPU, 64 on a GPU; --concurrency for the servers)", metavar="N")
     api_base: str | None = setting(None, "openai: the server's base URL, several comma-separated (one device "
                                          "thread each), e.g. http://127.0.0.1:8000/v1", metavar="URL[,URL]")
     api_key_env: str = setting("OPENAI_API_KEY", "openai, vllm: the environment variable holding the API key (never "

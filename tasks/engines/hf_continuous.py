@@ -1,6 +1,6 @@
 """The `hf` engine: transformers' own continuous batching (`init_continuous_batching`, paged
 attention). Requests enter as they are claimed and leave as each sequence ends, so one long
-answer never holds a batch; up to `--max-in-flight` are generated at once (32 on a CPU, 64 on a
+answer never holds a batch; up to `--max-in-flight` are generated at once (8 on a CPU, 64 on a
 GPU). It does not honour `repetition_penalty` (transformers drops it with a warning): asked for
 one, the worker uses `hf-static` instead and says so. On a CPU its paged cache is sized here (it
 would otherwise take 60% of the machine's memory)."""
@@ -17,7 +17,7 @@ from tasks.engines.hf_model import HFModel
 from tasks.engines.hf_static import run_static
 
 log = logging.getLogger("fleetgen")
-DEFAULT_IN_FLIGHT = {"cpu": 32, "cuda": 64}  # CPU: the best of 8, 16, 32 in bench/engines.py; GPU: not measured
+DEFAULT_IN_FLIGHT = {"cpu": 8, "cuda": 64}  # CPU: the best of 8, 16, 32 in bench/engines.py (quiet run); GPU: not measured
 PAGE_SIZE = 64
 PROMPT_TOKENS = 1024  # the CPU cache holds this much prompt per request (a longer one waits for room)
 IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
