@@ -171,10 +171,11 @@ class MongoStore:
             if not expired and taken == len(fresh):  # all of them ours: no read-back needed
                 return Claim(token, worker, [_item({**doc, **held}) for doc in docs])
             if taken:  # others took some first, or leases were taken over: read back what this token holds
+                ours = {"_id": {"$in": [doc["_id"] for doc in docs]}, "token": token, "status": "running"}  # by _id
                 try:
-                    got = [_item(doc) for doc in self._items.find({"token": token, "status": "running"}, {"result": 0})]
+                    got = [_item(doc) for doc in self._items.find(ours, {"result": 0})]
                 except PyMongoError:
-                    self._items.update_many({"token": token, "status": "running"}, RELEASE)  # not stranded for a lease
+                    self._items.update_many(ours, RELEASE)  # not stranded for a lease
                     raise
                 if got:
                     return Claim(token, worker, got)
