@@ -29,15 +29,16 @@ class HFStaticEngine(HFModel):
 def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_size: int) -> Iterator[list[Finished]]:
     """Take a batch, generate it (length-sorted), yield it; until the feeder is done."""
     while (requests := feeder.take(batch_size, wait=True)) is not None:
+        tokens = {request.key: model.encode(request.prompt) for request in requests}  # each prompt templated once
         unreadable: list[Finished] = [(request, error) for request in requests
-                                      if (error := model.too_long(model.encode(request.prompt)))]
+                                      if (error := model.too_long(tokens[request.key]))]
         if unreadable:
             yield unreadable
             rejected = {request.key for request, _ in unreadable}
             requests = [request for request in requests if request.key not in rejected]
         if not requests:
             continue
-        requests = sorted(requests, key=lambda request: len(model.prompt_text(request.prompt)))
+        requests = sorted(requests, key=lambda request: len(tokens[request.key]))
         limits = [request.max_new_tokens or sampling.max_new_tokens for request in requests]
         started = time.perf_counter()
         outputs = generate_splitting(model, [request.prompt for request in requests], sampling, limits)

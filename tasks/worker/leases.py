@@ -28,8 +28,7 @@ class LeaseKeeper:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        for claim in list(self._claims.values()):
-            self.give_back(claim)
+        self.give_back_all()
 
     def give_back_all(self) -> None:
         with self._lock:
