@@ -118,7 +118,7 @@ def test_sigterm_ends_a_worker_cleanly_with_exit_0(tmp_path: Path, tiny_model: P
     ours = output.split("Stopping temporary server")[0]  # Prefect's own server may log a traceback as it stops
     assert "stopped (SIGTERM)" in ours and "Traceback" not in ours, output
     counts = statuses(store)
-    assert counts.get("running", 0) == 0 and counts["done"] >= 1 and counts["done"] + counts["pending"] == 60
+    assert counts.get("running", 0) == 0 and counts["done"] >= 1 and counts["done"] + counts.get("pending", 0) == 60
     time.sleep(2)
     try:  # nothing of the worker's session is left: no orphaned Prefect server
         os.killpg(worker.pid, 0)
