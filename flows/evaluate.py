@@ -31,7 +31,7 @@ def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
     config = start_flow(EvaluateConfig, config)
     with closing(open_store(config.store)) as store:
         runs = match_runs(store, config.runs or config.run)
-        suite = [evaluate_items(run, read_items(store, run)) for run in runs]
+        suite = [evaluate_items(run, read_items(store, run, texts=False)) for run in runs]
     publish_metrics(suite, config.json_path)
     return {"runs": suite, "table": suite_rows(suite)}
 

@@ -12,7 +12,7 @@ from bench.store import mongomock_round_trips, real_mongodb_round_trips
 from tasks.errors import UserError
 from tasks.store import Store, open_store, quota_warning, summarize
 from tasks.store.models import Item, Result
-from tasks.store.mongo import MongoStore
+from tasks.store.mongo import MongoStore, claimable
 from tests.support import FakeClock, mongomock_store
 
 
@@ -265,3 +265,45 @@ def test_status_warns_as_the_database_nears_the_free_tier_quota(tmp_path) -> Non
     stats["dataSize"] = 300 * 2**20
     assert quota_warning(store.storage()) is None
     assert open_store(f"sqlite:///{tmp_path / 'x.db'}").storage() is None  # a local file has no quota
+
+
+def test_evaluate_reads_the_run_without_its_long_texts(store: Store) -> None:
+    store.seed("r", [Item(question_id="q", question="a long question " * 50, reference="7", metadata={"level": 2})])
+    claim = store.claim("r", "w", 1, 60)
+    store.complete(claim, {claim.ids[0]: Result(response="a long answer " * 50, predicted="7", correct=True, tokens=9)})
+    (light,) = store.items("r", texts=False)
+    assert (light.question, light.result.response, light.previous) == ("", "", None)
+    assert (light.reference, light.result.predicted, light.result.correct, light.result.tokens) == ("7", "7", True, 9)
+    assert light.metadata == {"level": 2} and light.status == "done"
+    (full,) = store.items("r")
+    assert full.question.startswith("a long question") and full.result.response.startswith("a long answer")
+
+
+def test_a_worker_holds_at_most_three_connections_per_mongodb_server(monkeypatch) -> None:
+    import mongomock
+
+    made: list[dict] = []
+
+    def client(url, **options):  # no server here: the options the worker's client is made with
+        made.append(options)
+        return mongomock.MongoClient()
+
+    monkeypatch.setattr("tasks.store.mongo.MongoClient", client)
+    MongoStore.connect("mongodb://user:pw@db.example/x").close()
+    # one monitoring connection per server ("poll": no second one for round-trip times), two pooled ones
+    assert made[0]["maxPoolSize"] == 2 and made[0]["serverMonitoringMode"] == "poll"
+
+
+def test_claims_use_the_claim_index_on_a_real_server() -> None:
+    uri = os.environ.get("MONGODB_URI")
+    if not uri:
+        pytest.skip("needs MONGODB_URI: mongomock has no query planner (SQLite's plan is checked above)")
+    store = MongoStore.connect(uri)
+    store = MongoStore(store._db.client[f"fleetgen_test_{os.getpid()}"], store.url)
+    try:
+        store.seed("r", items(300))
+        plan = str(store._items.find(claimable("r", store.now(), 0.5)).sort("r", 1).limit(16).explain()["queryPlanner"]["winningPlan"])
+        assert "IXSCAN" in plan and "COLLSCAN" not in plan
+    finally:
+        store._db.client.drop_database(store._db.name)
+        store.close()

@@ -71,8 +71,9 @@ class Store(Protocol):
     def storage(self) -> dict[str, float] | None:
         """{bytes, documents, bytes_per_document} where a quota applies (MongoDB), else None."""
 
-    def items(self, run: str) -> list[Item]:
-        """Every item of the run (for reports, exports and tests)."""
+    def items(self, run: str, *, texts: bool = True) -> list[Item]:
+        """Every item of the run (for reports, exports and tests); `texts=False` leaves the long
+        texts out (question, previous answer, response: empty), which is all evaluate needs."""
 
     def close(self) -> None: ...
 

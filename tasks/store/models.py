@@ -36,7 +36,7 @@ class Result:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        return cls(**{"response": "", **{f.name: data[f.name] for f in fields(cls) if f.name in data}})
 
 
 @dataclass(kw_only=True)

@@ -29,6 +29,9 @@ from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
 CLAIM_ROUNDS = 3  # re-tries when other workers took every candidate first
+# a worker holds at most 3 connections on the primary (one monitor, two pooled: its device, heartbeat and
+# progress threads share them) and one monitor on each secondary: a fleet of 50 stays far below M0's 500
+CLIENT_OPTIONS = {"maxPoolSize": 2, "serverMonitoringMode": "poll"}
 RELEASE = {"$set": {"status": "pending"}, "$unset": {"lease_expires": "", "worker": "", "token": ""}}
 
 
@@ -40,7 +43,7 @@ def _first_clause(message: str) -> str:
 def _item(doc: dict[str, Any]) -> Item:
     result = Result.from_dict(doc["result"]) if doc.get("result") else None
     return Item(
-        question_id=doc["question_id"], question=doc["question"], reference=doc["reference"],
+        question_id=doc["question_id"], question=doc.get("question", ""), reference=doc["reference"],
         stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=result,
         attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
         lease_expires=doc.get("lease_expires"), error=doc.get("error"), previous=doc.get("previous"),
@@ -59,6 +62,12 @@ def server_clock_offset(db: Database, clock: Clock) -> float:
         return 0.0
     received = clock()
     return server_time.replace(tzinfo=timezone.utc).timestamp() - (sent + received) / 2 if server_time else 0.0
+
+
+def claimable(run: str, now: float, start: float) -> dict[str, Any]:
+    """Items whose lease expired, and pending items from the random key `start` on."""
+    return {"run": run, "$or": [{"status": "running", "lease_expires": {"$lt": now}},
+                                {"status": "pending", "r": {"$gte": start}}]}
 
 
 class MongoStore:
@@ -85,7 +94,7 @@ class MongoStore:
             client: MongoClient = MongoClient(
                 url, server_api=ServerApi("1"), retryWrites=True, appname="fleetgen",
                 serverSelectionTimeoutMS=SERVER_SELECTION_TIMEOUT_MS,
-                connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, **client_options,
+                connectTimeoutMS=SERVER_SELECTION_TIMEOUT_MS, **{**CLIENT_OPTIONS, **client_options},
             )
             client.admin.command("ping")
             return cls(client.get_default_database(default=DEFAULT_DATABASE), url, clock)
@@ -143,9 +152,7 @@ class MongoStore:
         `claim_spread` index): workers claiming at once seldom want the same items. Expired leases
         are among them wherever they are; wraps around."""
         start, fields = random.random(), {"result": 0}
-        docs = list(self._items.find({"run": run, "$or": [{"status": "running", "lease_expires": {"$lt": now}},
-                                                           {"status": "pending", "r": {"$gte": start}}]},
-                                     fields).sort("r", ASCENDING).limit(limit))
+        docs = list(self._items.find(claimable(run, now, start), fields).sort("r", ASCENDING).limit(limit))
         if len(docs) < limit:  # near the end of the run, or items seeded before the random key
             docs += self._items.find({"run": run, "status": "pending", "$or": [{"r": {"$lt": start}}, {"r": None}]},
                                      fields).sort("r", ASCENDING).limit(limit - len(docs))
@@ -153,7 +160,9 @@ class MongoStore:
 
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
         token = uuid.uuid4().hex
-        for _ in range(CLAIM_ROUNDS):
+        for round_ in range(CLAIM_ROUNDS):
+            if round_:  # others took every candidate first: again at once, a moment apart from them
+                time.sleep(random.uniform(0, 0.05))
             now = self.now()
             docs = self._candidates(run, now, limit)
             if not docs:
@@ -238,8 +247,9 @@ class MongoStore:
         return {"bytes": stats["dataSize"] + stats["indexSize"], "documents": stats["objects"],
                 "bytes_per_document": stats.get("avgObjSize") or 0}
 
-    def items(self, run: str) -> list[Item]:
-        docs = self._items.find({"run": run}).sort([("stage", ASCENDING), ("question_id", ASCENDING),
+    def items(self, run: str, *, texts: bool = True) -> list[Item]:
+        fields = None if texts else {"question": 0, "previous": 0, "result.response": 0}
+        docs = self._items.find({"run": run}, fields).sort([("stage", ASCENDING), ("question_id", ASCENDING),
                                                    ("sample", ASCENDING)])
         return [_item(doc) for doc in docs]
 

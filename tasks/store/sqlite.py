@@ -35,6 +35,7 @@ ADDED_COLUMNS = {"metadata": "TEXT"}  # columns newer than some stores: added in
 ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
                 "worker", "token", "lease_expires", "error", "previous", "metadata")
 SELECTED = ", ".join(ITEM_COLUMNS)
+WITHOUT_TEXTS = {"question": "''", "previous": "NULL", "result": "json_remove(result, '$.response')"}
 
 
 def _item(row: tuple) -> Item:
@@ -196,8 +197,9 @@ class SqliteStore:
         """None: a local file has no quota."""
         return None
 
-    def items(self, run: str) -> list[Item]:
-        rows = self._read(f"SELECT {SELECTED} FROM items WHERE run = ? ORDER BY stage, question_id, sample", (run,))
+    def items(self, run: str, *, texts: bool = True) -> list[Item]:
+        columns = SELECTED if texts else ", ".join(WITHOUT_TEXTS.get(column, column) for column in ITEM_COLUMNS)
+        rows = self._read(f"SELECT {columns} FROM items WHERE run = ? ORDER BY stage, question_id, sample", (run,))
         return [_item(row) for row in rows]
 
     def close(self) -> None:

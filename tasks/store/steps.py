@@ -17,6 +17,6 @@ def insert_items(store: Store, run: str, items: list[Item]) -> int:
 
 
 @task(retries=3, retry_delay_seconds=[2, 10, 30], cache_policy=NO_CACHE)
-def read_items(store: Store, run: str) -> list[Item]:
-    """Every item of the run (never cached: the store changes all the time)."""
-    return store.items(run)
+def read_items(store: Store, run: str, texts: bool = True) -> list[Item]:
+    """Every item of the run, with or without its long texts (never cached: the store changes all the time)."""
+    return store.items(run, texts=texts)
