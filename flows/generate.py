@@ -8,6 +8,12 @@ split when empty) and a small instruct model from the hub.
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # a stop during the imports below (seconds) has nothing to clean up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
 from contextlib import closing
 from typing import Any
 
@@ -18,7 +24,7 @@ from prefect.runtime import flow_run
 
 from flows.common import run_from_command_line, start_flow
 from flows.seed import seed
-from tasks.cli import parse_command, run_cli
+from tasks.cli import Terminated, parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
 from tasks.engines.devices import engine_devices
 from tasks.engines.openai_api import OpenAIEngine
@@ -46,30 +52,33 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     config = start_flow(WorkerConfig, config)
     devices = engine_devices(config.engine, config.devices)
     logger = get_run_logger()
-    with closing(open_store(config.store)) as store:
+    reports: list = []
+    engines: list = []
+    shutdown = Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
+    with (closing(open_store(config.store)) as store, LeaseKeeper(store, config.lease_seconds) as keeper,
+          shutdown.on_signals(keeper.give_back_all)):  # a stop while models load (minutes) ends it once loaded
         if config.run == DEFAULT_RUN and config.run not in store.runs():
             seed(SeedConfig(store=config.store, run=config.run))
         runs = match_runs(store, config.run)
         for warning in sampling_warnings(store, runs, config.sampling):
             logger.warning(warning)
         transformers.set_seed(config.sampling.seed)
-        engines = [future.result() for future in [load_engine.submit(config, device=device, label=label)
-                                                  for device, label in devices]]
-        logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
-                    f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, runs {', '.join(runs)}")
-        reports, shutdown = [], Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
         try:
-            with LeaseKeeper(store, config.lease_seconds) as keeper, shutdown.on_signals(keeper.give_back_all):
-                for run in runs:  # one after another; each device leaves a run when it is finished
-                    if shutdown.requested:
-                        break
-                    on_run = config.model_copy(update={"run": run})
-                    progress = ProgressArtifact.start(store, run)
-                    idle_exit = config.idle_exit if run == runs[-1] else 0.0
-                    futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit) for engine in engines]
-                    wait(futures)  # a device that failed leaves the others working (its claims given back)
-                    progress.stop()
-                    reports += [report for future in futures for report in future.result()]
+            engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
+                                                       for device, label in devices]]
+            logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
+                        f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, "
+                        f"runs {', '.join(runs)}")
+            for run in runs:  # one after another; each device leaves a run when it is finished
+                if shutdown.requested:
+                    break
+                on_run = config.model_copy(update={"run": run})
+                progress = ProgressArtifact.start(store, run)
+                idle_exit = config.idle_exit if run == runs[-1] else 0.0
+                futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit) for engine in engines]
+                wait(futures)  # a device that failed leaves the others working (its claims given back)
+                progress.stop()
+                reports += [report for future in futures for report in future.result()]
         finally:
             for engine in engines:
                 engine.close()
@@ -81,18 +90,25 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
             "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason}
 
 
-def main(argv: list[str] | None = None) -> None:
+def start(argv: list[str] | None) -> dict[str, Any]:
     config = parse_command(WorkerConfig, argv, "flows/generate.py", __doc__)
     for device, label in engine_devices(config.engine, config.devices):  # fail fast, before Prefect starts
         if config.engine.name == "openai":  # one tiny request: URL, key and model name checked
             OpenAIEngine(api_base=device, model=config.model.model, label=label, settings=config.engine).close()
-    result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
-                                   tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
+    return run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
+                                 tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        result = start(argv)
+    except Terminated:  # before the work began (once it has, the flow stops itself cleanly)
+        print("worker stopped (SIGTERM) while starting; it had claimed nothing")
+        return
     overall = result["devices"]["all"]
     ended = f"stopped ({result['stopped']})" if result["stopped"] else "finished"
     print(f"worker {result['worker']}: run(s) {', '.join(result['runs'])} {ended}; this worker did {overall['done']} "
           f"items ({overall['failed']} failed) at {overall['tokens_per_second']} tokens/s")
-
 
 if __name__ == "__main__":
     raise SystemExit(run_cli(main))

@@ -5,6 +5,7 @@ values validated by the config itself, so a command line fails exactly as a depl
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any, Callable, Literal, get_args, get_origin
 
@@ -67,16 +68,26 @@ def parse_command(config_class: type[Config], argv: list[str] | None, script: st
     return config_class(**values)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where no stop was planned for: it unwinds like Ctrl-C (a temporary Prefect server
+    stops with it), and the command says so."""
+
+
+def _terminate(number: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
     """Run a command's main: exit code 0; a UserError becomes one clear paragraph on stderr and exit
-    code 2."""
+    code 2; Ctrl-C 130, SIGTERM 143 (the worker handles both itself while it works)."""
     setup_logging()
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)
         return 0
     except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        print("stopped (SIGTERM)" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130

@@ -128,6 +128,22 @@ def test_sigterm_ends_a_worker_cleanly_with_exit_0(tmp_path: Path, tiny_model: P
     assert not leftover, "the worker's temporary Prefect server outlived it"
 
 
+def test_sigterm_while_the_temporary_prefect_server_starts_ends_the_worker_with_exit_0(tmp_path: Path,
+                                                                                        tiny_model: Path) -> None:
+    seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=8))
+    worker = start_worker(tmp_path, tiny_model, "early")
+    for line in worker.stdout:  # the moment a bare notebook's worker starts its own Prefect server
+        if "starting a temporary Prefect server" in line:
+            worker.send_signal(signal.SIGTERM)
+            break
+    output = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 0 and "stopped (SIGTERM) while starting; it had claimed nothing" in output, output
+    assert statuses(SqliteStore(tmp_path / "fleetgen.db")) == {"pending": 8}
+    time.sleep(2)
+    with pytest.raises(ProcessLookupError):  # the temporary server stopped with it
+        os.killpg(worker.pid, 0)
+
+
 def test_a_full_disk_stops_the_worker_with_a_clear_message_and_its_claims_given_back(tmp_path: Path) -> None:
     store, config = seeded(tmp_path, 40)
     pages = store._db.execute("PRAGMA page_count").fetchone()[0]
