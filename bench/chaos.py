@@ -62,7 +62,7 @@ class Fleet:
     started: int = 0
     live: dict[str, subprocess.Popen] = field(default_factory=dict)
     stopping: dict[str, tuple[subprocess.Popen, float]] = field(default_factory=dict)  # SIGTERMed: process, when
-    term_exits: list[tuple[int, float]] = field(default_factory=list)  # (exit code, seconds to exit)
+    term_exits: dict[str, tuple[int, float]] = field(default_factory=dict)  # SIGTERMed: exit code, seconds to exit
     ended: dict[str, int] = field(default_factory=dict)  # worker -> exit code, for those that ended by themselves
 
     def start(self) -> None:
@@ -88,7 +88,7 @@ class Fleet:
         """Note who ended: a SIGTERMed worker (its exit code and how long it took) or one whose run finished."""
         for name, (process, since) in list(self.stopping.items()):
             if process.poll() is not None:
-                self.term_exits.append((process.returncode, time.monotonic() - since))
+                self.term_exits[name] = (process.returncode, time.monotonic() - since)
                 del self.stopping[name]
         for name, process in list(self.live.items()):
             if process.poll() is not None:
@@ -169,8 +169,9 @@ def drain(*, folder: Path, model: Path, env: dict[str, str], items: int, workers
     seconds = time.monotonic() - started
     fleet.wait_all(timeout=120)
     return {**audit(db), "items": items, "seconds": round(seconds, 1), "kills": kills, "terms": terms,
-            "locks": locks, "term_exit_codes": sorted({code for code, _ in fleet.term_exits}),
-            "slowest_term_exit_s": round(max((s for _, s in fleet.term_exits), default=0.0), 1),
+            "locks": locks, "term_exit_codes": sorted({code for code, _ in fleet.term_exits.values()}),
+            "slowest_term_exit_s": round(max((s for _, s in fleet.term_exits.values()), default=0.0), 1),
+            "term_exits": fleet.term_exits,
             "unclean_exits": {name: code for name, code in fleet.ended.items() if code != 0},
             "workers_started": fleet.started, "logs": str(folder)}
 
@@ -188,6 +189,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--no-baseline", action="store_true", help="skip the run without chaos (no slowdown)")
+    parser.add_argument("--keep", metavar="DIR", help="keep the stores and the workers' logs in this new folder")
     args = parser.parse_args()
 
     from prefect.settings import PREFECT_API_URL
@@ -195,7 +197,8 @@ def main() -> None:
 
     from tests.support import build_model
 
-    with tempfile.TemporaryDirectory() as tmp, prefect_test_harness(server_startup_timeout=180):
+    with tempfile.TemporaryDirectory() as scratch, prefect_test_harness(server_startup_timeout=180):
+        tmp = args.keep or scratch
         model = build_model(Path(tmp) / "model", chat=True)
         env = {**{k: v for k, v in os.environ.items() if k != "MONGODB_URI"}, "PREFECT_API_URL": PREFECT_API_URL.value()}
         common = dict(model=model, env=env, items=args.items, workers=args.workers, timeout=4 * 3600,

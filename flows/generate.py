@@ -8,11 +8,11 @@ split when empty) and a small instruct model from the hub.
 
 from __future__ import annotations
 
+import os
 import signal
-import sys
 
-if __name__ == "__main__":  # a stop during the imports below (seconds) has nothing to clean up
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+if __name__ == "__main__":  # a stop during the imports below (seconds): nothing started, nothing to clean up
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 from contextlib import closing
 from typing import Any
@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 
 from flows.common import run_from_command_line, start_flow
 from flows.seed import seed
-from tasks.cli import Terminated, parse_command, run_cli
+from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
 from tasks.engines.devices import engine_devices
 from tasks.engines.openai_api import OpenAIEngine
@@ -90,25 +90,18 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
             "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason}
 
 
-def start(argv: list[str] | None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
     config = parse_command(WorkerConfig, argv, "flows/generate.py", __doc__)
     for device, label in engine_devices(config.engine, config.devices):  # fail fast, before Prefect starts
         if config.engine.name == "openai":  # one tiny request: URL, key and model name checked
             OpenAIEngine(api_base=device, model=config.model.model, label=label, settings=config.engine).close()
-    return run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
-                                 tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
-
-
-def main(argv: list[str] | None = None) -> None:
-    try:
-        result = start(argv)
-    except Terminated:  # before the work began (once it has, the flow stops itself cleanly)
-        print("worker stopped (SIGTERM) while starting; it had claimed nothing")
-        return
+    result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
+                                   tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
     overall = result["devices"]["all"]
     ended = f"stopped ({result['stopped']})" if result["stopped"] else "finished"
     print(f"worker {result['worker']}: run(s) {', '.join(result['runs'])} {ended}; this worker did {overall['done']} "
           f"items ({overall['failed']} failed) at {overall['tokens_per_second']} tokens/s")
 
+
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    raise SystemExit(run_cli(main, stopped_early="worker stopped (SIGTERM) while starting or ending; it held no claims"))

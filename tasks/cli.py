@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
@@ -73,13 +74,20 @@ class Terminated(KeyboardInterrupt):
     stops with it), and the command says so."""
 
 
+TERMINATED = threading.Event()  # set by the first SIGTERM, wherever the exception it raised ends up
+
+
 def _terminate(number: int, frame: Any) -> None:
+    TERMINATED.set()
     raise Terminated()
 
 
-def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
+def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None, *,
+            stopped_early: str | None = None) -> int:
     """Run a command's main: exit code 0; a UserError becomes one clear paragraph on stderr and exit
-    code 2; Ctrl-C 130, SIGTERM 143 (the worker handles both itself while it works)."""
+    code 2; Ctrl-C 130; SIGTERM 143, or 0 with `stopped_early` printed (the worker, which stops
+    cleanly by itself once it works). A SIGTERM can land in any library's code, which may wrap
+    the exception it raises: the flag it sets decides."""
     setup_logging()
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -88,6 +96,11 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     except UserError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as stop:
-        print("stopped (SIGTERM)" if isinstance(stop, Terminated) else "interrupted", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+    except BaseException as error:
+        if TERMINATED.is_set():
+            print(stopped_early or "stopped (SIGTERM)", file=sys.stderr)
+            return 0 if stopped_early else 143
+        if isinstance(error, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr)
+            return 130
+        raise

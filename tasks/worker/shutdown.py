@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from tasks.cli import TERMINATED
+
 log = logging.getLogger("fleetgen")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -61,6 +63,8 @@ class Shutdown:
                 self.request(signal.Signals(number).name)
 
         previous = {number: signal.signal(number, handle) for number in SIGNALS}
+        if TERMINATED.is_set():  # a SIGTERM came while the command started (and some library swallowed it)
+            self.request("SIGTERM")
         try:
             yield
         finally:

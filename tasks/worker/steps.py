@@ -1,17 +1,19 @@
 """The worker's Prefect tasks, with their retries: load an engine, and per device a loop whose
-store traffic is one task run per call (write what finished + claim the next batch; never
-cached, since a cached claim would hand one batch out twice), never one per item."""
+store calls (write what finished + claim the next batch; never cached, since a cached claim would
+hand one batch out twice) show as a task run about once a minute, never one per batch or item."""
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Callable, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import WorkerConfig
 from tasks.engines import Engine, create_engine
-from tasks.errors import retry_unless_user_error
+from tasks.errors import UserError, retry_unless_user_error
 from tasks.store import Store
 from tasks.store.models import Claim
 from tasks.worker.leases import LeaseKeeper
@@ -20,6 +22,7 @@ from tasks.worker.results import BatchReport, Outcome
 from tasks.worker.shutdown import Shutdown
 
 log = logging.getLogger("fleetgen")
+T = TypeVar("T")
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
@@ -29,9 +32,12 @@ def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
                          batch_size=config.batch_size)
 
 
-@task(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
-def store_call(store: Store, config: WorkerConfig, engine: Engine, outcomes: list[Outcome],
-               want: int) -> tuple[BatchReport | None, Claim | None]:
+STORE_RETRY_DELAYS = [2, 10, 30]
+REPORT_SECONDS = 60.0  # a device's store call is a Prefect task run at most this often (the free tier's event budget)
+
+
+def write_and_claim(store: Store, config: WorkerConfig, engine: Engine, outcomes: list[Outcome],
+                    want: int) -> tuple[BatchReport | None, Claim | None]:
     """Write the answers that finished (idempotent: the claim tokens guard every write) and claim
     up to `want` more."""
     report, claim = store_and_claim(store, config, engine, outcomes, want)
@@ -41,12 +47,41 @@ def store_call(store: Store, config: WorkerConfig, engine: Engine, outcomes: lis
     return report, claim
 
 
+store_call = task(write_and_claim, name="store_call", retries=len(STORE_RETRY_DELAYS),
+                  retry_delay_seconds=STORE_RETRY_DELAYS, retry_condition_fn=retry_unless_user_error,
+                  cache_policy=NO_CACHE)
+
+
+def retried(call: Callable[[], T]) -> T:
+    """`call` with the store call's retries, outside Prefect (no task run, no events)."""
+    for delay in [*STORE_RETRY_DELAYS, None]:
+        try:
+            return call()
+        except UserError:
+            raise
+        except Exception as error:
+            if delay is None:
+                raise
+            log.warning(f"store call failed ({error}); retrying in {delay} s")
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
 @task(cache_policy=NO_CACHE)
 def run_device(store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper, shutdown: Shutdown,
                idle_exit: float) -> list[BatchReport]:
     """One device's loop, in its own thread, until the run has nothing pending or running (and
-    `idle_exit` seconds more), or the worker stops."""
-    reports = work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown,
-                          idle_exit=idle_exit,
-                          call=lambda outcomes, want: store_call(store, config, engine, outcomes, want))
-    return reports
+    `idle_exit` seconds more), or the worker stops. Its store calls show in Prefect as task runs
+    about once a minute (the first one, then at most every REPORT_SECONDS); the others are the
+    same call with the same retries, without Prefect."""
+    last_report = -REPORT_SECONDS
+
+    def call(outcomes: list[Outcome], want: int) -> tuple[BatchReport | None, Claim | None]:
+        nonlocal last_report
+        if time.monotonic() - last_report >= REPORT_SECONDS:
+            last_report = time.monotonic()
+            return store_call(store, config, engine, outcomes, want)
+        return retried(lambda: write_and_claim(store, config, engine, outcomes, want))
+
+    return work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown,
+                       idle_exit=idle_exit, call=call)
