@@ -1,4 +1,4 @@
-"""Fleet simulation: `python bench/fleet.py [--workers 50] [--items 6400] [--latency-ms 80] [--batch-seconds 10]`.
+"""Fleet simulation: `python bench/fleet.py [--workers 50] [--items 3200] [--latency-ms 80] [--batch-seconds 10]`.
 
 A fleet of workers x 2 devices (threads) drains one run of the MongoDB store (`tasks/store/mongo.py`,
 its real claims and writes) on mongomock, before and after the fleet changes (the store of commit
@@ -264,7 +264,7 @@ def simulate(*, before: bool, workers: int, items: int, batch: int, batch_second
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=50, help="worker processes, 2 devices each")
-    parser.add_argument("--items", type=int, default=6400)
+    parser.add_argument("--items", type=int, default=3200)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batch-seconds", type=float, default=10.0, help="a device answers a batch in this long")
     parser.add_argument("--latency-ms", type=float, default=80.0, help="one round trip to the database")

@@ -27,11 +27,13 @@ from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
 from tasks.engines.devices import engine_devices
+from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.progress import ProgressArtifact
 from tasks.store import match_runs, open_store
 from tasks.worker.results import summarize_reports
 from tasks.worker.leases import LeaseKeeper
+from tasks.worker.exchange import DeviceBroken
 from tasks.worker.loop import sampling_warnings
 from tasks.worker.shutdown import Shutdown
 from tasks.worker.steps import load_engine, run_device
@@ -54,6 +56,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     logger = get_run_logger()
     reports: list = []
     engines: list = []
+    broken: dict[str, str] = {}  # device -> why it stopped
     shutdown = Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
     with (closing(open_store(config.store)) as store, LeaseKeeper(store, config.lease_seconds) as keeper,
           shutdown.on_signals(keeper.give_back_all)):  # a stop while models load (minutes) ends it once loaded
@@ -78,16 +81,28 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                 futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit) for engine in engines]
                 wait(futures)  # a device that failed leaves the others working (its claims given back)
                 progress.stop()
-                reports += [report for future in futures for report in future.result()]
+                for engine, future in zip(engines, futures):
+                    try:
+                        reports += future.result()
+                    except DeviceBroken as error:
+                        broken[engine.label] = str(error)
+                        logger.error(f"{engine.label} stopped: {error}")
+                if len(broken) == len(engines):
+                    break
         finally:
             for engine in engines:
                 engine.close()
+    if broken and len(broken) == len(engines):
+        raise UserError(f"Every device of this worker stopped: {'; '.join(f'{d}: {why}' for d, why in broken.items())}. "
+                        "Restart the machine (a GPU in this state rarely recovers in the same process); the items it "
+                        "held are back in the store for the other workers.")
     totals = summarize_reports(reports)
     for device, total in totals.items():
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
                     f"{total['tokens_per_second']} tokens/s")
     return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
-            "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason}
+            "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason,
+            "broken": broken}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                                    tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
     overall = result["devices"]["all"]
     ended = f"stopped ({result['stopped']})" if result["stopped"] else "finished"
+    ended += "".join(f"; {device} stopped early (broken)" for device in result["broken"])
     print(f"worker {result['worker']}: run(s) {', '.join(result['runs'])} {ended}; this worker did {overall['done']} "
           f"items ({overall['failed']} failed) at {overall['tokens_per_second']} tokens/s")
 

@@ -307,3 +307,27 @@ def test_claims_use_the_claim_index_on_a_real_server() -> None:
     finally:
         store._db.client.drop_database(store._db.name)
         store.close()
+
+
+def test_a_mongodb_claim_whose_read_back_fails_gives_its_items_back_at_once() -> None:
+    from pymongo.errors import AutoReconnect
+
+    store = mongomock_store()
+    store.seed("r", items(4))
+    bulk_write, find = store._items.bulk_write, store._items.find
+
+    def others_first(ops, **kwargs):  # another worker takes one candidate in between: a read-back follows
+        store._items.update_one({"question_id": "q000"}, {"$set": {"status": "running", "token": "other",
+                                                                  "lease_expires": store.clock() + 60}})
+        return bulk_write(ops, **kwargs)
+
+    def read_back_lost(query, *args, **kwargs):
+        if "token" in query:
+            raise AutoReconnect("connection reset")
+        return find(query, *args, **kwargs)
+
+    store._items.bulk_write, store._items.find = others_first, read_back_lost
+    with pytest.raises(AutoReconnect):
+        store.claim("r", "w", 4, 60)
+    store._items.bulk_write, store._items.find = bulk_write, find
+    assert sorted(i.status for i in store.items("r")) == ["pending", "pending", "pending", "running"]  # not stranded

@@ -186,3 +186,23 @@ def test_items_that_fail_among_answered_ones_fail_as_their_own(tmp_path: Path) -
         for _ in range(config.max_attempts):
             work_on_run(store=store, engine=Flaky({"": "#### 1"}), config=config, keeper=keeper)
     assert statuses(store) == {"done": 10, "failed": 2}
+
+
+def test_a_worker_goes_on_without_its_broken_device_and_says_so(prefect_env, tmp_path: Path, monkeypatch) -> None:
+    from flows.generate import generate
+    from tasks.worker import steps
+
+    store, config = seeded(tmp_path, 40)
+    store.ensure_run("r", {})
+    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: (BrokenEngine if kwargs["label"] == "cpu#1" else
+                                                                   ScriptedEngine)({"": "#### 1"}, label=kwargs["label"]))
+    result = generate(config.model_copy(update={"devices": "cpu,cpu"}))
+    assert list(result["broken"]) == ["cpu#1"] and "illegal memory access" in result["broken"]["cpu#1"]
+    assert statuses(store) == {"done": 40} and result["devices"]["all"]["done"] == 40
+
+    store.seed("r2", [Item(question_id=f"q{n}", question=f"question {n}", reference="1") for n in range(40)])
+    store.ensure_run("r2", {})
+    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: BrokenEngine({}, label=kwargs["label"]))
+    with pytest.raises(UserError, match="Every device of this worker stopped: cpu#0: .* Restart the machine"):
+        generate(config.model_copy(update={"devices": "cpu,cpu", "run": "r2"}))
+    assert {(i.status, i.attempts) for i in store.items("r2")} == {("pending", 0)}

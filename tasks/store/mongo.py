@@ -2,7 +2,8 @@
 
 A claim costs two round trips whatever the batch size (find the candidates, update those still
 claimable under a fresh token), more when other workers took some first or leases are taken
-over (a read-back of what the token got) and near a run's end (the candidates wrap around).
+over (a read-back of what the token got, then a round for the rest) and near a run's end (the
+candidates wrap around).
 Candidates start at a random point of the run, so a fleet's claims seldom collide; leases are
 timed with the server's clock. Complete is one bulk write, for several claims at once.
 """
@@ -28,7 +29,7 @@ from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
-CLAIM_ROUNDS = 3  # re-tries when other workers took every candidate first
+CLAIM_ROUNDS = 3  # rounds when other workers took candidates first
 # a worker holds at most 3 connections on the primary (one monitor, two pooled: its device, heartbeat and
 # progress threads share them) and one monitor on each secondary: a fleet of 50 stays far below M0's 500
 CLIENT_OPTIONS = {"maxPoolSize": 2, "serverMonitoringMode": "poll"}
@@ -159,12 +160,12 @@ class MongoStore:
         return docs
 
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
-        token = uuid.uuid4().hex
+        token, got = uuid.uuid4().hex, []
         for round_ in range(CLAIM_ROUNDS):
-            if round_:  # others took every candidate first: again at once, a moment apart from them
+            if round_:  # others took candidates first: again at once for the rest, a moment apart from them
                 time.sleep(random.uniform(0, 0.05))
             now = self.now()
-            docs = self._candidates(run, now, limit)
+            docs = self._candidates(run, now, limit - len(got))
             if not docs:
                 break
             held = {"status": "running", "worker": worker, "token": token, "lease_expires": now + lease_seconds}
@@ -178,17 +179,18 @@ class MongoStore:
                     "status": "failed", "error": LEASE_EXPIRED % (doc.get("attempts", 0) + 1)} if spent else held}))
             taken = self._items.bulk_write(ops, ordered=False).modified_count
             if not expired and taken == len(fresh):  # all of them ours: no read-back needed
-                return Claim(token, worker, [_item({**doc, **held}) for doc in docs])
-            if taken:  # others took some first, or leases were taken over: read back what this token holds
+                got += [_item({**doc, **held}) for doc in docs]
+            elif taken:  # others took some first, or leases were taken over: read back what this token holds
                 ours = {"_id": {"$in": [doc["_id"] for doc in docs]}, "token": token, "status": "running"}  # by _id
                 try:
-                    got = [_item(doc) for doc in self._items.find(ours, {"result": 0})]
+                    got += [_item(doc) for doc in self._items.find(ours, {"result": 0})]
                 except PyMongoError:
-                    self._items.update_many(ours, RELEASE)  # not stranded for a lease
+                    mine = [ObjectId(item.id) for item in got] + [doc["_id"] for doc in docs]
+                    self._items.update_many({"_id": {"$in": mine}, "token": token, "status": "running"}, RELEASE)
                     raise
-                if got:
-                    return Claim(token, worker, got)
-        return Claim(token, worker, [])
+            if len(got) == limit or taken == len(docs):  # all it wanted, or all there was: no race lost
+                break
+        return Claim(token, worker, got)
 
     def _held(self, claim: Claim, ids: list[str]) -> dict[str, Any]:
         return {"_id": {"$in": [ObjectId(i) for i in ids]}, "token": claim.token, "status": "running"}
