@@ -7,6 +7,13 @@ reads the store from MONGODB_URI, so no URL ever lands in Prefect.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and bad flags answer before the heavy imports below
+    from tasks.cli import answer_early
+    from tasks.config import ServeConfig
+
+    answer_early(ServeConfig, "deployments/serve.py", __doc__)
+
+
 from typing import Any
 
 from flows.common import prefect_session

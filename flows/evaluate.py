@@ -8,6 +8,13 @@ row per run. Publishes Prefect artifacts; with --json also writes the JSON and a
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and bad flags answer before the heavy imports below
+    from tasks.cli import answer_early
+    from tasks.config import EvaluateConfig
+
+    answer_early(EvaluateConfig, "flows/evaluate.py", __doc__)
+
+
 from contextlib import closing
 from pathlib import Path
 from typing import Any

@@ -10,6 +10,13 @@ only with --refine-conversations, as the conversation they answered.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and bad flags answer before the heavy imports below
+    from tasks.cli import answer_early
+    from tasks.config import ExportConfig
+
+    answer_early(ExportConfig, "flows/export.py", __doc__)
+
+
 from contextlib import closing
 from pathlib import Path
 from typing import Any

@@ -11,8 +11,12 @@ from __future__ import annotations
 import os
 import signal
 
-if __name__ == "__main__":  # a stop during the imports below (seconds): nothing started, nothing to clean up
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+if __name__ == "__main__":  # before the heavy imports below: --help and bad flags answer at once, and a stop
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # during them has nothing to clean up
+    from tasks.cli import answer_early
+    from tasks.config import WorkerConfig
+
+    answer_early(WorkerConfig, "flows/generate.py", __doc__)
 
 from contextlib import closing
 from typing import Any
@@ -34,7 +38,7 @@ from tasks.store import match_runs, open_store
 from tasks.worker.results import summarize_reports
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.exchange import DeviceBroken
-from tasks.worker.loop import sampling_warnings
+from tasks.worker.loop import run_finished, sampling_warnings
 from tasks.worker.shutdown import Shutdown
 from tasks.worker.steps import load_engine, run_device
 
@@ -65,6 +69,11 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         runs = match_runs(store, config.run)
         for warning in sampling_warnings(store, runs, config.sampling):
             logger.warning(warning)
+        if not config.idle_exit and all(run_finished(store, run) for run in runs):  # before loading any model
+            logger.info(f"nothing to do: run(s) {', '.join(runs)} have nothing pending or running")
+            return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
+                    "sampling": config.sampling.model_dump(), "devices": summarize_reports([]), "stopped": None,
+                    "broken": {}, "nothing_to_do": True}
         transformers.set_seed(config.sampling.seed)
         try:
             engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
@@ -102,7 +111,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                     f"{total['tokens_per_second']} tokens/s")
     return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
             "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason,
-            "broken": broken}
+            "broken": broken, "nothing_to_do": False}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
             OpenAIEngine(api_base=device, model=config.model.model, label=label, settings=config.engine).close()
     result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
                                    tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
+    if result["nothing_to_do"]:
+        print(f"worker {result['worker']}: nothing to do, run(s) {', '.join(result['runs'])} have nothing pending or "
+              "running. Next: python flows/evaluate.py --run RUN (accuracy), python flows/refine.py --run RUN (retry "
+              "the wrong answers, then start workers again), or seed a new run.")
+        return
     overall = result["devices"]["all"]
     ended = f"stopped ({result['stopped']})" if result["stopped"] else "finished"
     ended += "".join(f"; {device} stopped early (broken)" for device in result["broken"])

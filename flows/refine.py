@@ -7,6 +7,13 @@ running it again queues nothing new. Workers already running pick the new items 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and bad flags answer before the heavy imports below
+    from tasks.cli import answer_early
+    from tasks.config import RefineConfig
+
+    answer_early(RefineConfig, "flows/refine.py", __doc__)
+
+
 from collections import Counter
 from contextlib import closing
 from typing import Any

@@ -6,6 +6,13 @@ One dataset as one run, or with `--suite` every benchmark of a suite as runs of 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help and bad flags answer before the heavy imports below
+    from tasks.cli import answer_early
+    from tasks.config import SeedConfig
+
+    answer_early(SeedConfig, "flows/seed.py", __doc__)
+
+
 from contextlib import closing
 from typing import Any
 

@@ -69,6 +69,16 @@ def parse_command(config_class: type[Config], argv: list[str] | None, script: st
     return config_class(**values)
 
 
+def answer_early(config_class: type[Config], script: str, doc: str) -> None:
+    """`--help`, and bad flags or values, answered before a command's heavy imports (Prefect,
+    torch): a command line calls this first, and exits here when there is nothing else to do."""
+    try:
+        parse_command(config_class, None, script, doc)
+    except UserError as error:
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM where no stop was planned for: it unwinds like Ctrl-C (a temporary Prefect server
     stops with it), and the command says so."""

@@ -37,8 +37,10 @@ def setting_paths(config_class: type[Config], prefix: tuple[str, ...] = ()) -> I
 
 @pytest.mark.parametrize("script", COMMANDS)
 def test_help_lists_every_setting_of_the_config(tmp_path: Path, script: str) -> None:
-    result = run_script(script, "--help", cwd=tmp_path, timeout=120)
+    result = run_script(script, "--help", cwd=tmp_path, timeout=120, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "tasks.config" in imported and not imported & {"prefect", "torch", "transformers"}, "imported too early"
     options = [action for action in command_parser(COMMANDS[script], script, "")._actions if action.dest != "help"]
     assert sorted(action.dest for action in options) == sorted(setting_paths(COMMANDS[script]))
     for action in options:

@@ -193,6 +193,17 @@ def test_offline_default_model_says_how_to_pass_a_local_one(prefect_env, tmp_pat
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_a_worker_on_a_finished_run_says_what_to_do_next_without_loading_a_model(prefect_env, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fleetgen.db'}"
+    dataset = tmp_path / "done.jsonl"
+    dataset.write_text(json.dumps({"question": "1+1?", "answer": "2", "response": "#### 2"}) + "\n")
+    seed(SeedConfig(store=url, run="done", dataset=str(dataset), response_field="response"))
+    result = run_flow_cli("generate.py", "--run", "done", "--model", str(tmp_path / "no-such-model"), cwd=tmp_path,
+                          env=prefect_env)  # a model that would fail to load: it is never loaded
+    assert result.returncode == 0, result.stderr
+    assert "nothing to do, run(s) done have nothing pending or running. Next: python flows/evaluate.py" in result.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--run", "never-seeded"], "Run 'never-seeded' is not in the store"),
     (["--devices", "cuda:9"], "visible GPU"),

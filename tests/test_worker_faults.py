@@ -206,3 +206,19 @@ def test_a_worker_goes_on_without_its_broken_device_and_says_so(prefect_env, tmp
     with pytest.raises(UserError, match="Every device of this worker stopped: cpu#0: .* Restart the machine"):
         generate(config.model_copy(update={"devices": "cpu,cpu", "run": "r2"}))
     assert {(i.status, i.attempts) for i in store.items("r2")} == {("pending", 0)}
+
+
+def test_an_idle_device_ends_as_soon_as_its_sibling_finishes_the_run(tmp_path: Path) -> None:
+    """Not after its idle poll (7.5-22.5 s with the default lease): the sibling's last write wakes it."""
+    store, config = seeded(tmp_path, 8)
+    config = config.model_copy(update={"lease_seconds": 600})
+    with LeaseKeeper(store, config.lease_seconds) as keeper:
+        slow = threading.Thread(target=work_on_run, kwargs=dict(store=store, engine=TimedEngine(1.0), config=config,
+                                                                keeper=keeper))
+        started = time.monotonic()
+        slow.start()
+        while statuses(store).get("running", 0) < 4:  # the slow device holds its first batch
+            time.sleep(0.01)
+        work_on_run(store=store, engine=TimedEngine(0.0), config=config, keeper=keeper)
+        slow.join()
+    assert statuses(store) == {"done": 8} and time.monotonic() - started < 7, time.monotonic() - started

@@ -27,6 +27,7 @@ SAMPLING = SamplingConfig(max_new_tokens=4)
 
 class FakeKeeper(LeaseKeeper):
     def __init__(self) -> None:
+        super().__init__(store=None, lease_seconds=60)  # its heartbeat thread is never started
         self.held: set[str] = set()
 
     def hold(self, claim: Claim) -> None:

@@ -136,7 +136,8 @@ class Exchange:
                     continue
                 if self._done():
                     return None
-                time.sleep(max(0.05, self._quiet_until - time.monotonic()))
+                if self.keeper.wait_for_drop(max(0.05, self._quiet_until - time.monotonic())):
+                    self._quiet_until = 0.0  # another device of this worker finished or gave back: look now
 
     def put(self, finished: list[Finished]) -> None:
         """Answers the engine finished; written once a batch's worth is here, or after `flush_seconds`.

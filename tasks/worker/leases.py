@@ -19,6 +19,7 @@ class LeaseKeeper:
         self.store, self.lease_seconds = store, lease_seconds
         self._claims: dict[str, Claim] = {}
         self._lock, self._stop = threading.Lock(), threading.Event()
+        self._dropped = threading.Condition(self._lock)
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
@@ -55,6 +56,13 @@ class LeaseKeeper:
     def drop(self, claim: Claim) -> None:
         with self._lock:
             self._claims.pop(claim.token, None)
+            self._dropped.notify_all()
+
+    def wait_for_drop(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a claim of this worker to be written or given back;
+        True if one was (an idle device of the worker then looks again at once)."""
+        with self._dropped:
+            return self._dropped.wait(timeout)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
