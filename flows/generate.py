@@ -75,6 +75,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                     "sampling": config.sampling.model_dump(), "devices": summarize_reports([]), "stopped": None,
                     "broken": {}, "nothing_to_do": True}
         transformers.set_seed(config.sampling.seed)
+        transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
         try:
             engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
                                                        for device, label in devices]]
