@@ -33,7 +33,7 @@ from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_n
 from tasks.engines.devices import engine_devices
 from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
-from tasks.progress import ProgressArtifact
+from tasks.progress import ProgressArtifact, TerminalProgress
 from tasks.store import match_runs, open_store
 from tasks.worker.results import summarize_reports
 from tasks.worker.leases import LeaseKeeper
@@ -86,11 +86,14 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                 if shutdown.requested:
                     break
                 on_run = config.model_copy(update={"run": run})
-                progress = ProgressArtifact.start(store, run)
+                terminal = TerminalProgress(run)
+                progress = ProgressArtifact.start(store, run, on_figures=terminal.fleet_figures)
                 idle_exit = config.idle_exit if run == runs[-1] else 0.0
-                futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit) for engine in engines]
+                futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit, terminal.add)
+                           for engine in engines]
                 wait(futures)  # a device that failed leaves the others working (its claims given back)
                 progress.stop()
+                terminal.close()
                 for engine, future in zip(engines, futures):
                     try:
                         reports += future.result()

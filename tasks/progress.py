@@ -1,17 +1,21 @@
 """The fleet's progress on a run (% done, rate, ETA from successive store counts), published as
-one Prefect progress artifact per run."""
+one Prefect progress artifact per run and shown in the worker's terminal."""
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable, TextIO
 from uuid import UUID
 
+from tqdm import tqdm
+
 from tasks.store import Store, summarize
+from tasks.worker.results import BatchReport, summarize_reports
 
 log = logging.getLogger("fleetgen")
 
@@ -46,11 +50,14 @@ class FleetProgress:
                 "eta_seconds": remaining / rate if rate > 0 else None}
 
 
+def eta_text(seconds: float | None) -> str:
+    return "unknown" if seconds is None else f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
 def describe(progress: dict[str, Any]) -> str:
     eta = progress["eta_seconds"]
-    eta_text = "unknown" if eta is None else f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m"
     return (f"{progress['finished']:,}/{progress['total']:,} items finished fleet-wide ({progress['percent']:.1f}%), "
-            f"{progress['rate_per_minute']:.1f} items/min, ETA {eta_text}")
+            f"{progress['rate_per_minute']:.1f} items/min, ETA {eta_text(eta)}")
 
 
 class ProgressArtifact:
@@ -63,8 +70,8 @@ class ProgressArtifact:
     REFRESH_SECONDS = 30.0
     LAST_WORD_SECONDS = 10.0  # the final update may take this long at most
 
-    def __init__(self, store: Store, run: str):
-        self.store, self.run, self.figures = store, run, FleetProgress()
+    def __init__(self, store: Store, run: str, on_figures: Callable[[dict[str, Any]], None] | None = None):
+        self.store, self.run, self.figures, self.on_figures = store, run, FleetProgress(), on_figures
         self.artifact_id: UUID | None = None
         self.failing = False
         self._stop = threading.Event()
@@ -72,8 +79,10 @@ class ProgressArtifact:
                                         name=f"progress-{run}", daemon=True)  # in the flow run's Prefect context
 
     @classmethod
-    def start(cls, store: Store, run: str) -> ProgressArtifact:
-        progress = cls(store, run)
+    def start(cls, store: Store, run: str,
+              on_figures: Callable[[dict[str, Any]], None] | None = None) -> ProgressArtifact:
+        """Start updating; `on_figures` gets each new snapshot (the terminal's progress line)."""
+        progress = cls(store, run, on_figures)
         progress._thread.start()
         return progress
 
@@ -93,6 +102,8 @@ class ProgressArtifact:
 
         try:
             snapshot = self.figures.update(summarize(self.store.counts(self.run)))
+            if self.on_figures is not None:
+                self.on_figures(snapshot)
             if self.artifact_id is None:
                 self.artifact_id = create_progress_artifact(snapshot["percent"], key=f"progress-{artifact_key(self.run)}",
                                                             description=describe(snapshot))
@@ -104,3 +115,63 @@ class ProgressArtifact:
             self.failing = True
         else:
             self.failing = False
+
+
+class TerminalProgress:
+    """The worker's progress where its user looks: the fleet's items finished (the last store
+    count plus this worker's answers since), this worker's answers and failures, tokens/s per
+    device and the fleet's ETA. A live tqdm bar when the output is a terminal; a plain log line
+    every `PLAIN_SECONDS` otherwise (Kaggle's log, CI)."""
+
+    PLAIN_SECONDS = 30.0
+
+    def __init__(self, run: str, file: TextIO | None = None):
+        self.run, self.file = run, file or sys.stderr
+        self.reports: list[BatchReport] = []
+        self.fleet: dict[str, Any] | None = None
+        self._since_count = 0  # this worker's answers since the fleet's last count
+        self._lock = threading.Lock()
+        self._last_line = 0.0
+        self.bar = tqdm(desc=run, unit="item", file=self.file, dynamic_ncols=True) if self.file.isatty() else None
+
+    def add(self, report: BatchReport) -> None:
+        """A batch this worker wrote (from a device's store thread)."""
+        with self._lock:
+            self.reports.append(report)
+            self._since_count += report.done + report.failed
+            self._show()
+
+    def fleet_figures(self, snapshot: dict[str, Any]) -> None:
+        """A new count of the whole fleet's work (from the progress artifact's thread)."""
+        with self._lock:
+            self.fleet, self._since_count = snapshot, 0
+            self._show()
+
+    def text(self) -> str:
+        totals = summarize_reports(self.reports)
+        mine = totals.pop("all")
+        rates = ", ".join(f"{device} {total['tokens_per_second']:.0f} tok/s" for device, total in totals.items())
+        parts = [f"this worker {mine['done']:,} done, {mine['failed']} failed", rates]
+        if self.fleet is not None:
+            parts.append(f"fleet ETA {eta_text(self.fleet['eta_seconds'])}")
+        return " | ".join(part for part in parts if part)
+
+    def _show(self) -> None:
+        fleet = self.fleet or {"finished": 0, "total": None}
+        finished = fleet["finished"] + self._since_count
+        if self.bar is not None:
+            self.bar.total = fleet["total"]
+            self.bar.n = min(finished, fleet["total"] or finished)
+            self.bar.set_postfix_str(self.text(), refresh=True)
+        elif time.monotonic() - self._last_line >= self.PLAIN_SECONDS:
+            self._last_line = time.monotonic()
+            share = f" ({100 * finished / fleet['total']:.1f}%)" if fleet["total"] else ""
+            log.info(f"{self.run}: {finished:,} items finished fleet-wide{share}; {self.text()}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self.bar is not None:
+                self.bar.close()
+            else:
+                self._last_line = 0.0
+                self._show()

@@ -20,10 +20,11 @@ from tasks.engines.hf_static import HFStaticEngine
 from tasks.evaluation.metrics import evaluate_items, majority_score, pass_at_k
 from tasks.export import sft_rows
 from tasks.grading import grade
-from tasks.progress import FleetProgress, describe
+from tasks.progress import FleetProgress, TerminalProgress, describe
 from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
+from tasks.worker.results import BatchReport
 from tests.conftest import ROOT, run_flow_cli
 
 BYO = [  # question, reference answer, a response generated elsewhere
@@ -209,7 +210,7 @@ def test_fleet_progress_rate_and_eta() -> None:
     assert describe(later) == "40/100 items finished fleet-wide (40.0%), 30.0 items/min, ETA 0h02m"
 
 
-def test_worker_publishes_fleet_progress(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+def test_worker_publishes_fleet_progress_and_shows_it(prefect_env, tmp_path: Path, tiny_model: Path, capfd) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="progress-run", limit=8))
     generate(WorkerConfig(store=url, run="progress-run", model={"model": str(tiny_model)}, devices="cpu", batch_size=4,
@@ -217,6 +218,26 @@ def test_worker_publishes_fleet_progress(prefect_env, tmp_path: Path, tiny_model
     with get_client(sync_client=True) as client:
         progress = [a for a in client.read_artifacts() if a.key == "progress-progress-run"]
     assert progress and progress[-1].data == 100.0 and "8/8 items finished fleet-wide" in progress[-1].description
+    lines = [line for line in capfd.readouterr().err.splitlines() if "items finished fleet-wide" in line]
+    assert lines and "progress-run: 8 items finished fleet-wide (100.0%); this worker 8 done, 0 failed | cpu " \
+        in lines[-1] and "tok/s | fleet ETA" in lines[-1], lines  # no terminal here: plain lines
+
+
+def test_a_terminal_gets_a_live_bar_with_the_fleet_and_this_worker() -> None:
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    terminal = TerminalProgress("gsm8k-test", file=screen)
+    terminal.fleet_figures({"finished": 100, "total": 1000, "eta_seconds": 5400.0, "percent": 10.0,
+                            "rate_per_minute": 10.0})
+    terminal.add(BatchReport(device="cuda:0", items=16, tokens=3200, seconds=4.0, done=15, failed=1))
+    terminal.close()
+    shown = screen.getvalue().split("\r")[-1]
+    assert "116/1000" in shown and "this worker 15 done, 1 failed | cuda:0 800 tok/s | fleet ETA 1h30m" in shown
 
 
 def test_evaluate_and_export_command_lines(byo_run: str, prefect_env, tmp_path: Path) -> None:

@@ -69,19 +69,23 @@ def retried(call: Callable[[], T]) -> T:
 
 @task(cache_policy=NO_CACHE)
 def run_device(store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper, shutdown: Shutdown,
-               idle_exit: float) -> list[BatchReport]:
+               idle_exit: float, on_report: Callable[[BatchReport], None] = lambda report: None) -> list[BatchReport]:
     """One device's loop, in its own thread, until the run has nothing pending or running (and
     `idle_exit` seconds more), or the worker stops. Its store calls show in Prefect as task runs
     about once a minute (the first one, then at most every REPORT_SECONDS); the others are the
-    same call with the same retries, without Prefect."""
+    same call with the same retries, without Prefect. `on_report` sees each batch written."""
     last_report = -REPORT_SECONDS
 
     def call(outcomes: list[Outcome], want: int) -> tuple[BatchReport | None, Claim | None]:
         nonlocal last_report
         if time.monotonic() - last_report >= REPORT_SECONDS:
             last_report = time.monotonic()
-            return store_call(store, config, engine, outcomes, want)
-        return retried(lambda: write_and_claim(store, config, engine, outcomes, want))
+            report, claim = store_call(store, config, engine, outcomes, want)
+        else:
+            report, claim = retried(lambda: write_and_claim(store, config, engine, outcomes, want))
+        if report is not None:
+            on_report(report)
+        return report, claim
 
     return work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown,
                        idle_exit=idle_exit, call=call)
