@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging.handlers
 from pathlib import Path
 
 import pytest
@@ -210,15 +211,20 @@ def test_fleet_progress_rate_and_eta() -> None:
     assert describe(later) == "40/100 items finished fleet-wide (40.0%), 30.0 items/min, ETA 0h02m"
 
 
-def test_worker_publishes_fleet_progress_and_shows_it(prefect_env, tmp_path: Path, tiny_model: Path, capfd) -> None:
+def test_worker_publishes_fleet_progress_and_shows_it(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="progress-run", limit=8))
-    generate(WorkerConfig(store=url, run="progress-run", model={"model": str(tiny_model)}, devices="cpu", batch_size=4,
-                          sampling={"max_new_tokens": 2}, lease_seconds=30))
+    shown = logging.handlers.BufferingHandler(1000)  # beside the console handler ("fleetgen" does not propagate)
+    logging.getLogger("fleetgen").addHandler(shown)
+    try:
+        generate(WorkerConfig(store=url, run="progress-run", model={"model": str(tiny_model)}, devices="cpu",
+                              batch_size=4, sampling={"max_new_tokens": 2}, lease_seconds=30))
+    finally:
+        logging.getLogger("fleetgen").removeHandler(shown)
     with get_client(sync_client=True) as client:
         progress = [a for a in client.read_artifacts() if a.key == "progress-progress-run"]
     assert progress and progress[-1].data == 100.0 and "8/8 items finished fleet-wide" in progress[-1].description
-    lines = [line for line in capfd.readouterr().err.splitlines() if "items finished fleet-wide" in line]
+    lines = [record.getMessage() for record in shown.buffer if "items finished fleet-wide" in record.getMessage()]
     assert lines and "progress-run: 8 items finished fleet-wide (100.0%); this worker 8 done, 0 failed | cpu " \
         in lines[-1] and "tok/s | fleet ETA" in lines[-1], lines  # no terminal here: plain lines
 
