@@ -12,7 +12,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, Callable, Iterator, TypeVar
 
-from tasks.config import RunConfig
+from tasks.config import DEFAULT_RUN, RunConfig
 from tasks.config.base import Config
 from tasks.logs import setup_logging
 from tasks.store import check_store
@@ -21,6 +21,22 @@ ConfigT = TypeVar("ConfigT", bound=Config)
 RunConfigT = TypeVar("RunConfigT", bound=RunConfig)
 ResultT = TypeVar("ResultT")
 EPHEMERAL_STARTUP_SECONDS = 180
+
+
+def config_values() -> dict[str, Any]:
+    """The flow run's `config` parameter as plain values, unvalidated (a bad one fails in the flow, clearly)."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    return config if isinstance(config, dict) else vars(config) if config is not None else {}
+
+
+def run_name() -> str:
+    """A flow run's name: the run(s) it works on, so one run's whole history reads together."""
+    values = config_values()
+    if values.get("suite"):
+        return f"{values.get('run_prefix') or values['suite']}-*"
+    return str(values.get("runs") or values.get("run") or DEFAULT_RUN)
 
 
 def start_flow(config_class: type[ConfigT], config: ConfigT | dict[str, Any] | None) -> ConfigT:
@@ -68,9 +84,10 @@ def run_from_command_line(flow: Callable[[RunConfigT], ResultT], config: RunConf
                           runs: str | None | EllipsisType = ..., tags: tuple[str, ...] = ()) -> ResultT:
     """A command line's flow run: the store and the runs it names (`runs`; by default the
     config's run; None: none to check yet) checked first, in seconds, before Prefect starts; then
-    the flow in the command lines' Prefect session."""
+    the flow in the command lines' Prefect session, tagged `run:<run>` (or with the `run:` tags given)."""
     from prefect import tags as prefect_tags
 
     check_store(config.store, config.run if runs is ... else runs)
-    with prefect_session(), prefect_tags(*tags):
+    run_tags = [tag for tag in tags if tag.startswith("run:")] or [f"run:{getattr(config, 'runs', None) or config.run}"]
+    with prefect_session(), prefect_tags(*run_tags, *(tag for tag in tags if not tag.startswith("run:"))):
         return flow(config)

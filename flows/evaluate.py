@@ -21,7 +21,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import run_from_command_line, start_flow
+from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import EvaluateConfig
 from tasks.evaluation.metrics import evaluate_items
@@ -31,7 +31,7 @@ from tasks.store import match_runs, open_store
 from tasks.store.steps import read_items
 
 
-@flow(name="evaluate", validate_parameters=False)
+@flow(name="evaluate", flow_run_name=run_name, validate_parameters=False)
 def evaluate(config: EvaluateConfig = EvaluateConfig()) -> dict[str, Any]:
     """Compute the metrics of one run, or of several (`runs`) as one table, and publish them;
     returns {"runs": [metrics...], "table": [one row per run]}."""

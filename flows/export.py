@@ -24,7 +24,7 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from flows.common import run_from_command_line, start_flow
+from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import ExportConfig
 from tasks.errors import UserError
@@ -34,7 +34,7 @@ from tasks.store import open_store, require_run
 from tasks.store.steps import read_items
 
 
-@flow(name="export", validate_parameters=False)
+@flow(name="export", flow_run_name=run_name, validate_parameters=False)
 def export(config: ExportConfig) -> dict[str, Any]:
     """Write the run's results (rows or SFT chats); returns how many rows."""
     config = start_flow(ExportConfig, config)

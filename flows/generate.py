@@ -24,9 +24,8 @@ from typing import Any
 from prefect import flow
 from prefect.futures import wait
 from prefect.logging import get_run_logger
-from prefect.runtime import flow_run
 
-from flows.common import run_from_command_line, start_flow
+from flows.common import config_values, run_from_command_line, run_name, start_flow
 from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
@@ -44,10 +43,8 @@ from tasks.worker.steps import load_engine, run_device
 
 
 def _flow_run_name() -> str:
-    """`<run> @ <worker>`, read without validation (a bad config fails in the flow, clearly)."""
-    config = flow_run.parameters.get("config")
-    values = config if isinstance(config, dict) else vars(config) if config is not None else {}
-    return f"{values.get('run') or DEFAULT_RUN} @ {values.get('worker') or default_worker_name()}"
+    """`<run> @ <worker>`."""
+    return f"{run_name()} @ {config_values().get('worker') or default_worker_name()}"
 
 
 @flow(name="generate", flow_run_name=_flow_run_name, validate_parameters=False)
@@ -124,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         if config.engine.name == "openai":  # one tiny request: URL, key and model name checked
             OpenAIEngine(api_base=device, model=config.model.model, label=label, settings=config.engine).close()
     result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,
-                                   tags=(f"run:{config.run}", f"worker:{config.worker_name}"))  # the default is seeded
+                                   tags=(f"worker:{config.worker_name}",))  # the default is seeded
     if result["nothing_to_do"]:
         print(f"worker {result['worker']}: nothing to do, run(s) {', '.join(result['runs'])} have nothing pending or "
               "running. Next: python flows/evaluate.py --run RUN (accuracy), python flows/refine.py --run RUN (retry "

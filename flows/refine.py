@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from flows.common import run_from_command_line, start_flow
+from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import RefineConfig
 from tasks.refine import retry_items
@@ -29,7 +29,7 @@ from tasks.store import open_store, require_run
 from tasks.store.steps import insert_items, read_items
 
 
-@flow(name="refine", validate_parameters=False)
+@flow(name="refine", flow_run_name=run_name, validate_parameters=False)
 def refine(config: RefineConfig = RefineConfig()) -> dict[str, Any]:
     """Add the next refine round's items; returns how many were queued per stage."""
     config = start_flow(RefineConfig, config)

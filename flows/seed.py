@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from flows.common import run_from_command_line, start_flow
+from flows.common import run_from_command_line, run_name, start_flow
 from tasks.benchmarks import build_items, resolve_source, take_subset
 from tasks.benchmarks.steps import load_dataset
 from tasks.cli import parse_command, run_cli
@@ -28,7 +28,7 @@ from tasks.store import open_store
 from tasks.store.steps import insert_items
 
 
-@flow(name="seed", validate_parameters=False)
+@flow(name="seed", flow_run_name=run_name, validate_parameters=False)
 def seed(config: SeedConfig = SeedConfig()) -> dict[str, Any]:
     """Load the datasets (all of them before anything is written) and add their questions to
     their runs; seeding again adds nothing."""
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_command(SeedConfig, argv, "flows/seed.py", __doc__)
     for _, dataset in config.planned_runs():  # fail fast, before Prefect starts and before anything is written
         resolve_source(dataset, config.split, config.data_dir)
-    result = run_from_command_line(seed, config, runs=None)
+    result = run_from_command_line(seed, config, runs=None, tags=tuple(f"run:{run}" for run, _ in config.planned_runs()))
     for run, counts in result["runs"].items():
         print(f"seeded run {run!r}: {counts['inserted']} new items, {counts['items'] - counts['inserted']} already "
               f"there, {counts['questions']} questions")

@@ -257,6 +257,18 @@ def test_evaluate_and_export_command_lines(byo_run: str, prefect_env, tmp_path: 
     assert missing.returncode == 2 and "Run 'nope' is not in the store" in missing.stderr
 
 
+def test_every_flow_run_is_named_after_its_run_and_tagged_with_it(byo_run: str, prefect_env, tmp_path: Path) -> None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    for script, extra in (("refine.py", []), ("evaluate.py", []), ("export.py", ["--out", str(tmp_path / "x.jsonl")])):
+        result = run_flow_cli(script, "--store", byo_run, "--run", "byo", *extra, cwd=tmp_path, env=prefect_env)
+        assert result.returncode == 0, result.stderr
+    with get_client(sync_client=True) as client:
+        tagged = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["run:byo"])))
+        named = {(run.name, client.read_flow(run.flow_id).name) for run in tagged}
+    assert {("byo", "refine"), ("byo", "evaluate"), ("byo", "export")} <= named, named
+
+
 def test_push_to_hub_offline_is_a_clear_error(monkeypatch) -> None:
     from tasks.errors import UserError
     from tasks.export import push_to_hub
