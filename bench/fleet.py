@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import importlib.util
 import itertools
 import random
 import subprocess
 import sys
-import tempfile
 import threading
+import types
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +121,8 @@ def old_store_class() -> type:
     """MongoStore as it was at BEFORE_COMMIT, from git."""
     source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:tasks/store/mongo.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "mongo_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("mongo_before", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    module = types.ModuleType("mongo_before")
+    exec(compile(source, f"{BEFORE_COMMIT}:tasks/store/mongo.py", "exec"), module.__dict__)
     return module.MongoStore
 
 

@@ -34,7 +34,7 @@ from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.progress import ProgressArtifact, TerminalProgress
 from tasks.store import match_runs, open_store
-from tasks.worker.results import summarize_reports
+from tasks.worker.results import BatchReport, summarize_reports
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.exchange import DeviceBroken
 from tasks.worker.loop import run_finished, sampling_warnings
@@ -55,7 +55,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     config = start_flow(WorkerConfig, config)
     devices = engine_devices(config.engine, config.devices)
     logger = get_run_logger()
-    reports: list = []
+    reports: list[BatchReport] = []
     engines: list = []
     broken: dict[str, str] = {}  # device -> why it stopped
     shutdown = Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
@@ -68,9 +68,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
             logger.warning(warning)
         if not config.idle_exit and all(run_finished(store, run) for run in runs):  # before loading any model
             logger.info(f"nothing to do: run(s) {', '.join(runs)} have nothing pending or running")
-            return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
-                    "sampling": config.sampling.model_dump(), "devices": summarize_reports([]), "stopped": None,
-                    "broken": {}, "nothing_to_do": True}
+            return worker_result(config, runs, [], nothing_to_do=True)
         transformers.set_seed(config.sampling.seed)
         transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
         try:
@@ -106,13 +104,19 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         raise UserError(f"Every device of this worker stopped: {'; '.join(f'{d}: {why}' for d, why in broken.items())}. "
                         "Restart the machine (a GPU in this state rarely recovers in the same process); the items it "
                         "held are back in the store for the other workers.")
-    totals = summarize_reports(reports)
-    for device, total in totals.items():
+    result = worker_result(config, runs, reports, stopped=shutdown.reason, broken=broken)
+    for device, total in result["devices"].items():
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
                     f"{total['tokens_per_second']} tokens/s")
+    return result
+
+
+def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *, stopped: str | None = None,
+                  broken: dict[str, str] | None = None, nothing_to_do: bool = False) -> dict[str, Any]:
+    """What the worker's flow run returns (and its command line prints): throughput per device, and how it ended."""
     return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
-            "sampling": config.sampling.model_dump(), "devices": totals, "stopped": shutdown.reason,
-            "broken": broken, "nothing_to_do": False}
+            "sampling": config.sampling.model_dump(), "devices": summarize_reports(reports), "stopped": stopped,
+            "broken": broken or {}, "nothing_to_do": nothing_to_do}
 
 
 def main(argv: list[str] | None = None) -> None:

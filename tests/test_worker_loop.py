@@ -192,3 +192,29 @@ def test_throughput_adds_up_over_devices_running_in_parallel() -> None:
     assert totals["cuda:0"]["tokens_per_second"] == 500.0 and totals["cuda:1"]["tokens_per_second"] == 500.0
     assert totals["all"]["tokens_per_second"] == 1000.0  # two T4s at 500 tokens/s each, not 500
     assert (totals["all"]["done"], totals["all"]["batches"]) == (48, 3)
+
+
+def test_store_calls_outside_prefect_keep_the_task_runs_retries(monkeypatch) -> None:
+    import pytest
+
+    from tasks.errors import UserError
+    from tasks.worker import steps
+
+    slept: list[float] = []
+    monkeypatch.setattr(steps.time, "sleep", slept.append)
+    attempts = iter([ConnectionError("reset"), ConnectionError("reset"), "written"])
+
+    def flaky() -> str:
+        outcome = next(attempts)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert steps.retried(flaky) == "written" and slept == [2, 10]
+    slept.clear()
+    with pytest.raises(ConnectionError):
+        steps.retried(lambda: (_ for _ in ()).throw(ConnectionError("down")))
+    assert slept == steps.STORE_RETRY_DELAYS == [2, 10, 30]  # four attempts, as the task run makes
+    with pytest.raises(UserError):
+        steps.retried(lambda: (_ for _ in ()).throw(UserError("disk full")))
+    assert slept == [2, 10, 30]  # a user error is not retried

@@ -54,17 +54,15 @@ store_call = task(write_and_claim, name="store_call", retries=len(STORE_RETRY_DE
 
 def retried(call: Callable[[], T]) -> T:
     """`call` with the store call's retries, outside Prefect (no task run, no events)."""
-    for delay in [*STORE_RETRY_DELAYS, None]:
+    for delay in STORE_RETRY_DELAYS:
         try:
             return call()
         except UserError:
             raise
         except Exception as error:
-            if delay is None:
-                raise
             log.warning(f"store call failed ({error}); retrying in {delay} s")
             time.sleep(delay)
-    raise AssertionError("unreachable")
+    return call()  # the last attempt: its error goes on up
 
 
 @task(cache_policy=NO_CACHE)
