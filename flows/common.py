@@ -3,24 +3,19 @@ command line runs in. Importing this module changes nothing; the command lines c
 
 from __future__ import annotations
 
-import fcntl
-import logging
-import os
-import tempfile
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import contextmanager
 from types import EllipsisType
 from typing import Any, Callable, Iterator, TypeVar
 
 from tasks.config import DEFAULT_RUN, RunConfig
 from tasks.config.base import Config
 from tasks.logs import setup_logging
+from tasks.prefect_server import local_server_url
 from tasks.store import check_store
 
 ConfigT = TypeVar("ConfigT", bound=Config)
 RunConfigT = TypeVar("RunConfigT", bound=RunConfig)
 ResultT = TypeVar("ResultT")
-EPHEMERAL_STARTUP_SECONDS = 180
 
 
 def config_values() -> dict[str, Any]:
@@ -49,34 +44,15 @@ def start_flow(config_class: type[ConfigT], config: ConfigT | dict[str, Any] | N
 
 @contextmanager
 def prefect_session() -> Iterator[None]:
-    """Prefect settings for a command line's flow runs: no telemetry from a temporary server,
-    and, with no Prefect API configured, a temporary server that does not fight over Prefect's
-    local database with another fleetgen process on this machine (the first one keeps it; later
-    ones get a private one, removed at exit)."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED,
-                                  PREFECT_SERVER_DATABASE_CONNECTION_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  get_current_settings, temporary_settings)
+    """Prefect settings for a command line's flow runs: PREFECT_API_URL when configured (a server
+    or Prefect Cloud), else the machine's shared local server (started in the background by the
+    first command that needs it), never a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    updates: dict[Any, Any] = {PREFECT_SERVER_ANALYTICS_ENABLED: False}
-    if not PREFECT_API_URL.value():  # a busy 2-core machine needs more than Prefect's 20 s to start it
-        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = max(
-            EPHEMERAL_STARTUP_SECONDS, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
-        logging.getLogger("fleetgen").info(
-            f"no PREFECT_API_URL: starting a temporary Prefect server (up to {EPHEMERAL_STARTUP_SECONDS} s on a busy "
-            "machine; set PREFECT_API_URL to a `prefect server start` or Prefect Cloud to skip this)")
-    with ExitStack() as stack:
-        settings = get_current_settings()
-        if not PREFECT_API_URL.value() and not os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL"):
-            lock = stack.enter_context(open(settings.home / "fleetgen-ephemeral.lock", "w"))
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the session ends
-            except BlockingIOError:
-                private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fleetgen-prefect-")))
-                updates[PREFECT_SERVER_DATABASE_CONNECTION_URL] = f"sqlite+aiosqlite:///{private}/prefect.db"
-                logging.getLogger("fleetgen").info(
-                    "another fleetgen process uses Prefect's local database: this one keeps its flow runs in a private "
-                    "one (set PREFECT_API_URL to a `prefect server start` or Prefect Cloud to see every worker together)")
-        stack.enter_context(temporary_settings(updates))
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings({PREFECT_API_URL: local_server_url()}):
         yield
 
 

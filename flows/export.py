@@ -30,7 +30,7 @@ from tasks.config import ExportConfig
 from tasks.errors import UserError
 from tasks.evaluation.metrics import check_one_way_per_stage
 from tasks.export import push_to_hub, result_rows, sft_rows, write_rows
-from tasks.store import open_store, require_run
+from tasks.store import open_store, require_run, summarize
 from tasks.store.steps import read_items
 
 
@@ -40,6 +40,8 @@ def export(config: ExportConfig) -> dict[str, Any]:
     config = start_flow(ExportConfig, config)
     with closing(open_store(config.store)) as store:
         require_run(store, config.run)
+        get_run_logger().info(f"reading run {config.run!r} ({summarize(store.counts(config.run))['total']:,} items) from "
+                              f"{store.url}")
         items = read_items(store, config.run)
     if config.format == "sft":  # chats carry no provenance: never mix answers made different ways
         check_one_way_per_stage(config.run, items)
@@ -52,13 +54,18 @@ def export(config: ExportConfig) -> dict[str, Any]:
     written = write_rows(rows, Path(config.out))
     if config.push_to_hub_repo:
         push_to_hub(rows, config.push_to_hub_repo)
-    get_run_logger().info(f"exported {len(rows)} {config.format} rows of run {config.run!r} to {config.out} ({written})")
-    return {"run": config.run, "rows": len(rows), "out": config.out, "format": written}
+    get_run_logger().info(f"exported {counted(len(rows), config.format)} of run {config.run!r} to {config.out} ({written})")
+    return {"run": config.run, "rows": len(rows), "out": config.out, "format": written, "kind": config.format}
+
+
+def counted(rows: int, kind: str) -> str:
+    """"1 row", "79 rows", "2 SFT chats"."""
+    return f"{rows:,} {'SFT chat' if kind == 'sft' else 'row'}{'' if rows == 1 else 's'}"
 
 
 def main(argv: list[str] | None = None) -> None:
     result = run_from_command_line(export, parse_command(ExportConfig, argv, "flows/export.py", __doc__))
-    print(f"exported {result['rows']} rows of run {result['run']!r} to {result['out']} ({result['format']})")
+    print(f"exported {counted(result['rows'], result['kind'])} of run {result['run']!r} to {result['out']} ({result['format']})")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_n
 from tasks.engines.devices import engine_devices
 from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
-from tasks.progress import ProgressArtifact, TerminalProgress
+from tasks.progress import RunDashboard, TerminalProgress
 from tasks.store import match_runs, open_store
 from tasks.worker.results import BatchReport, summarize_reports
 from tasks.worker.leases import LeaseKeeper
@@ -69,6 +69,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         if not config.idle_exit and all(run_finished(store, run) for run in runs):  # before loading any model
             logger.info(f"nothing to do: run(s) {', '.join(runs)} have nothing pending or running")
             return worker_result(config, runs, [], nothing_to_do=True)
+        share_cores(devices, config.cpu_threads)
         transformers.set_seed(config.sampling.seed)
         transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
         try:
@@ -82,12 +83,12 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                     break
                 on_run = config.model_copy(update={"run": run})
                 terminal = TerminalProgress(run)
-                progress = ProgressArtifact.start(store, run, on_figures=terminal.fleet_figures)
+                dashboard = RunDashboard.start(store, run, worker=config.worker_name, on_figures=terminal.fleet_figures)
                 idle_exit = config.idle_exit if run == runs[-1] else 0.0
                 futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit, terminal.add)
                            for engine in engines]
                 wait(futures)  # a device that failed leaves the others working (its claims given back)
-                progress.stop()
+                dashboard.stop()
                 terminal.close()
                 for engine, future in zip(engines, futures):
                     try:
@@ -109,6 +110,17 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
                     f"{total['tokens_per_second']} tokens/s")
     return result
+
+
+def share_cores(devices: list[tuple[str, str]], cpu_threads: int | None) -> None:
+    """Torch threads for CPU model copies: the cores shared among them (they run at once, each
+    op on up to this many threads), so copies never outnumber the cores."""
+    import torch
+
+    copies, cores = sum(device == "cpu" for device, _ in devices), len(os.sched_getaffinity(0))
+    if copies:
+        torch.set_num_threads(cpu_threads or max(1, cores // copies))
+        get_run_logger().info(f"CPU model copies: {copies}, torch threads: {torch.get_num_threads()} ({cores} cores)")
 
 
 def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *, stopped: str | None = None,

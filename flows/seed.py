@@ -25,7 +25,10 @@ from tasks.benchmarks.steps import load_dataset
 from tasks.cli import parse_command, run_cli
 from tasks.config import SeedConfig
 from tasks.store import open_store
+from tasks.progress import in_chunks
 from tasks.store.steps import insert_items
+
+SEED_CHUNK = 2000  # items per insert (a task run each): progress to see, few round trips
 
 
 @flow(name="seed", flow_run_name=run_name, validate_parameters=False)
@@ -46,7 +49,8 @@ def seed(config: SeedConfig = SeedConfig()) -> dict[str, Any]:
             items = build_items(rows, config.samples)
             store.ensure_run(run, {**config.model_dump(exclude={"store", "run", "suite", "run_prefix"}),
                                    "dataset": source.benchmark or source.where})
-            inserted = insert_items(store, run, items)
+            inserted = sum(insert_items(store, run, list(chunk))
+                           for chunk in in_chunks(items, size=SEED_CHUNK, what=f"seeding run {run}"))
             get_run_logger().info(f"run {run!r}: {inserted} new items, {len(items) - inserted} already there "
                                   f"({len(rows)} questions)")
             runs[run] = {"questions": len(rows), "items": len(items), "inserted": inserted}

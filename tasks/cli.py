@@ -80,8 +80,8 @@ def answer_early(config_class: type[Config], script: str, doc: str) -> None:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM where no stop was planned for: it unwinds like Ctrl-C (a temporary Prefect server
-    stops with it), and the command says so."""
+    """SIGTERM where no stop was planned for: it unwinds like Ctrl-C (whatever the command
+    opened is closed on the way), and the command says so."""
 
 
 TERMINATED = threading.Event()  # set by the first SIGTERM, wherever the exception it raised ends up

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import UserError
+from tasks.progress import in_chunks
 from tasks.prompts import render
 from tasks.store.models import Item, Result
 
+EXPORT_CHUNK = 10_000  # rows between two progress updates
 PROVENANCE = ("engine", "model", "prompt", "prompt_hash", "sampling")
 
 
@@ -57,7 +59,9 @@ def _conversation(item: Item, result: Result) -> list[dict[str, str]]:
 def write_rows(rows: list[dict[str, Any]], out: Path) -> str:
     """`.jsonl` or `.parquet` by extension; a path without one becomes a HF `datasets` folder."""
     if out.suffix == ".jsonl":
-        out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+        with out.open("w", encoding="utf-8") as file:
+            for chunk in in_chunks(rows, size=EXPORT_CHUNK, what=f"writing {out.name}"):
+                file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in chunk)
         return "jsonl"
     import datasets
 

@@ -32,6 +32,23 @@ class CleanLogs(logging.Filter):
         return True
 
 
+class HubRetriesOnce(logging.Filter):
+    """The hub's retry warnings (a dozen lines per file while it cannot be reached): the first
+    one, saying that the others are hidden; the error that ends the retries says what to do."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "thrown while requesting" not in message and not message.startswith(("Retrying in", "Rate limited")):
+            return True
+        if HubRetriesOnce.said:
+            return False
+        HubRetriesOnce.said = True
+        record.msg, record.args = f"{message} (the hub does not answer: retrying, its further retries not shown)", None
+        return True
+
+
 def install_log_filter() -> None:
     """Attach CleanLogs to every handler configured so far (Prefect's console and API ones too)."""
     loggers = [logging.getLogger()] + [
@@ -51,3 +68,8 @@ def setup_logging() -> None:
         log.setLevel(logging.INFO)
         log.propagate = False
     install_log_filter()
+    hub = logging.getLogger("huggingface_hub.utils._http")  # where the hub logs its retries
+    if not any(isinstance(f, HubRetriesOnce) for f in hub.filters):
+        hub.addFilter(HubRetriesOnce())
+    logging.getLogger("huggingface_hub").propagate = False  # it has a handler of its own: once, not twice
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)  # optional CPU kernels, each start

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tasks.prefect_server import stop_server
 from tasks.store import Store
 from tasks.store.mongo import MongoStore
 from tasks.store.sqlite import SqliteStore
@@ -74,9 +76,23 @@ def run_flow_cli(script: str, *args: str, cwd: Path, env: dict[str, str] | None 
 
 
 def cli_env(env: dict[str, str] | None) -> dict[str, str]:
-    """This environment less MONGODB_URI and PREFECT_API_URL, plus `env`."""
+    """This environment less MONGODB_URI and PREFECT_API_URL, with the session's Prefect home
+    (see `shared_prefect_home`), plus `env`."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "PREFECT_API_URL")}
-    return {**full_env, **(env or {})}
+    return {**full_env, "PREFECT_HOME": str(COMMAND_PREFECT_HOME), **(env or {})}
+
+
+COMMAND_PREFECT_HOME = Path(tempfile.gettempdir()) / "fleetgen-tests-unset"  # replaced for the session below
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The Prefect home of the command lines a test runs without PREFECT_API_URL: they share
+    one background Prefect server there, as on a user's machine, stopped when the session ends."""
+    global COMMAND_PREFECT_HOME
+    COMMAND_PREFECT_HOME = tmp_path_factory.mktemp("prefect-home")
+    yield COMMAND_PREFECT_HOME
+    stop_server(COMMAND_PREFECT_HOME / "fleetgen-server")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import flows.generate
 from bench.store import OperationCounter
 from flows.generate import generate
 from tasks.config import WorkerConfig
-from tasks.progress import ProgressArtifact
+from tasks.progress import RunDashboard
 from tasks.store.models import Item
 from tasks.store.mongo import MongoStore
 from tasks.worker import steps
@@ -119,7 +119,7 @@ def test_a_prefect_outage_does_not_stop_the_work(prefect_env, monkeypatch) -> No
     store.ensure_run("outage", {"samples": 1})
     monkeypatch.setattr(MongoStore, "connect", classmethod(lambda cls, url, **options: SerializedStore(store)))
     monkeypatch.setattr(steps, "create_engine", lambda **kwargs: ScriptedEngine({"": "#### 7"}, batch_size=8))
-    monkeypatch.setattr(ProgressArtifact, "REFRESH_SECONDS", 0.2)  # Prefect requests all along
+    monkeypatch.setattr(RunDashboard, "REFRESH_SECONDS", 0.2)  # Prefect requests all along
     outage, refused = {"on": False}, Counter()
     store_and_claim = steps.store_and_claim
 

@@ -12,13 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 
 from flows.generate import generate
 from flows.seed import seed
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
 from tasks.config import ModelConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.engines.hf_static import HFStaticEngine
+from tasks.prefect_server import read_state, stop_server
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
 from tests.conftest import ROOT, cli_env, run_flow_cli
@@ -137,32 +142,46 @@ def test_default_run_is_seeded_from_gsm8k_test(prefect_env, tmp_path: Path, tiny
     assert_all_done_once(SqliteStore(tmp_path / "w.db"), "gsm8k-test", 1319)
 
 
-def worker_env(tmp_path: Path) -> dict[str, str]:
-    """No Prefect API: each worker process starts its own temporary server, as on a bare machine."""
-    return {"PREFECT_HOME": str(tmp_path / "prefect-home")}
-
-
-def start_worker(tmp_path: Path, model: Path, name: str, *extra: str) -> subprocess.Popen:
+def start_worker(tmp_path: Path, model: Path, name: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A worker process with no Prefect API configured, as on a bare machine (the session's shared local server)."""
     args = [sys.executable, str(ROOT / "flows/generate.py"), "--run", "r", "--model", str(model), "--devices", "cpu",
             "--worker", name, *extra]
-    return subprocess.Popen(args, cwd=tmp_path, env=cli_env(worker_env(tmp_path)), start_new_session=True,
+    return subprocess.Popen(args, cwd=tmp_path, env=cli_env(env), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_worker_processes_share_one_store_cleanly(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+def test_two_workers_and_a_refine_at_once_share_one_local_prefect_server(tmp_path: Path, tiny_model: Path) -> None:
+    """A cold machine: three commands start together; one starts the server, the others wait for it."""
     seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=40))
-    workers = [start_worker(tmp_path, tiny_model, f"p{n}", "--batch-size", "4", "--max-new-tokens", "8")
-               for n in range(2)]
-    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
-    assert [worker.returncode for worker in workers] == [0, 0], outputs
-    for output in outputs:
-        assert "database is locked" not in output and "Traceback" not in output
-        assert "Loading weights" not in output  # no loading bar per model copy
-    assert "private one" in "".join(outputs)  # the second process did not touch the first's Prefect database
-    assert_all_done_once(SqliteStore(tmp_path / "fleetgen.db"), "r", 40)
-    # Which worker got how much depends on start-up timing; that the shares add up exactly does not.
-    done = [int(re.search(r"this worker did (\d+) items", output).group(1)) for output in outputs]
-    assert sum(done) == 40
+    answered = tmp_path / "answered.jsonl"
+    answered.write_text(json.dumps({"question": "1+1?", "answer": "2", "response": "#### 3"}) + "\n")
+    seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="answered", dataset=str(answered),
+                    response_field="response"))
+    home = tmp_path / "cold-prefect-home"
+    try:
+        commands = [start_worker(tmp_path, tiny_model, f"p{n}", "--batch-size", "4", "--max-new-tokens", "8",
+                                 env={"PREFECT_HOME": str(home)}) for n in range(2)]
+        commands.append(subprocess.Popen([sys.executable, str(ROOT / "flows/refine.py"), "--run", "answered"],
+                                         cwd=tmp_path, env=cli_env({"PREFECT_HOME": str(home)}), text=True,
+                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        outputs = [command.communicate(timeout=400)[0] for command in commands]
+        assert [command.returncode for command in commands] == [0, 0, 0], outputs
+        for output in outputs:
+            assert "database is locked" not in output and "Traceback" not in output
+        assert "Loading weights" not in "".join(outputs[:2])  # no loading bar per model copy
+        assert "".join(outputs).count("starting a local Prefect server in the background") == 1, outputs
+        assert "1 retries queued" in outputs[2]
+        assert_all_done_once(SqliteStore(tmp_path / "fleetgen.db"), "r", 40)
+        # Which worker got how much depends on start-up timing; that the shares add up exactly does not.
+        done = [int(re.search(r"this worker did (\d+) items", output).group(1)) for output in outputs[:2]]
+        assert sum(done) == 40
+        state = read_state(home / "fleetgen-server")
+        with temporary_settings({PREFECT_API_URL: state["url"]}), get_client(sync_client=True) as client:
+            names = {run.name for run in client.read_flow_runs()}
+        assert names == {"r @ p0", "r @ p1", "answered"}  # every command's run in the one UI
+        assert httpx.get(f"{state['ui']}/ui-settings").json()["api_url"] == state["url"]  # where its pages ask
+    finally:
+        stop_server(home / "fleetgen-server")
 
 
 def test_a_killed_worker_is_finished_by_another(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
@@ -174,12 +193,12 @@ def test_a_killed_worker_is_finished_by_another(prefect_env, tmp_path: Path, tin
     while not any(item.status == "done" for item in store.items("r")):
         assert doomed.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
-    os.killpg(doomed.pid, signal.SIGKILL)  # the whole machine dies: its Prefect server too
+    os.killpg(doomed.pid, signal.SIGKILL)  # the worker dies at once (the machine's Prefect server lives on)
     doomed.wait(timeout=10)
     held = {item.id for item in store.items("r") if item.status == "running" and item.worker == "doomed"}
     assert held, "the killed worker should die holding a claim"
     result = run_flow_cli("generate.py", "--run", "r", "--model", str(tiny_model), "--devices", "cpu", "--worker",
-                          "rescuer", "--batch-size", "8", "--max-new-tokens", "8", cwd=tmp_path, env=worker_env(tmp_path))
+                          "rescuer", "--batch-size", "8", "--max-new-tokens", "8", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     items = assert_all_done_once(store, "r", 40)
     assert {item.worker for item in items if item.id in held} == {"rescuer"}
@@ -218,7 +237,17 @@ def test_a_worker_on_a_finished_run_says_what_to_do_next_without_loading_a_model
 def test_bad_worker_arguments_fail_before_prefect_starts(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_flow_cli("generate.py", *args, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr and "temporary server" not in result.stderr
+    assert "Traceback" not in result.stderr and "Prefect server" not in result.stderr
+
+
+def test_cpu_copies_share_the_cores(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    for run, flags, threads in (("auto", [], max(1, cores // 2)), ("flag", ["--cpu-threads", "3"], 3)):
+        seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run=run, limit=4))
+        result = run_flow_cli("generate.py", "--run", run, "--model", str(tiny_model), "--devices", "cpu,cpu",
+                              "--max-new-tokens", "2", "--idle-exit", "0", *flags, cwd=tmp_path, env=prefect_env)
+        assert result.returncode == 0, result.stderr
+        assert f"CPU model copies: 2, torch threads: {threads} ({cores} cores)" in result.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA GPUs (one model copy per GPU)")

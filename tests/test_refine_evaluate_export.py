@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import logging.handlers
+import re
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from prefect import flow
 from prefect.client.orchestration import get_client
 
 from flows.evaluate import evaluate
@@ -16,12 +19,12 @@ from flows.generate import generate
 from flows.refine import refine
 from flows.seed import seed
 from tasks.config import (EvaluateConfig, ExportConfig, ModelConfig, RefineConfig, SeedConfig, ServeConfig,
-                          WorkerConfig)
+                          WorkerConfig, default_worker_name)
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.evaluation.metrics import evaluate_items, majority_score, pass_at_k
 from tasks.export import sft_rows
 from tasks.grading import grade
-from tasks.progress import FleetProgress, TerminalProgress, describe
+from tasks.progress import FleetProgress, RunDashboard, TerminalProgress, describe
 from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
@@ -69,8 +72,11 @@ def test_bring_your_own_responses_are_graded_with_known_accuracy(byo_run: str, t
     assert written["runs"][0]["accuracy"] == 0.75 and written["table"][0]["accuracy"] == 0.75
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with get_client(sync_client=True) as client:
-        keys = {artifact.key for artifact in client.read_artifacts()}
-    assert {"accuracy-byo", "stages-byo"} <= keys
+        latest = {artifact.key: artifact for artifact in client.read_latest_artifacts() if artifact.key.endswith("-byo")}
+    assert latest["accuracy-byo"].type == "table" and latest["stages-byo"].type == "table"
+    rows = json.loads(latest["accuracy-byo"].data)
+    assert rows[0] == {"figure": "accuracy at the first attempt", "value": "75.0% (3/4)"}
+    assert {"figure": "made with", "value": "responses brought from elsewhere"} in rows
 
 
 def refine_byo(url: str, max_rounds: int = 2) -> dict:
@@ -222,11 +228,57 @@ def test_worker_publishes_fleet_progress_and_shows_it(prefect_env, tmp_path: Pat
     finally:
         logging.getLogger("fleetgen").removeHandler(shown)
     with get_client(sync_client=True) as client:
-        progress = [a for a in client.read_artifacts() if a.key == "progress-progress-run"]
-    assert progress and progress[-1].data == 100.0 and "8/8 items finished fleet-wide" in progress[-1].description
+        latest = {a.key: a for a in client.read_latest_artifacts() if a.key.endswith("-progress-run")}
+    assert latest["progress-progress-run"].data == 100.0
+    assert "8/8 items finished fleet-wide" in latest["progress-progress-run"].description
+    table = latest["dashboard-progress-run"].data
+    assert "| all | 8 | 0 | 0 | 8 | 0 | 0 |" in table and re.search(rf"\| {default_worker_name()} \| cpu \| 8 \| \d+ \| \d+ \| ", table)
     lines = [record.getMessage() for record in shown.buffer if "items finished fleet-wide" in record.getMessage()]
     assert lines and "progress-run: 8 items finished fleet-wide (100.0%); this worker 8 done, 0 failed | cpu " \
         in lines[-1] and "tok/s | fleet ETA" in lines[-1], lines  # no terminal here: plain lines
+
+
+def test_every_worker_of_a_run_updates_the_same_dashboard(prefect_env, tmp_path: Path) -> None:
+    """One progress bar and one table per run, whichever worker writes: a second worker (say, after
+    the first died) updates the first one's artifacts instead of making its own."""
+    store = SqliteStore(tmp_path / "w.db")
+    store.seed("dash", [Item(question_id=f"q{n}", question="?", reference="1") for n in range(4)])
+
+    @flow
+    def worker_writes_two(worker: str) -> None:
+        claim = store.claim("dash", worker, 2, 60)
+        store.complete(claim, {id_: Result(response="1", tokens=20, seconds=0.5, worker=worker, device="cpu",
+                                           finished=time.time()) for id_ in claim.ids})
+        RunDashboard(store, "dash", worker=worker).refresh()
+
+    worker_writes_two("w1")
+    worker_writes_two("w2")
+    with get_client(sync_client=True) as client:
+        versions = [a for a in client.read_artifacts() if a.key in ("progress-dash", "dashboard-dash")]
+        latest = {a.key: a for a in client.read_latest_artifacts() if a.key in ("progress-dash", "dashboard-dash")}
+    assert len(versions) == 2  # one of each, updated in place
+    assert latest["progress-dash"].data == 100.0 and "4/4 items finished fleet-wide" in latest["progress-dash"].description
+    table = latest["dashboard-dash"].data
+    assert "by worker `w2`" in table and "| 0 | 4 | 0 | 0 | 4 | 0 | 0 |" in table
+    assert "| w1 | cpu | 2 | 40 | 40 |" in table and "| w2 | cpu | 2 | 40 | 40 |" in table
+
+
+def test_workers_that_created_the_dashboard_at_once_adopt_the_latest(prefect_env, tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "w.db")
+    store.seed("race", [Item(question_id="q0", question="?", reference="1")])
+    first, second = RunDashboard(store, "race", worker="w1"), RunDashboard(store, "race", worker="w2")
+
+    @flow
+    def refresh(worker: str) -> None:
+        {"w1": first, "w2": second}[worker].refresh()
+
+    refresh("w1")
+    second.refreshes = 1  # it looked before the first one created them: it creates its own, the latest
+    refresh("w2")
+    refresh("w1")  # the first one looks again after creating: it adopts the latest
+    with get_client(sync_client=True) as client:
+        latest = {a.key: a for a in client.read_latest_artifacts() if a.key == "dashboard-race"}
+    assert first.ids == second.ids and "by worker `w1`" in latest["dashboard-race"].data
 
 
 def test_a_terminal_gets_a_live_bar_with_the_fleet_and_this_worker() -> None:
@@ -251,6 +303,9 @@ def test_evaluate_and_export_command_lines(byo_run: str, prefect_env, tmp_path: 
     result = run_flow_cli("evaluate.py", *store, "--json", str(tmp_path / "m.json"), cwd=tmp_path, env=prefect_env)
     assert result.returncode == 0, result.stderr
     assert "3/4 questions right at the first attempt = 75.0%" in result.stdout and (tmp_path / "m.png").exists()
+    chats = run_flow_cli("export.py", *store, "--out", str(tmp_path / "x.jsonl"), "--format", "sft", cwd=tmp_path,
+                         env=prefect_env)
+    assert chats.returncode == 0 and "exported 3 SFT chats of run 'byo'" in chats.stdout, chats.stderr
     bad = run_flow_cli("export.py", *store, "--out", str(tmp_path / "x.csv"), cwd=tmp_path, env=prefect_env)
     assert bad.returncode == 2 and "cannot tell the format" in bad.stderr and "Traceback" not in bad.stderr
     missing = run_flow_cli("refine.py", "--store", byo_run, "--run", "nope", cwd=tmp_path)

@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from tasks.errors import UserError
-from tasks.logs import CleanLogs
+from tasks.logs import CleanLogs, HubRetriesOnce, setup_logging
 from tasks.secrets import redact, register_secret, register_url
 from tests.conftest import run_flow_cli
 
@@ -58,6 +58,25 @@ def test_clean_logs_drops_routine_task_run_lines_only() -> None:
     mine = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "cpu: 16 items, 900 tokens", (), None)
     assert not CleanLogs().filter(routine)
     assert CleanLogs().filter(failed) and CleanLogs().filter(mine)
+
+
+def test_the_hubs_retry_warnings_are_said_once(monkeypatch) -> None:
+    import logging.handlers
+
+    monkeypatch.setattr(HubRetriesOnce, "said", False)
+    setup_logging()
+    shown = logging.handlers.BufferingHandler(100)
+    logging.getLogger("huggingface_hub").addHandler(shown)
+    try:
+        http = logging.getLogger("huggingface_hub.utils._http")
+        for attempt in range(1, 6):  # as the hub logs a file it cannot reach
+            http.warning("'[Errno -2] Name or service not known' thrown while requesting HEAD https://huggingface.co/x")
+            http.warning(f"Retrying in {2 ** attempt}s [Retry {attempt}/5].")
+        logging.getLogger("huggingface_hub.file_download").warning("something else")
+    finally:
+        logging.getLogger("huggingface_hub").removeHandler(shown)
+    messages = [record.getMessage() for record in shown.buffer]
+    assert len(messages) == 2 and "further retries not shown" in messages[0] and messages[1] == "something else"
 
 
 @pytest.mark.parametrize("url, message", [

@@ -58,13 +58,14 @@ def test_status_counts_and_table(prefect_env, tmp_path: Path) -> None:
 
 
 def test_seed_and_status_command_lines(prefect_env, tmp_path: Path) -> None:
-    result = run_flow_cli("seed.py", "--run", "cli", "--limit", "7", "--samples", "2", cwd=tmp_path, env=prefect_env)
+    result = run_flow_cli("seed.py", "--run", "cli", "--limit", "1200", "--samples", "2", cwd=tmp_path, env=prefect_env)
     assert result.returncode == 0, result.stderr
-    assert "seeded run 'cli': 14 new items" in result.stdout
+    assert "seeded run 'cli': 2400 new items" in result.stdout
     assert f"store: sqlite:///{tmp_path / 'fleetgen.db'}" in result.stderr
+    assert "seeding run cli: 2,000/2,400 items" in result.stderr and "seeding run cli: 2,400/2,400 items" in result.stderr
     status = status_json(tmp_path, "--run", "cli")
     assert {k: status[k] for k in ("total", "pending", "running", "done", "failed")} == {
-        "total": 14, "pending": 14, "running": 0, "done": 0, "failed": 0}
+        "total": 2400, "pending": 2400, "running": 0, "done": 0, "failed": 0}
     readable = run_flow_cli("status.py", "--run", "cli", cwd=tmp_path)
     assert "run cli: 0.0% done" in readable.stdout
 

@@ -151,6 +151,23 @@ def test_counts_by_status_stage_and_worker(store: Store, clock: FakeClock) -> No
     assert summary["workers"]["w3"]["expired"] == 1
 
 
+def test_devices_sums_each_workers_device_answers(store: Store) -> None:
+    store.seed("r", items(6))
+    store.seed("other", items(2))
+    for worker, device, n, finished in [("w1", "cuda:0", 2, 100.0), ("w1", "cuda:1", 1, 50.0), ("w2", "cpu", 2, 70.0)]:
+        claim = store.claim("r", worker, n, 60)
+        store.complete(claim, {id_: Result(response="x", tokens=10 * (i + 1), seconds=0.5, worker=worker,
+                                           device=device, finished=finished + i) for i, id_ in enumerate(claim.ids)})
+    seeded = store.claim("r", "w3", 1, 60)
+    store.complete(seeded, answers(seeded.ids))  # an answer brought from elsewhere: no device, not counted
+    claim = store.claim("other", "w1", 2, 60)
+    store.complete(claim, {id_: Result(response="x", tokens=5, seconds=1, worker="w1", device="cuda:0") for id_ in claim.ids})
+    assert store.devices("r") == [
+        {"worker": "w1", "device": "cuda:0", "done": 2, "tokens": 30, "seconds": 1.0, "last": 101.0},
+        {"worker": "w1", "device": "cuda:1", "done": 1, "tokens": 10, "seconds": 0.5, "last": 50.0},
+        {"worker": "w2", "device": "cpu", "done": 2, "tokens": 30, "seconds": 1.0, "last": 71.0}]
+
+
 def test_a_mongodb_claim_that_others_beat_to_some_items_reads_back_what_it_got() -> None:
     store = mongomock_store()
     store.seed("r", items(4))

@@ -17,6 +17,7 @@ from flows.seed import seed
 from tasks.config import EvaluateConfig, ExportConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.errors import UserError
 from tasks.evaluation.metrics import evaluate_items
+from tasks.evaluation.report import summary_rows
 from tasks.export import sft_rows
 from tasks.prompts import render
 from tasks.store.models import Item, Result
@@ -125,6 +126,16 @@ def test_answers_made_different_ways_are_never_merged(tmp_path: Path) -> None:
         evaluate_items("r", items)
     same = evaluate_items("r", [answered("q1", 0, "5", True, model={"model": "A"}, **made)])
     assert same["made_with"]["model"] == {"model": "A"}
+
+
+def test_the_evaluate_table_says_what_was_measured() -> None:
+    made = {"engine": "hf-static", "prompt": "step_by_step", "model": {"model": "Qwen/Qwen2.5-0.5B-Instruct",
+            "quantization": "4bit", "adapter": None}, "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 0}}
+    metrics = evaluate_items("r", [answered("q1", 0, "5", True, **made), answered("q2", 0, "4", False, **made)])
+    rows = {row["figure"]: row["value"] for row in summary_rows(metrics)}
+    assert rows["accuracy at the first attempt"] == "50.0% (1/2)"
+    assert rows["made with"] == ("model Qwen/Qwen2.5-0.5B-Instruct (quantization 4bit) with hf-static, prompt "
+                                 "step_by_step, sampling: seed 0, temperature 0.7, top_p 0.95")
 
 
 def test_greedy_samples_are_said_to_be_identical(tmp_path: Path) -> None:

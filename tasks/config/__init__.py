@@ -142,6 +142,9 @@ class WorkerConfig(RunConfig):
     devices: str = setting("auto", "one model copy per listed device: auto (every visible GPU, else cpu), "
                                    "cuda:0,cuda:1, cpu, cpu,cpu", metavar="LIST")
     batch_size: PositiveInt = setting(16, "items claimed and generated together", metavar="B")
+    cpu_threads: PositiveInt | None = setting(
+        None, "torch threads of the worker's CPU model copies (default: this machine's cores / its CPU copies; "
+              "with several CPU workers on one machine give each cores / all their copies)", metavar="N")
     prompt: str = setting("step_by_step", "a question template in prompts/ (a .txt file with a {question} "
                                           "placeholder)", metavar="NAME")
     extract: Literal["regex", "llm"] = setting(

@@ -45,6 +45,43 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def model_text(metrics: dict[str, Any]) -> str:
+    """The model that answered, with its loading settings ("responses brought from elsewhere" when none)."""
+    way = metrics["made_with"]
+    if not way:
+        return "responses brought from elsewhere"
+    model = way["model"]
+    extras = ", ".join(f"{key} {value}" for key, value in model.items() if key != "model" and value not in (None, "none", False))
+    return f"model {model['model']}{f' ({extras})' if extras else ''}"
+
+
+def made_with_text(metrics: dict[str, Any]) -> str:
+    """Model, engine, prompt and sampling in a few words."""
+    way = metrics["made_with"]
+    if not way:
+        return model_text(metrics)
+    sampling = ", ".join(f"{key} {value}" for key, value in (way.get("sampling") or {}).items() if value is not None)
+    return f"{model_text(metrics)} with {way['engine']}, prompt {way['prompt']}, sampling: {sampling}"
+
+
+def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
+    """A run's figures as rows {figure, value}: the evaluate artifact's table."""
+    rows = [("accuracy at the first attempt", f"{metrics['accuracy']:.1%} ({metrics['correct']}/{metrics['total']})")]
+    rows += [(f"stage {stage['stage']}", f"{stage['accuracy']:.1%} right ({stage['correct']}/{stage['total']}), "
+              f"cumulative {stage['cumulative_accuracy']:.1%}") for stage in metrics["stages"]]
+    rows += [(name, f"{metrics[name]:.1%}") for k in _ks(metrics) for name in (f"pass@{k}", f"maj@{k}")]
+    rows += [(f"by {field}: {value}", f"{row['accuracy']:.1%} ({row['correct']}/{row['questions']})")
+             for field, table in metrics["by"].items() for value, row in table.items()]
+    rows += [("no answer", f"{metrics['no_answer_rate']:.1%} of responses"),
+             ("items", ", ".join(f"{status} {count}" for status, count in metrics["counts"].items())),
+             ("made with", made_with_text(metrics))]
+    rows += [(f"throughput {name}", f"{figures['items']} items, {figures['tokens_per_second']} tokens/s")
+             for name, figures in metrics["throughput"]["devices"].items()]
+    if metrics["unfinished"]:
+        rows.append(("not finished", f"{metrics['unfinished']} answers still pending or running (counted as wrong)"))
+    return [{"figure": figure, "value": value} for figure, value in rows]
+
+
 def suite_rows(suite: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per run: questions, accuracy at the first attempt, pass@k and maj@k for every k,
     no-answer rate (the table artifact's rows, and the text table's)."""
@@ -87,21 +124,26 @@ def save_chart(suite: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     broken_down = [(metrics["run"], field, table) for metrics in suite for field, table in metrics["by"].items()]
-    figure, axes = plt.subplots(1, 1 + len(broken_down), figsize=(6 + 5 * len(broken_down), 4), squeeze=False)
+    figure, axes = plt.subplots(1, 1 + len(broken_down), figsize=(6 + 5 * len(broken_down), 4.5), squeeze=False)
     overview = axes[0][0]
-    names = [metrics["run"] for metrics in suite]
+    names = [f"{metrics['run']}\n(n={metrics['total']})" for metrics in suite]
     series = {"accuracy": [m["accuracy"] for m in suite], "pass@1": [m.get("pass@1", m["accuracy"]) for m in suite],
               "maj@K": [m.get(f"maj@{m.get('samples', 1)}", m["accuracy"]) for m in suite]}
     width = 0.8 / len(series)
     for offset, (label, values) in enumerate(series.items()):
-        overview.bar([i + offset * width for i in range(len(names))], values, width, label=label)
+        bars = overview.bar([i + offset * width for i in range(len(names))], values, width, label=label)
+        overview.bar_label(bars, labels=[f"{value:.0%}" for value in values], fontsize=7)
     overview.set_xticks([i + width for i in range(len(names))], names, rotation=20, ha="right")
-    overview.set(title="accuracy by run", ylim=(0, 1))
-    overview.legend()
+    overview.set(title="accuracy by run", ylim=(0, 1.1))
+    overview.legend(loc="upper right", fontsize=7)
     for axis, (run, field, table) in zip(axes[0][1:], broken_down):
-        axis.bar(list(table), [row["accuracy"] for row in table.values()])
-        axis.set(title=f"{run} by {field}", ylim=(0, 1))
-        axis.tick_params(axis="x", labelrotation=30)
+        bars = axis.bar([f"{value}\n(n={row['questions']})" for value, row in table.items()],
+                        [row["accuracy"] for row in table.values()])
+        axis.bar_label(bars, labels=[f"{row['accuracy']:.0%}" for row in table.values()], fontsize=7)
+        axis.set(title=f"{run} by {field}", ylim=(0, 1.1))
+        axis.tick_params(axis="x", labelrotation=30, labelsize=7)
+    models = sorted({model_text(metrics) for metrics in suite})
+    figure.suptitle("; ".join(models), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -7,29 +7,30 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluation.report import format_report, format_suite, save_chart, suite_rows
+from tasks.evaluation.report import made_with_text, save_chart, suite_rows, summary_rows
 from tasks.progress import artifact_key
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def publish_metrics(suite: list[dict[str, Any]], json_path: str | None) -> None:
-    """One run: artifacts `accuracy-<run>` (Markdown) and `stages-<run>` (table). Several: the
-    table `suite-<first run>` (one row per run) and its Markdown. With `json_path` everything as
-    JSON there ({"runs": [metrics...], "table": [rows...]}) and a PNG chart beside it."""
+    """One run: the tables `accuracy-<run>` (every figure, and how the answers were made) and
+    `stages-<run>`. Several: the table `suite-<first run>` (one row per run). With `json_path`
+    everything as JSON there ({"runs": [metrics...], "table": [rows...]}) and a PNG chart beside it."""
     key = artifact_key(suite[0]["run"])
     if len(suite) == 1:
-        create_markdown_artifact(key=f"accuracy-{key}", markdown="```\n" + format_report(suite[0]) + "\n```",
-                                 description=f"fleetgen evaluation of run {suite[0]['run']}")
-        create_table_artifact(key=f"stages-{key}", table=suite[0]["stages"],
-                              description=f"accuracy by stage, run {suite[0]['run']}")
+        metrics = suite[0]
+        create_table_artifact(key=f"accuracy-{key}", table=summary_rows(metrics),
+                              description=f"fleetgen evaluation of run {metrics['run']}: {made_with_text(metrics)}")
+        create_table_artifact(key=f"stages-{key}", table=metrics["stages"],
+                              description=f"accuracy by stage, run {metrics['run']}")
     else:
         names = ", ".join(metrics["run"] for metrics in suite)
-        create_table_artifact(key=f"suite-{key}", table=suite_rows(suite), description=f"fleetgen evaluation: {names}")
-        create_markdown_artifact(key=f"suite-report-{key}", markdown="```\n" + format_suite(suite) + "\n```",
-                                 description=f"fleetgen evaluation: {names}")
+        ways = "; ".join(sorted({made_with_text(metrics) for metrics in suite}))
+        create_table_artifact(key=f"suite-{key}", table=suite_rows(suite),
+                              description=f"fleetgen evaluation of {names}: {ways}")
     if json_path:
         path = Path(json_path)
         path.write_text(json.dumps({"runs": suite, "table": suite_rows(suite)}, indent=2))

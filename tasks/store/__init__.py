@@ -68,6 +68,10 @@ class Store(Protocol):
     def counts(self, run: str) -> list[dict[str, Any]]:
         """Rows {stage, status, worker, n, expired} grouping every item of the run."""
 
+    def devices(self, run: str) -> list[dict[str, Any]]:
+        """Rows {worker, device, done, tokens, seconds, last} of the answers each worker's device
+        wrote (seconds: generation time; last: when its latest answer was made)."""
+
     def storage(self) -> dict[str, float] | None:
         """{bytes, documents, bytes_per_document} where a quota applies (MongoDB), else None."""
 

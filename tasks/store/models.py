@@ -23,6 +23,7 @@ class Result:
     finish_reason: str | None = None  # "stop" (end of sequence) or "length" (hit max_new_tokens)
     worker: str | None = None
     device: str | None = None
+    finished: float | None = None  # when it was answered (epoch seconds, the worker's clock)
     extracted_by: str | None = None  # "llm" when the second pass found the answer
     # provenance: how the answer was made (absent for responses brought from elsewhere)
     engine: str | None = None

@@ -240,6 +240,18 @@ class MongoStore:
             row.setdefault("worker", None)
         return sorted(rows, key=lambda r: (r["stage"], r["status"], r["worker"] or ""))
 
+    def devices(self, run: str) -> list[dict[str, Any]]:
+        pipeline = [
+            {"$match": {"run": run, "status": "done", "result.device": {"$exists": True}}},
+            {"$group": {"_id": {"worker": "$result.worker", "device": "$result.device"}, "done": {"$sum": 1},
+                        "tokens": {"$sum": "$result.tokens"}, "seconds": {"$sum": "$result.seconds"},
+                        "last": {"$max": "$result.finished"}}},
+        ]
+        rows = [{"worker": doc["_id"].get("worker"), "device": doc["_id"]["device"],
+                 **{key: doc[key] for key in ("done", "tokens", "seconds", "last")}}
+                for doc in self._items.aggregate(pipeline)]
+        return sorted(rows, key=lambda r: (r["worker"] or "", r["device"]))
+
     def storage(self) -> dict[str, float] | None:
         """What the database holds, as Atlas counts it against a quota (data + indexes, uncompressed)."""
         try:

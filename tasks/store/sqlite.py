@@ -193,6 +193,15 @@ class SqliteStore:
         )
         return [dict(zip(("stage", "status", "worker", "n", "expired"), row)) for row in rows]
 
+    def devices(self, run: str) -> list[dict[str, Any]]:
+        rows = self._read(
+            """SELECT json_extract(result, '$.worker'), json_extract(result, '$.device'), COUNT(*),
+                COALESCE(SUM(json_extract(result, '$.tokens')), 0), COALESCE(SUM(json_extract(result, '$.seconds')), 0),
+                MAX(json_extract(result, '$.finished')) FROM items
+            WHERE run = ? AND status = 'done' AND json_extract(result, '$.device') IS NOT NULL
+            GROUP BY 1, 2 ORDER BY 1, 2""", (run,))
+        return [dict(zip(("worker", "device", "done", "tokens", "seconds", "last"), row)) for row in rows]
+
     def storage(self) -> dict[str, float] | None:
         """None: a local file has no quota."""
         return None

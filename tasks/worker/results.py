@@ -5,6 +5,7 @@ trip, errors failed back; and throughput figures that add up across devices."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,7 @@ class BatchReport:
 
 def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, config: WorkerConfig) -> Result:
     return Result(response=answer.text, tokens=answer.tokens, finish_reason=answer.finish_reason,
-                  seconds=answer.seconds, worker=outcome.claim.worker, device=device, engine=engine,
+                  seconds=answer.seconds, worker=outcome.claim.worker, device=device, finished=time.time(), engine=engine,
                   model=config.model.model_dump(), sampling=config.sampling.model_dump(),
                   predicted=answer.extracted, extracted_by="llm" if answer.extracted else None,
                   **prompt_provenance(outcome.item, config.prompt))
