@@ -24,8 +24,8 @@ from tasks.benchmarks import build_items, resolve_source, take_subset
 from tasks.benchmarks.steps import load_dataset
 from tasks.cli import parse_command, run_cli
 from tasks.config import SeedConfig
-from tasks.store import open_store
 from tasks.progress import in_chunks
+from tasks.store import open_store
 from tasks.store.steps import insert_items
 
 SEED_CHUNK = 2000  # items per insert (a task run each): progress to see, few round trips

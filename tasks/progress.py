@@ -157,22 +157,23 @@ class RunDashboard:
 
         description = describe(snapshot)
         table = dashboard_markdown(self.run, summary, snapshot, devices, worker=self.worker)
+        progress_key, table_key = f"progress-{self.key}", f"dashboard-{self.key}"
         with get_client(sync_client=True) as client:
             if self.refreshes % self.LOOKUP_EVERY == 0:
-                self.ids = latest_artifacts(client, [f"progress-{self.key}", f"dashboard-{self.key}"])
+                self.ids = latest_artifacts(client, [progress_key, table_key])
             self.refreshes += 1
             created = len(self.ids) < 2
-            if f"progress-{self.key}" in self.ids:
-                client.update_artifact(self.ids[f"progress-{self.key}"],
-                                       ArtifactUpdate(data=snapshot["percent"], description=description))
+            if progress_key in self.ids:
+                client.update_artifact(self.ids[progress_key], ArtifactUpdate(data=snapshot["percent"],
+                                                                              description=description))
             else:
-                self.ids[f"progress-{self.key}"] = create_progress_artifact(
-                    snapshot["percent"], key=f"progress-{self.key}", description=description)
-            if f"dashboard-{self.key}" in self.ids:
-                client.update_artifact(self.ids[f"dashboard-{self.key}"], ArtifactUpdate(data=table))
+                self.ids[progress_key] = create_progress_artifact(snapshot["percent"], key=progress_key,
+                                                                  description=description)
+            if table_key in self.ids:
+                client.update_artifact(self.ids[table_key], ArtifactUpdate(data=table))
             else:
-                self.ids[f"dashboard-{self.key}"] = create_markdown_artifact(
-                    table, key=f"dashboard-{self.key}", description=f"fleet dashboard of run {self.run}")
+                self.ids[table_key] = create_markdown_artifact(table, key=table_key,
+                                                               description=f"fleet dashboard of run {self.run}")
             if created:  # another worker may have created them too: the next refresh adopts the latest
                 self.refreshes = 0
 
