@@ -29,10 +29,11 @@ from flows.common import config_values, run_from_command_line, run_name, start_f
 from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
-from tasks.engines.devices import engine_devices
+from tasks.engines.devices import cpu_cores, engine_devices
 from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.progress import RunDashboard, TerminalProgress
+from tasks.sandbox import active_layers, describe_layers
 from tasks.store import match_runs, open_store
 from tasks.worker.results import BatchReport, summarize_reports
 from tasks.worker.leases import LeaseKeeper
@@ -75,6 +76,9 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         try:
             engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
                                                        for device, label in devices]]
+            if config.code_execution:
+                logger.info(f"code execution: up to {config.max_code_executions} per item, "
+                            f"{config.code_timeout:g} s each; {describe_layers(active_layers())}")
             logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
                         f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, "
                         f"runs {', '.join(runs)}")
@@ -117,7 +121,7 @@ def share_cores(devices: list[tuple[str, str]], cpu_threads: int | None) -> None
     op on up to this many threads), so copies never outnumber the cores."""
     import torch
 
-    copies, cores = sum(device == "cpu" for device, _ in devices), len(os.sched_getaffinity(0))
+    copies, cores = sum(device == "cpu" for device, _ in devices), cpu_cores()
     if copies:
         torch.set_num_threads(cpu_threads or max(1, cores // copies))
         get_run_logger().info(f"CPU model copies: {copies}, torch threads: {torch.get_num_threads()} ({cores} cores)")

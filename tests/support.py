@@ -126,11 +126,16 @@ class ScriptedEngine:
     def reply(self, text: str) -> str:
         return next(reply for key, reply in self.responses.items() if key in text)
 
+    @staticmethod
+    def text_of(prompt: Any) -> str:
+        """What the replies are looked up in: the question (the first turn)."""
+        return prompt if isinstance(prompt, str) else prompt[0]["content"]
+
     def run(self, feeder: Any, sampling: Any) -> Any:
         from tasks.engines import Generation, share_time
 
         while (requests := feeder.take(self.batch_size, wait=True)) is not None:
-            answers = [self.reply(r.prompt if isinstance(r.prompt, str) else r.prompt[0]["content"]) for r in requests]
+            answers = [self.reply(self.text_of(r.prompt)) for r in requests]
             yield share_time([(request, Generation(answer, tokens=len(answer.split()), finish_reason="stop"))
                               for request, answer in zip(requests, answers)], 0.01)
 

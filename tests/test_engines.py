@@ -90,11 +90,11 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling, limits):
+    def fails_on_big_batches_and_poison(prompts, sampling, limits, stop):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(prompts, sampling, limits)
+        return real(prompts, sampling, limits, stop)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     results = generate_splitting(model, ["a", "b", "c", "poison", "e", "f", "g", "h"], GREEDY)

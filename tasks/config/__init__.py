@@ -130,6 +130,9 @@ class EngineConfig(Config):
         return [url.strip().rstrip("/") for url in (self.api_base or "").split(",") if url.strip()]
 
 
+CODE_PROMPT = "code"
+
+
 class WorkerConfig(RunConfig):
     """The worker: which model, how to sample, on which devices, how much to claim."""
 
@@ -149,6 +152,12 @@ class WorkerConfig(RunConfig):
                                           "placeholder)", metavar="NAME")
     extract: Literal["regex", "llm"] = setting(
         "regex", "llm: a second pass with prompts/extract.txt for responses with no parsable answer")
+    code_execution: bool = setting(False, "run each ```python block the model writes in a sandbox and let it go on "
+                                          "from the output (with the `code` prompt unless --prompt names another)")
+    max_code_executions: PositiveInt = setting(6, "code executions per item at most; the answer after them is final",
+                                               metavar="N")
+    code_timeout: float = setting(10.0, "wall-time (and CPU-time) limit of one code execution, in seconds",
+                                  metavar="S", gt=0, le=600)
     worker: str | None = setting(None, "this worker's name in the store and the UI (default: host-pid)",
                                  metavar="NAME")
     lease_seconds: float = setting(600.0, "how long claimed items stay reserved without a heartbeat; a dead "
@@ -188,10 +197,22 @@ class WorkerConfig(RunConfig):
                 raise ValueError(f"unknown device {name!r}: use auto, cpu, or cuda:N (comma separated)")
         return ",".join(names)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _code_prompt(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("code_execution") and "prompt" not in values:
+            return {**values, "prompt": CODE_PROMPT}
+        return values
+
     @model_validator(mode="after")
     def _extract_on_static(self) -> Self:
         if self.extract == "llm" and self.engine.name != "hf-static":
             raise ValueError("--extract llm (a second pass on the same model copy) runs with --engine hf-static only")
+        if self.prompt == CODE_PROMPT and not self.code_execution:
+            raise ValueError("--prompt code asks the model to write code for a sandbox to run: add --code-execution")
+        if self.code_execution and self.extract == "llm":
+            raise ValueError("--extract llm cannot be combined with --code-execution (its second pass would run code "
+                             "too); the code prompt asks for a \\boxed{} answer, which the grader reads")
         return self
 
     @field_validator("prompt")

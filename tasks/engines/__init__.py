@@ -29,6 +29,7 @@ class Request:
     prompt: Prompt
     seed: int | None = None  # per request, so K samples of a question are K draws on a server
     max_new_tokens: int | None = None  # per request; by default the sampling settings'
+    stop: tuple[str, ...] = ()  # texts that end the answer early, where the engine honours them
 
 
 @dataclass
@@ -38,6 +39,9 @@ class Generation:
     finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
     seconds: float = 0.0  # this answer's share of the device's busy time (shares add up to it)
     extracted: str | None = None  # the final answer a second pass read, where the text alone does not say it
+    code_executions: int | None = None  # with code execution: how many of its blocks ran,
+    code_errors: int | None = None  # how many of them failed,
+    code_seconds: float | None = None  # and how long they took
 
 
 Finished = tuple[Request, Generation | Exception]

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from tasks.config import EngineConfig
 from tasks.errors import UserError
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def resolve_devices(devices: str) -> list[str]:

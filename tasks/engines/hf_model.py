@@ -76,11 +76,13 @@ class HFModel:
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The text the model sees: the chat template when the tokenizer has one, else the turns
-        joined by blank lines."""
+        joined by blank lines. A conversation ending with the assistant's turn is continued."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not self.chat:
             return "\n\n".join(message["content"] for message in messages)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        go_on = messages[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
+                                                  continue_final_message=go_on)
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
@@ -111,17 +113,19 @@ class HFModel:
             top_k=None, repetition_penalty=sampling.repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig,
-                 limits: list[int] | None = None) -> list[Generation]:
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, limits: list[int] | None = None,
+                 stop: tuple[str, ...] = ()) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
-        `limits`, each answer stops at its own length (the batch runs to the longest)."""
+        `limits`, each answer stops at its own length (the batch runs to the longest); with
+        `stop`, at the first of those texts."""
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
         texts = [self.prompt_text(prompt) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
         try:
             with torch.inference_mode():
-                output = self.model.generate(**batch, generation_config=self.generation_config(sampling))
+                output = self.model.generate(**batch, generation_config=self.generation_config(sampling),
+                                             **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}))
         except Exception:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves

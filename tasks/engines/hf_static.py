@@ -41,20 +41,21 @@ def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_s
         requests = sorted(requests, key=lambda request: len(tokens[request.key]))
         limits = [request.max_new_tokens or sampling.max_new_tokens for request in requests]
         started = time.perf_counter()
-        outputs = generate_splitting(model, [request.prompt for request in requests], sampling, limits)
+        stop = tuple(sorted({text for request in requests for text in request.stop}))
+        outputs = generate_splitting(model, [request.prompt for request in requests], sampling, limits, stop)
         yield share_time(list(zip(requests, outputs)), time.perf_counter() - started)
 
 
 def generate_splitting(model: HFModel, prompts: list[Prompt], sampling: SamplingConfig,
-                       limits: list[int] | None = None) -> list[Generation | Exception]:
+                       limits: list[int] | None = None, stop: tuple[str, ...] = ()) -> list[Generation | Exception]:
     """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own.
     A single prompt that still fails yields its exception instead of a generation."""
     limits = limits or [sampling.max_new_tokens] * len(prompts)
     try:
-        return list(model.generate(prompts, sampling, limits))
+        return list(model.generate(prompts, sampling, limits, stop))
     except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
         if len(prompts) == 1:
             return [error]
         half = len(prompts) // 2
-        return (generate_splitting(model, prompts[:half], sampling, limits[:half])
-                + generate_splitting(model, prompts[half:], sampling, limits[half:]))
+        return (generate_splitting(model, prompts[:half], sampling, limits[:half], stop)
+                + generate_splitting(model, prompts[half:], sampling, limits[half:], stop))

@@ -93,6 +93,10 @@ class OpenAIEngine:
         options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if request.seed is not None:
             options["seed"] = request.seed
+        if request.stop:
+            options["stop"] = list(request.stop)
+        if messages[-1]["role"] == "assistant":  # continue the answer so far (vLLM, SGLang, transformers serve)
+            options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
         response = self.client.chat.completions.create(
             model=self.model_name, messages=messages, max_tokens=request.max_new_tokens or sampling.max_new_tokens,
             n=1, **options)

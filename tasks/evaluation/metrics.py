@@ -134,7 +134,27 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
         "unfinished": sum(item.status in ("pending", "running") for item in latest_answers(items).values()),
         "by": {field: table for field in ("level", "subject") if (table := breakdown(first, field))},
         "throughput": {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")},
+        "code": code_metrics(done),
     }
+
+
+def code_metrics(done: list[Item]) -> dict[str, Any] | None:
+    """For answers made with code execution: the share that ran code, executions per answer, the
+    share of executions that failed, and accuracy with code and without (None: no such answers)."""
+    tooled = [item for item in done if item.result is not None and item.result.code_executions is not None]
+    if not tooled:
+        return None
+    used = [item for item in tooled if item.result.code_executions]
+    unused = [item for item in tooled if not item.result.code_executions]
+    executions = sum(item.result.code_executions for item in tooled)
+    errors = sum(item.result.code_errors or 0 for item in tooled)
+
+    def accuracy(items: list[Item]) -> float | None:
+        return sum(item.result.correct for item in items) / len(items) if items else None
+
+    return {"answers": len(tooled), "used_code": len(used) / len(tooled), "executions_per_answer": executions / len(tooled),
+            "error_rate": errors / executions if executions else 0.0, "accuracy_with_code": accuracy(used),
+            "accuracy_without_code": accuracy(unused)}
 
 
 def _throughput(done: list[Item], key: str) -> dict[str, dict[str, float]]:

@@ -38,11 +38,22 @@ def format_report(metrics: dict[str, Any]) -> str:
                                                  for value, row in table.items()))
     lines.append(f"no answer in {metrics['no_answer_rate']:.1%} of responses; items: "
                  + ", ".join(f"{status} {count}" for status, count in metrics["counts"].items()))
+    if metrics.get("code"):
+        lines.append(code_text(metrics["code"]))
     if metrics["made_with"]:
         lines.append("made with " + ", ".join(f"{key} {value}" for key, value in metrics["made_with"].items()))
     for name, figures in metrics["throughput"]["devices"].items():
         lines.append(f"{name}: {figures['items']} items, {figures['tokens_per_second']} tokens/s")
     return "\n".join(lines)
+
+
+def code_text(code: dict[str, Any]) -> str:
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    return (f"code execution: {share(code['used_code'])} of {code['answers']} answers ran code, "
+            f"{code['executions_per_answer']:.2f} executions per answer, {share(code['error_rate'])} of them failed; "
+            f"accuracy {share(code['accuracy_with_code'])} with code, {share(code['accuracy_without_code'])} without")
 
 
 def model_text(metrics: dict[str, Any]) -> str:
@@ -75,6 +86,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     rows += [("no answer", f"{metrics['no_answer_rate']:.1%} of responses"),
              ("items", ", ".join(f"{status} {count}" for status, count in metrics["counts"].items())),
              ("made with", made_with_text(metrics))]
+    if metrics.get("code"):
+        rows.append(("code execution", code_text(metrics["code"])))
     rows += [(f"throughput {name}", f"{figures['items']} items, {figures['tokens_per_second']} tokens/s")
              for name, figures in metrics["throughput"]["devices"].items()]
     if metrics["unfinished"]:

@@ -24,6 +24,9 @@ class Result:
     worker: str | None = None
     device: str | None = None
     finished: float | None = None  # when it was answered (epoch seconds, the worker's clock)
+    code_executions: int | None = None  # with code execution: the code blocks it ran (the response is the
+    code_errors: int | None = None  # transcript, output blocks included), how many failed,
+    code_seconds: float | None = None  # and how long they ran
     extracted_by: str | None = None  # "llm" when the second pass found the answer
     # provenance: how the answer was made (absent for responses brought from elsewhere)
     engine: str | None = None

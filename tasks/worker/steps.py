@@ -5,6 +5,7 @@ hand one batch out twice) show as a task run about once a minute, never one per 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable, TypeVar
 
@@ -13,7 +14,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import WorkerConfig
 from tasks.engines import Engine, create_engine
+from tasks.engines.code_loop import CodeLoopEngine
 from tasks.errors import UserError, retry_unless_user_error
+from tasks.sandbox import SandboxLimits
 from tasks.store import Store
 from tasks.store.models import Claim
 from tasks.worker.leases import LeaseKeeper
@@ -27,9 +30,13 @@ T = TypeVar("T")
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
 def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
-    """Load one engine copy on one device (or for one endpoint)."""
-    return create_engine(engine=config.engine, model=config.model, device=device, label=label,
-                         batch_size=config.batch_size)
+    """Load one engine copy on one device (or for one endpoint); with code execution, in the code loop."""
+    engine = create_engine(engine=config.engine, model=config.model, device=device, label=label,
+                           batch_size=config.batch_size)
+    if not config.code_execution:
+        return engine
+    limits = SandboxLimits(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)))
+    return CodeLoopEngine(engine, max_executions=config.max_code_executions, limits=limits)
 
 
 STORE_RETRY_DELAYS = [2, 10, 30]

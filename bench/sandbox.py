@@ -1,0 +1,91 @@
+"""Code execution's costs, measured side by side: `python bench/sandbox.py [--executions 64] [--items 64]`.
+
+(a) executions per second through the sandbox (every layer this machine allows) ÷ a bare
+    `subprocess.run([python, "-c", code])`, the same short programs, as many in parallel as there
+    are cores, interleaved over 3 repeats (medians);
+(b) the device-busy share of a run where every item executes code once: a simulated device (a
+    batch of 8 takes 0.5 s, as a small GPU batch might) behind the real code loop and sandbox; the
+    share of the wall time the device spends generating (target >= 0.9: the items whose code runs
+    leave the device to the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.config import SamplingConfig  # noqa: E402
+from tasks.engines import Generation, ListFeeder, Request  # noqa: E402
+from tasks.engines.code_loop import CodeLoopEngine  # noqa: E402
+from tasks.sandbox import describe_layers, active_layers, execute_many  # noqa: E402
+
+PROGRAM = "import math\nprint(sum(math.comb(20, k) for k in range(21)))"
+
+
+def bare(codes: list[str]) -> None:
+    with ThreadPoolExecutor() as pool:
+        list(pool.map(lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30), codes))
+
+
+def rate(run, codes: list[str]) -> float:
+    started = time.perf_counter()
+    run(codes)
+    return len(codes) / (time.perf_counter() - started)
+
+
+class SimulatedDevice:
+    """A device that takes `batch_seconds` per batch of up to `batch_size`: code first, an answer after."""
+
+    name, device, label = "simulated", "sim", "sim"
+
+    def __init__(self, batch_size: int = 8, batch_seconds: float = 0.5):
+        self.batch_size, self.batch_seconds, self.busy = batch_size, batch_seconds, 0.0
+
+    def run(self, feeder, sampling):
+        while (requests := feeder.take(self.batch_size, wait=True)) is not None:
+            if not requests:
+                continue
+            time.sleep(self.batch_seconds)
+            self.busy += self.batch_seconds
+            yield [(r, Generation("\\boxed{1}" if r.prompt[-1]["role"] == "assistant" else
+                                  f"```python\n{PROGRAM}\n```", tokens=10, finish_reason="stop")) for r in requests]
+
+    def close(self) -> None:
+        pass
+
+
+def device_busy(items: int) -> float:
+    device = SimulatedDevice()
+    engine = CodeLoopEngine(device)
+    requests = [Request(key=str(n), prompt=[{"role": "user", "content": f"q{n}"}]) for n in range(items)]
+    started = time.perf_counter()
+    answered = sum(len(group) for group in engine.run(ListFeeder(requests), SamplingConfig()))
+    assert answered == items
+    return device.busy / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--executions", type=int, default=64)
+    parser.add_argument("--items", type=int, default=64)
+    args = parser.parse_args()
+    print(describe_layers(active_layers()))
+    codes = [PROGRAM] * args.executions
+    sandboxed, plain = [], []
+    for _ in range(3):
+        sandboxed.append(rate(execute_many, codes))
+        plain.append(rate(bare, codes))
+    print(f"(a) sandbox {statistics.median(sandboxed):.1f} executions/s, bare subprocess "
+          f"{statistics.median(plain):.1f}/s: ratio {statistics.median(sandboxed) / statistics.median(plain):.2f}")
+    print(f"(b) device busy {device_busy(args.items):.3f} of the wall time, {args.items} items each executing code once")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Tool-integrated reasoning for any engine: the model writes a ```python block, the sandbox runs
+it, its output is appended as an ```output block and the answer goes on from there, up to
+`max_executions` times per item. Wraps an engine behind the same interface: an item whose code
+is running leaves the engine (the other requests keep generating) and comes back as a new
+request, its conversation ending with the assistant's answer so far, to be continued."""
+
+from __future__ import annotations
+
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from tasks.config import SamplingConfig
+from tasks.engines import Engine, Feeder, Finished, Generation, Request
+from tasks.engines.devices import cpu_cores
+from tasks.sandbox import Execution, SandboxLimits, execute
+
+CODE_BLOCK = re.compile(r"```python[ \t]*\n(.*?)```", re.DOTALL)
+STOP = ("```output",)  # where a model trained on tool use stops for the output (ToRA, Qwen2.5-Math)
+MAX_OUTPUT_CHARS = 1000  # of each execution's output shown to the model
+
+
+@dataclass
+class Transcript:
+    """One item's answer so far, over its rounds of generation and execution."""
+
+    request: Request
+    text: str = ""
+    tokens: int = 0
+    seconds: float = 0.0
+    executions: int = 0
+    errors: int = 0
+    execution_seconds: float = 0.0
+    rounds: list[str] = field(default_factory=list)
+
+    def continuation(self) -> Request:
+        """The next request: the conversation with the answer so far as the assistant's turn."""
+        messages = ([{"role": "user", "content": self.request.prompt}] if isinstance(self.request.prompt, str)
+                    else list(self.request.prompt))
+        max_new_tokens = self.request.max_new_tokens
+        return Request(key=self.request.key, prompt=[*messages, {"role": "assistant", "content": self.text}],
+                       seed=self.request.seed, max_new_tokens=max_new_tokens, stop=STOP)
+
+    def generation(self, finish_reason: str) -> Generation:
+        return Generation(self.text.strip(), tokens=self.tokens, finish_reason=finish_reason, seconds=self.seconds,
+                          code_executions=self.executions, code_errors=self.errors,
+                          code_seconds=round(self.execution_seconds, 3))
+
+
+def first_code(text: str) -> tuple[str, int] | None:
+    """The first complete ```python block's code and where it ends; None when there is none."""
+    match = CODE_BLOCK.search(text)
+    return (match.group(1), match.end()) if match else None
+
+
+def output_block(output: str, error: str | None) -> str:
+    """What the model reads after its code: the printed output (its end), or the error's last line."""
+    shown = output.strip()[-MAX_OUTPUT_CHARS:] if error is None else error
+    return f"\n```output\n{shown}\n```\n"
+
+
+class CodeLoopFeeder:
+    """The engine's feeder: continuations first (items back from the sandbox), then new requests
+    from the worker's feeder. Work is over only when that one is and no item is still open."""
+
+    def __init__(self, inner: Feeder):
+        self.inner = inner
+        self.ready: list[Request] = []
+        self.open: dict[str, Transcript] = {}
+        self.inner_done = False
+        self.changed = threading.Condition()
+
+    def take(self, count: int, wait: bool) -> list[Request] | None:
+        while True:
+            with self.changed:
+                taken, self.ready = self.ready[:count], self.ready[count:]
+                if taken or (self.inner_done and not self.open):
+                    return taken or None
+                if self.inner_done:  # only items in the sandbox are left: wait for one of them
+                    if not wait:
+                        return []
+                    self.changed.wait(0.5)
+                    continue
+            requests = self.inner.take(count, wait=wait and not self.open)  # never block while code runs
+            with self.changed:
+                if requests is None:
+                    self.inner_done = True
+                    continue
+                self.open.update((request.key, Transcript(request)) for request in requests)
+            if requests or not wait:
+                return [Request(key=r.key, prompt=r.prompt, seed=r.seed, max_new_tokens=r.max_new_tokens, stop=STOP)
+                        for r in requests]
+            with self.changed:
+                self.changed.wait(0.2)
+
+    def back(self, request: Request) -> None:
+        with self.changed:
+            self.ready.append(request)
+            self.changed.notify_all()
+
+    def close(self, key: str) -> Transcript:
+        with self.changed:
+            transcript = self.open.pop(key)
+            self.changed.notify_all()
+        return transcript
+
+
+class CodeLoopEngine:
+    """`engine` with code execution: each answer's first ```python block (what follows it is
+    dropped: a model without tool training goes on to imagine the output) runs in the sandbox,
+    executions of a device's items in parallel up to the machine's cores."""
+
+    def __init__(self, engine: Engine, *, max_executions: int = 6, limits: SandboxLimits = SandboxLimits()):
+        self.engine, self.max_executions, self.limits = engine, max_executions, limits
+        self.name, self.device, self.label = engine.name, engine.device, engine.label
+
+    def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
+        loop = CodeLoopFeeder(feeder)
+        with ThreadPoolExecutor(cpu_cores(), thread_name_prefix=f"sandbox-{self.label}") as pool:
+            for group in self.engine.run(loop, sampling):
+                finished: list[Finished] = []
+                for request, answer in group:
+                    transcript = loop.open[request.key]
+                    if isinstance(answer, Exception):
+                        finished.append((loop.close(request.key).request, answer))
+                        continue
+                    code = first_code(answer.text)
+                    transcript.tokens += answer.tokens
+                    transcript.seconds += answer.seconds
+                    if code is None or transcript.executions >= self.max_executions:
+                        transcript.text += answer.text
+                        finished.append((loop.close(request.key).request, transcript.generation(answer.finish_reason)))
+                        continue
+                    transcript.text += answer.text[:code[1]]
+                    transcript.executions += 1
+                    pool.submit(self._execute, loop, transcript, code[0])
+                yield finished
+
+    def _execute(self, loop: CodeLoopFeeder, transcript: Transcript, code: str) -> None:
+        try:
+            execution = execute(code, self.limits)
+        except Exception as error:  # the sandbox itself failed (no room for its folder): the model reads why
+            execution = Execution(output="", error=f"the sandbox could not run it ({type(error).__name__}: {error})",
+                                  seconds=0.0)
+        transcript.errors += execution.error is not None
+        transcript.execution_seconds += execution.seconds
+        transcript.text += output_block(execution.output, execution.error)
+        loop.back(transcript.continuation())
+
+    def close(self) -> None:
+        self.engine.close()
