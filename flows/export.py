@@ -1,11 +1,13 @@
-"""Export a run's results: `python flows/export.py --run NAME --out PATH [--format rows|sft]`.
+"""Export a run's results: `python flows/export.py --run NAME --out PATH [--format rows|sft|dpo]`.
 
 `.jsonl` and `.parquet` by extension, any other path a Hugging Face `datasets` folder
 (`save_to_disk`); `--push-to-hub REPO` also uploads it. Rows hold question_id, sample, stage,
 question, reference, response, predicted, correct, tokens, worker and how the answer was made
 (engine, model, prompt, prompt_hash, sampling); `sft` writes chat messages (user question,
-assistant response) of correct answers, the best (fewest tokens) per question; refine rounds
-only with --refine-conversations, as the conversation they answered.
+assistant response) of correct answers, the best (fewest tokens) per question, filtered (a stated
+final answer, no looping lines, a length, no near-duplicates); refine rounds only with
+--refine-conversations, as the conversation they answered; `dpo` pairs a correct and a wrong answer
+of a question. sft and dpo write a dataset card beside the data.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import ExportConfig
 from tasks.errors import UserError
-from tasks.evaluation.metrics import check_one_way_per_stage
-from tasks.export import push_to_hub, result_rows, sft_rows, write_rows
+from tasks.evaluation.metrics import check_one_way_per_stage, evaluate_items
+from tasks.export import (SftFilters, card_path, dataset_card, preference_rows, push_to_hub, result_rows, sft_rows,
+                          write_rows)
 from tasks.store import open_store, require_run, summarize
 from tasks.store.steps import read_items
 
@@ -43,15 +46,30 @@ def export(config: ExportConfig) -> dict[str, Any]:
         get_run_logger().info(f"reading run {config.run!r} ({summarize(store.counts(config.run))['total']:,} items) from "
                               f"{store.url}")
         items = read_items(store, config.run)
-    if config.format == "sft":  # chats carry no provenance: never mix answers made different ways
-        check_one_way_per_stage(config.run, items)
-        rows = sft_rows(items, per_question=config.per_question, stage=config.stage,
-                        refine_conversations=config.refine_conversations)
-    else:  # each row says how its answer was made
+    card = None
+    if config.format == "rows":  # each row says how its answer was made
         rows = result_rows(items, only_correct=config.only_correct, stage=config.stage)
+    else:  # chats carry no provenance: never mix answers made different ways
+        way = check_one_way_per_stage(config.run, items)
+        filters = SftFilters(max_chars=config.max_chars, max_repeated_lines=config.max_repeated_lines,
+                             similarity=config.similarity)
+        selection = (sft_rows(items, per_question=config.per_question, stage=config.stage, filters=filters,
+                              refine_conversations=config.refine_conversations, max_rows=config.max_rows)
+                     if config.format == "sft" else
+                     preference_rows(items, per_question=config.per_question, filters=filters, max_rows=config.max_rows))
+        rows = selection.rows
+        card = dataset_card(run=config.run, kind=config.format, rows=len(rows), way=way, filters=filters,
+                            questions=len({row["question_id"] for row in rows}), dropped=selection.dropped,
+                            accuracy=evaluate_items(config.run, items)["accuracy"], per_question=config.per_question,
+                            max_rows=config.max_rows)
+        if selection.dropped:
+            get_run_logger().info(f"filters dropped {sum(selection.dropped.values())} answers: "
+                                  + ", ".join(f"{reason} {n}" for reason, n in sorted(selection.dropped.items())))
     if not rows:
         raise UserError(f"Nothing to export from run {config.run!r} with these filters (no answered items match).")
     written = write_rows(rows, Path(config.out))
+    if card is not None:
+        card_path(Path(config.out)).write_text(card, encoding="utf-8")
     if config.push_to_hub_repo:
         push_to_hub(rows, config.push_to_hub_repo)
     get_run_logger().info(f"exported {counted(len(rows), config.format)} of run {config.run!r} to {config.out} ({written})")
@@ -59,8 +77,11 @@ def export(config: ExportConfig) -> dict[str, Any]:
 
 
 def counted(rows: int, kind: str) -> str:
-    """"1 row", "79 rows", "2 SFT chats"."""
-    return f"{rows:,} {'SFT chat' if kind == 'sft' else 'row'}{'' if rows == 1 else 's'}"
+    """"1 row", "79 rows", "2 SFT chats", "5 DPO pairs"."""
+    return f"{rows:,} {ROW_NAMES[kind]}{'' if rows == 1 else 's'}"
+
+
+ROW_NAMES = {"rows": "row", "sft": "SFT chat", "dpo": "DPO pair"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tasks.errors import UserError
+from tasks.grading.extract import stated_answer
 from tasks.progress import in_chunks
 from tasks.prompts import render
 from tasks.store.models import Item, Result
@@ -30,23 +34,114 @@ def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | N
     return rows
 
 
-def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = None,
-             refine_conversations: bool = False) -> list[dict[str, Any]]:
-    """Chat examples of correct answers: per question the `per_question` best, best = fewest tokens
-    (characters where a count is missing), identical responses kept once. First attempts are
-    (user: question, assistant: answer); refine rounds only when asked, as the conversation they
-    answered (question, the wrong attempt, the retry prompt, the answer)."""
+@dataclass(frozen=True)
+class SftFilters:
+    """What a training example must pass, as NeMo-Skills filters SFT data."""
+
+    max_chars: int | None = None  # longer solutions are dropped
+    max_repeated_lines: int = 4  # a solution repeating a line (of over 20 characters) more often is dropped (a loop)
+    similarity: float = 0.95  # a solution this similar to one kept for its question is dropped (difflib ratio)
+
+    def reason_to_drop(self, response: str) -> str | None:
+        if stated_answer(response) is None:
+            return "no final answer"
+        if self.max_chars and len(response) > self.max_chars:
+            return "too long"
+        lines = Counter(line.strip() for line in response.splitlines() if len(line.strip()) > 20)  # not `\\]`
+        if lines and max(lines.values()) > self.max_repeated_lines:
+            return "repeated lines"
+        return None
+
+
+@dataclass
+class Selection:
+    """Rows to write, and how many answers each filter dropped."""
+
+    rows: list[dict[str, Any]]
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def best_correct(items: list[Item], *, per_question: int, stage: int | None, refine_conversations: bool,
+                 filters: SftFilters) -> tuple[dict[str, list[tuple[Item, Result]]], Counter[str]]:
+    """Per question, up to `per_question` correct answers that pass the filters, best = fewest
+    tokens (characters where a count is missing), near-duplicates of a kept one left out."""
     wanted = {item.stage for item in items} if refine_conversations else {0}
     answers = [(item, item.result) for item in items if item.status == "done" and item.result is not None
                and item.result.correct and item.stage in wanted and (stage is None or item.stage == stage)]
     best: dict[str, list[tuple[Item, Result]]] = {}
+    dropped: Counter[str] = Counter()
     for item, result in sorted(answers, key=lambda pair: (pair[0].question_id, pair[1].tokens or len(pair[1].response),
                                                           len(pair[1].response))):
         chosen = best.setdefault(item.question_id, [])
-        if len(chosen) < per_question and all(result.response.strip() != other.response.strip() for _, other in chosen):
+        if len(chosen) >= per_question:
+            continue
+        reason = filters.reason_to_drop(result.response) or next(
+            ("near-duplicate" for _, kept in chosen if similar(kept.response, result.response, filters.similarity)), None)
+        if reason:
+            dropped[reason] += 1
+        else:
             chosen.append((item, result))
-    return [{"question_id": item.question_id, "stage": item.stage, "messages": _conversation(item, result)}
-            for chosen in best.values() for item, result in chosen]
+    return best, dropped
+
+
+def similar(a: str, b: str, threshold: float) -> bool:
+    a, b = " ".join(a.split()), " ".join(b.split())
+    return a == b or difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= threshold
+
+
+def fair_share(groups: list[list[dict[str, Any]]], max_rows: int | None) -> list[dict[str, Any]]:
+    """Up to `max_rows` rows taken round-robin over the questions (the same number from each where
+    possible), in the questions' order."""
+    rows = [group[index] for index in range(max(map(len, groups), default=0)) for group in groups if index < len(group)]
+    kept = rows[:max_rows] if max_rows else rows
+    order = {id(row): position for position, row in enumerate(row for group in groups for row in group)}
+    return sorted(kept, key=lambda row: order[id(row)])
+
+
+def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = None, refine_conversations: bool = False,
+             filters: SftFilters = SftFilters(), max_rows: int | None = None) -> Selection:
+    """Chat examples of correct answers (`best_correct`). First attempts are (user: question,
+    assistant: answer); refine rounds only when asked, as the conversation they answered
+    (question, the wrong attempt, the retry prompt, the answer)."""
+    best, dropped = best_correct(items, per_question=per_question, stage=stage,
+                                 refine_conversations=refine_conversations, filters=filters)
+    groups = [[{"question_id": item.question_id, "stage": item.stage, "messages": _conversation(item, result)}
+               for item, result in chosen] for chosen in best.values()]
+    return Selection(fair_share(groups, max_rows), dropped)
+
+
+def preference_rows(items: list[Item], *, per_question: int = 1, filters: SftFilters = SftFilters(),
+                    max_rows: int | None = None) -> Selection:
+    """Pairs for DPO, in TRL's conversational form: per question up to `per_question` pairs of a
+    correct first attempt (chosen, best first, filtered) and a wrong one (rejected)."""
+    best, dropped = best_correct(items, per_question=per_question, stage=0, refine_conversations=False, filters=filters)
+    wrong: dict[str, list[Result]] = {}
+    for item in items:
+        if item.stage == 0 and item.status == "done" and item.result and not item.result.correct and item.result.response:
+            wrong.setdefault(item.question_id, []).append(item.result)
+    groups = [[{"question_id": item.question_id, "prompt": [{"role": "user", "content": item.question}],
+                "chosen": [{"role": "assistant", "content": result.response}],
+                "rejected": [{"role": "assistant", "content": bad.response}]}
+               for (item, result), bad in zip(chosen, wrong.get(question, []))] for question, chosen in best.items()]
+    return Selection(fair_share(groups, max_rows), dropped)
+
+
+def dataset_card(*, run: str, kind: str, rows: int, questions: int, way: dict[str, Any] | None, accuracy: float,
+                 filters: SftFilters, dropped: Counter[str], per_question: int, max_rows: int | None) -> str:
+    """The card written beside an export: what the data is, how it was made and filtered."""
+    made = "responses brought from elsewhere" if way is None else (
+        f"model `{way['model']['model']}` with {way['engine']}, prompt `{way['prompt']}`, sampling {way['sampling']}")
+    drops = ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items())) or "none"
+    return "\n".join([
+        f"# fleetgen export of run `{run}`", "",
+        f"- format: {kind}; {rows:,} rows from {questions:,} questions (up to {per_question} per question"
+        f"{f', at most {max_rows:,} rows, taken evenly across questions' if max_rows else ''})",
+        f"- made with: {made}",
+        f"- accuracy of the run at the first attempt: {accuracy:.1%}",
+        f"- filters: a final answer the grader reads, at most {filters.max_repeated_lines} repeats of a line, "
+        f"{f'at most {filters.max_chars:,} characters, ' if filters.max_chars else ''}near-duplicates "
+        f"(similarity >= {filters.similarity}) of a kept answer dropped",
+        f"- answers dropped by the filters: {drops}", ""])
 
 
 def _conversation(item: Item, result: Result) -> list[dict[str, str]]:
@@ -54,6 +149,11 @@ def _conversation(item: Item, result: Result) -> list[dict[str, str]]:
     if item.stage > 0 and item.previous:
         messages += [{"role": "assistant", "content": item.previous}, {"role": "user", "content": render("retry")}]
     return [*messages, {"role": "assistant", "content": result.response}]
+
+
+def card_path(out: Path) -> Path:
+    """Where the dataset card goes: README.md in a datasets folder, else `<name>.card.md` beside the file."""
+    return out / "README.md" if not out.suffix else out.with_suffix(".card.md")
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> str:

@@ -6,6 +6,7 @@ import json
 import logging.handlers
 import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,8 @@ from tasks.config import (EvaluateConfig, ExportConfig, ModelConfig, RefineConfi
                           WorkerConfig, default_worker_name)
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.evaluation.metrics import evaluate_items, majority_score, pass_at_k
-from tasks.export import sft_rows
+from tasks.errors import UserError
+from tasks.export import SftFilters, preference_rows, sft_rows
 from tasks.grading import grade
 from tasks.progress import FleetProgress, RunDashboard, TerminalProgress, describe
 from tasks.store.models import Item, Result
@@ -185,9 +187,10 @@ def test_sft_keeps_the_fewest_token_distinct_correct_responses() -> None:
     answers = [("a long answer: 4", True, 5), ("four, so 4", True, 3), ("four, so 4 ", True, 3), ("5", False, 1)]
     items = [Item(question_id="q", question="question", reference="4", sample=s, status="done",
                   result=Result(response=r, correct=c, tokens=t)) for s, (r, c, t) in enumerate(answers)]
-    assert [row["messages"][1]["content"] for row in sft_rows(items, per_question=1)] == ["four, so 4"]
-    assert [row["messages"][1]["content"] for row in sft_rows(items, per_question=5)] == ["four, so 4",
-                                                                                         "a long answer: 4"]
+    assert [row["messages"][1]["content"] for row in sft_rows(items, per_question=1).rows] == ["four, so 4"]
+    chosen = sft_rows(items, per_question=5)
+    assert [row["messages"][1]["content"] for row in chosen.rows] == ["four, so 4", "a long answer: 4"]
+    assert chosen.dropped == {"near-duplicate": 1}
 
 
 def test_deployment_file_and_serve_script_schedule_refine() -> None:
@@ -325,9 +328,56 @@ def test_every_flow_run_is_named_after_its_run_and_tagged_with_it(byo_run: str, 
 
 
 def test_push_to_hub_offline_is_a_clear_error(monkeypatch) -> None:
-    from tasks.errors import UserError
     from tasks.export import push_to_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="Could not push to the hub as 'me/gsm8k-sft'.*HF_TOKEN"):
         push_to_hub([{"question_id": "q", "messages": []}], "me/gsm8k-sft")
+
+
+def real_solutions() -> list[tuple[str, str]]:
+    """(question, solution) from the shipped GSM8K train split and MATH test split."""
+    gsm8k = [json.loads(line) for line in (ROOT / "data/gsm8k/train.jsonl").read_text().splitlines()]
+    math = [json.loads(line) for line in (ROOT / "data/math/test.jsonl").read_text().splitlines()]
+    return [(row["question"], row["answer"]) for row in gsm8k] + [(row["problem"], row["solution"]) for row in math]
+
+
+def test_sft_filters_keep_real_solutions_and_drop_broken_ones() -> None:
+    solutions = real_solutions()
+    kept = [SftFilters().reason_to_drop(solution) for _, solution in solutions]
+    assert len(solutions) == 12_473 and kept.count(None) >= len(solutions) - 1  # one MATH diagram repeats a line 5 times
+    question, solution = solutions[0]
+    no_answer = solution.rsplit("####", 1)[0]
+    looping = solution.replace("\n", "\n" + "Natalia sold 48/2 = 24 clips in May.\n" * 5, 1)
+    assert SftFilters().reason_to_drop(no_answer) == "no final answer"
+    assert SftFilters().reason_to_drop(looping) == "repeated lines"
+    assert SftFilters(max_chars=50).reason_to_drop(solution) == "too long"
+    near = solution.replace("Natalia", "Natalie", 1)
+    items = [Item(question_id="q", question=question, reference="72", sample=n, status="done",
+                  result=Result(response=text, correct=True, tokens=len(text))) for n, text in
+             enumerate([solution, near, looping, no_answer])]
+    chosen = sft_rows(items, per_question=4)
+    assert [row["messages"][1]["content"] for row in chosen.rows] == [solution]
+    assert chosen.dropped == {"near-duplicate": 1, "repeated lines": 1, "no final answer": 1}
+
+
+def test_rows_are_shared_fairly_across_questions_and_dpo_pairs_a_right_and_a_wrong_answer() -> None:
+    items = [Item(question_id=f"q{q}", question=f"question {q}", reference="1", sample=s, status="done",
+                  result=Result(response=f"Answer {s} for q{q} with a different wording {'x' * s}\n#### 1", correct=True,
+                                tokens=10 + s)) for q in range(3) for s in range(4)]
+    spread = sft_rows(items, per_question=4, max_rows=7, filters=SftFilters(similarity=1.0)).rows
+    assert Counter(row["question_id"] for row in spread) == {"q0": 3, "q1": 2, "q2": 2}
+    items.append(Item(question_id="q0", question="question 0", reference="1", sample=9, status="done",
+                      result=Result(response="It is 2.\n#### 2", correct=False, tokens=5)))
+    (pair,) = preference_rows(items, per_question=2).rows  # q1 and q2 have no wrong answer to pair
+    assert pair["prompt"] == [{"role": "user", "content": "question 0"}]
+    assert pair["chosen"][0]["content"].startswith("Answer 0 for q0") and pair["rejected"][0]["content"] == "It is 2.\n#### 2"
+
+
+def test_sft_and_dpo_exports_write_a_dataset_card(byo_run: str, tmp_path: Path) -> None:
+    assert export_byo(byo_run, tmp_path / "sft.jsonl", format="sft", max_chars=200)["rows"] == 3
+    card = (tmp_path / "sft.card.md").read_text()
+    assert "# fleetgen export of run `byo`" in card and "3 rows from 3 questions" in card
+    assert "accuracy of the run at the first attempt: 75.0%" in card and "responses brought from elsewhere" in card
+    with pytest.raises(UserError, match="Nothing to export"):  # each question has one answer: no pair
+        export_byo(byo_run, tmp_path / "dpo.jsonl", format="dpo")

@@ -139,7 +139,7 @@ def test_the_worker_runs_two_executions_and_grades_the_boxed_answer(prefect_env,
     code = evaluate(EvaluateConfig(store=url, run="tools"))["runs"][0]["code"]
     assert code == {"answers": 6, "used_code": 1.0, "executions_per_answer": 2.0, "error_rate": 0.0,
                     "accuracy_with_code": 1.0, "accuracy_without_code": None}
-    chats = sft_rows(SqliteStore(tmp_path / "w.db").items("tools"))  # the assistant turn keeps code and output
+    chats = sft_rows(SqliteStore(tmp_path / "w.db").items("tools")).rows  # the assistant turn keeps code and output
     assert len(chats) == 6 and chats[0]["messages"][-1]["content"] == items[0].result.response
 
 

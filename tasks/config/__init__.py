@@ -302,13 +302,23 @@ class ExportConfig(RunConfig):
     title: ClassVar[str] = "export settings"
     out: str = setting(..., "x.jsonl, x.parquet, or a folder (no extension) for a Hugging Face datasets copy",
                        metavar="PATH")
-    format: Literal["rows", "sft"] = setting("rows", "rows, or sft chat messages of correct answers")
+    format: Literal["rows", "sft", "dpo"] = setting(
+        "rows", "rows; sft: chat messages of correct answers; dpo: pairs of a correct (chosen) and a wrong "
+                "(rejected) answer of the same question")
     only_correct: bool = setting(False, "rows: only correct answers (sft always is)")
     stage: NonNegativeInt | None = setting(None, "only this stage (0 = first attempt)", metavar="S")
     per_question: PositiveInt = setting(1, "sft: up to N distinct correct responses per question, fewest tokens "
                                            "first", metavar="N")
     refine_conversations: bool = setting(False, "sft: also the refine rounds' correct answers, each as the "
                                                 "conversation it answered (question, wrong attempt, retry prompt)")
+    max_rows: PositiveInt | None = setting(None, "sft/dpo: at most this many rows, taken evenly across questions",
+                                           metavar="N")
+    max_chars: PositiveInt | None = setting(None, "sft/dpo: drop answers longer than this many characters",
+                                            metavar="N")
+    max_repeated_lines: PositiveInt = setting(4, "sft/dpo: drop answers repeating a line more often than this",
+                                              metavar="N")
+    similarity: float = setting(0.95, "sft/dpo: drop answers at least this similar to one kept for the question "
+                                      "(1 keeps all but identical ones)", metavar="X", gt=0, le=1)
     push_to_hub_repo: str | None = setting(None, "also upload to the Hugging Face hub as this dataset repo",
                                            flag="push-to-hub", metavar="REPO")
 

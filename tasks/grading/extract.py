@@ -129,6 +129,14 @@ def extract_answer(text: str) -> str | None:
     return _last_math_or_number(text)
 
 
+def stated_answer(text: str) -> str | None:
+    """The final answer only where the response states one (`####`, "final answer", `\\boxed{}`,
+    "the answer is"), not a last number merely found in it (what training data needs)."""
+    tail = text[-SCAN_TAIL:]
+    stated = HASHES.search(tail) or FINAL.search(tail) or ANSWER.search(tail) or last_boxed(tail) is not None
+    return extract_answer(text) if stated else None
+
+
 def _math_list(text: str) -> str | None:
     """A short text made of LaTeX segments and connectors only (`$1$ and $2$`, `$21,16$ or $11$`): one list."""
     segments = list(LATEX_SEGMENT.finditer(text))
