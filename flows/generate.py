@@ -37,6 +37,7 @@ from tasks.sandbox import active_layers, describe_layers
 from tasks.store import match_runs, open_store
 from tasks.worker.results import BatchReport, summarize_reports
 from tasks.worker.leases import LeaseKeeper
+from tasks.worker.chat import check_solutions
 from tasks.worker.exchange import DeviceBroken
 from tasks.worker.loop import run_finished, sampling_warnings
 from tasks.worker.shutdown import Shutdown
@@ -67,6 +68,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         runs = match_runs(store, config.run)
         for warning in sampling_warnings(store, runs, config.sampling):
             logger.warning(warning)
+        check_solutions(store, runs, config.prompt)
         if not config.idle_exit and all(run_finished(store, run) for run in runs):  # before loading any model
             logger.info(f"nothing to do: run(s) {', '.join(runs)} have nothing pending or running")
             return worker_result(config, runs, [], nothing_to_do=True)

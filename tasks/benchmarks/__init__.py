@@ -81,7 +81,7 @@ def load_rows(source: Source, *, question_field: str = "question", answer_field:
         rows.append(Row(
             question_id=str(row["id"]) if row.get("id") is not None else f"{source.name}/{index}",
             question=str(row[question_field]), reference=reference_answer(str(row[answer_field])),
-            response=str(row[response_field]) if response_field else None))
+            response=str(row[response_field]) if response_field else None, solution=str(row[answer_field])))
     return rows
 
 
@@ -107,16 +107,18 @@ def take_subset(rows: list[Row], size: int, benchmark: str | None = None) -> lis
     return [row for row in rows if row.question_id in chosen]
 
 
-def build_items(rows: list[Row], samples: int) -> list[Item]:
+def build_items(rows: list[Row], samples: int, *, solutions: bool = False) -> list[Item]:
     """`samples` pending stage-0 items per row. Rows that carry a response become one done item
-    each holding it, graded; rows sharing a question id become its successive samples."""
+    each holding it, graded; rows sharing a question id become its successive samples. With
+    `solutions`, each item keeps its row's reference solution (metadata `solution`)."""
     answered = [row for row in rows if row.response is not None]
     grades = dict(zip(map(id, answered), grade_many([(str(row.response), row.reference) for row in answered])))
     items: list[Item] = []
     seen: Counter[str] = Counter()
     for row in rows:
+        metadata = {**(row.metadata or {}), "solution": row.solution} if solutions and row.solution else row.metadata
         question = {"question_id": row.question_id, "question": row.question, "reference": row.reference,
-                    "metadata": row.metadata}
+                    "metadata": metadata}
         if row.response is not None:
             graded = grades[id(row)]
             result = Result(response=row.response, predicted=graded.predicted, correct=graded.correct)

@@ -15,4 +15,4 @@ SHIPPED, LICENCE = True, "MIT"
 
 def to_row(index: int, raw: dict[str, Any], split: str) -> Row:
     return Row(question_id=f"gsm8k/{split}/{index}", question=raw["question"],
-               reference=reference_answer(raw["answer"]))
+               reference=reference_answer(raw["answer"]), solution=raw["answer"])

@@ -12,4 +12,5 @@ class Row:
     question: str
     reference: str  # the reference answer (not the whole solution)
     response: str | None = None  # a response generated elsewhere (bring your own)
+    solution: str | None = None  # the reference solution, where the dataset has one
     metadata: dict[str, Any] | None = None  # e.g. MATH's level and subject

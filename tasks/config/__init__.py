@@ -243,6 +243,8 @@ class SeedConfig(RunConfig):
     split: str = setting("test", "split to load: train|test for gsm8k and hub ids", metavar="SPLIT")
     limit: PositiveInt | None = setting(None, "only the first N rows", metavar="N")
     samples: PositiveInt = setting(1, "items per question (for maj@K and pass@k)", metavar="K")
+    solutions: bool = setting(False, "keep each question's reference solution with its items (for the worker's "
+                                     "--prompt masked)")
     question_field: str = setting("question", "field holding the question", metavar="F")
     answer_field: str = setting("answer", "field holding the reference; text after '####' is taken when present",
                                 metavar="F")

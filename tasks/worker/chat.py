@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 from tasks.engines import Prompt
-from tasks.prompts import prompt_hash, render
+from tasks.errors import UserError
+from tasks.prompts import mask_solution, prompt_hash, render, template_text
+from tasks.store import Store
 from tasks.store.models import Item
 
 RETRY_TEMPLATE = "retry"
 
 
 def item_messages(item: Item, template: str) -> Prompt:
-    """The question in `template`; for a refine round, also the previous response and the retry
-    prompt (a multi-turn chat, joined into one text by engines without a chat template)."""
-    messages = [{"role": "user", "content": render(template, question=item.question)}]
+    """The question in `template` (with its masked reference solution where the template shows
+    one); for a refine round, also the previous response and the retry prompt (a multi-turn chat,
+    joined into one text by engines without a chat template)."""
+    fields = {"question": item.question}
+    if shows_solution(template):
+        fields["solution"] = mask_solution((item.metadata or {}).get("solution") or "", item.reference)
+    messages = [{"role": "user", "content": render(template, **fields)}]
     if item.stage > 0 and item.previous:
         messages += [{"role": "assistant", "content": item.previous},
                      {"role": "user", "content": render(RETRY_TEMPLATE)}]
     return messages
+
+
+def shows_solution(template: str) -> bool:
+    return "{solution}" in template_text(template)
+
+
+def check_solutions(store: Store, runs: list[str], template: str) -> None:
+    """UserError before any model loads when the template shows reference solutions that a run's
+    items do not keep."""
+    lacking = [run for run in runs if shows_solution(template) and not store.run_config(run).get("solutions")]
+    if lacking:
+        raise UserError(f"--prompt {template} shows the model each question's reference solution (masked), but run(s) "
+                        f"{', '.join(lacking)} were seeded without them: seed a run with --solutions (gsm8k, math, or "
+                        "a file whose --answer-field holds whole solutions) and work on that one.")
 
 
 def prompt_provenance(item: Item, template: str) -> dict[str, str]:

@@ -1,0 +1,79 @@
+"""Labeling: masked reference solutions (OpenMathInstruct's trick) on the real GSM8K and MATH
+text, and the masked prompt through the worker."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.generate import generate
+from flows.seed import seed
+from tasks.config import SeedConfig, WorkerConfig
+from tasks.errors import UserError
+from tasks.grading.extract import reference_answer
+from tasks.prompts import NUMBER, _value, mask_solution
+from tasks.store.sqlite import SqliteStore
+from tasks.worker import steps
+from tests.conftest import ROOT, run_flow_cli
+from tests.support import ScriptedEngine
+
+
+def leaks(masked: str, answer: str) -> bool:
+    """Whether the masked text still shows the answer: a number of its value, or its text."""
+    value = _value(answer)
+    if value is not None:
+        return any(_value(token) == value for token in NUMBER.findall(masked))
+    squeeze = lambda text: re.sub(r"\s", "", re.sub(r"\\[dt]frac", r"\\frac", text))  # noqa: E731
+    return squeeze(answer) in squeeze(masked)
+
+
+@pytest.mark.parametrize("path, field", [("data/gsm8k/train.jsonl", "answer"), ("data/math/test.jsonl", "solution")])
+def test_no_masked_solution_leaks_its_answer(path: str, field: str) -> None:
+    solutions = [json.loads(line)[field] for line in (ROOT / path).read_text().splitlines()]
+    masked = [(mask_solution(solution, reference_answer(solution)), reference_answer(solution)) for solution in solutions]
+    assert len(masked) in (7_473, 5_000)
+    assert [answer for text, answer in masked if leaks(text, answer)] == []
+    assert sum("M" in text for text, _ in masked) > 0.9 * len(masked)  # the answer's value shows up along the way
+
+
+def test_masking_keeps_the_reasoning() -> None:
+    solution = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
+    assert mask_solution(solution, "72") == "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = M clips."
+    boxed = "So $x = \\dfrac{3}{4}$, and the answer is $\\boxed{\\frac{3}{4}}$."
+    assert mask_solution(boxed, "\\frac{3}{4}") == "So $x = M$, and the answer is $M$."
+    assert mask_solution("It costs $1,234.50 in all: \\boxed{1234.5}", "1234.5") == "It costs $M in all: M"
+
+
+class PromptRecorder(ScriptedEngine):
+    prompts: list[str] = []
+
+    def text_of(self, prompt) -> str:
+        self.prompts.append(prompt[0]["content"])
+        return prompt[0]["content"]
+
+
+def test_the_masked_prompt_shows_the_solution_without_its_answer(prefect_env, tmp_path: Path, monkeypatch) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    seed(SeedConfig(store=url, run="masked", limit=5, split="train", solutions=True))
+    engine = PromptRecorder({"": "\\boxed{1}"})
+    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: engine)
+    generate(WorkerConfig(store=url, run="masked", prompt="masked", devices="cpu", lease_seconds=30))
+    items = SqliteStore(tmp_path / "w.db").items("masked")
+    assert {item.status for item in items} == {"done"} and {item.result.prompt for item in items} == {"masked"}
+    assert len(engine.prompts) == 5
+    for prompt in engine.prompts:
+        question, shown = prompt.split("Reference solution (answer hidden):\n")
+        reference = next(item.reference for item in items if item.question in question)
+        assert "M" in shown and "####" not in shown and "<<" not in shown and not leaks(shown, reference)
+
+
+def test_the_masked_prompt_needs_a_run_seeded_with_solutions(prefect_env, tmp_path: Path) -> None:
+    seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="bare", limit=2))
+    result = run_flow_cli("generate.py", "--run", "bare", "--prompt", "masked", "--model", str(tmp_path / "unused"),
+                          cwd=tmp_path, env=prefect_env)
+    assert result.returncode == 2 and "seed a run with --solutions" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(UserError, match="were seeded without them"):
+        generate(WorkerConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="bare", prompt="masked"))
