@@ -128,7 +128,11 @@ def local_server_url(home: Path | None = None, wait_seconds: float = START_SECON
     home = home or server_home()
     if state := running_server(home):
         return state["url"]
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"Cannot create the local Prefect server's folder {home} ({error.strerror}). Set PREFECT_HOME "
+                        "to a writable folder, or PREFECT_API_URL to a Prefect server or Prefect Cloud.") from None
     deadline = time.monotonic() + wait_seconds
     with _start_lock(home, deadline):
         state = read_state(home)

@@ -1,5 +1,5 @@
 """Labeling: masked reference solutions (OpenMathInstruct's trick) on the real GSM8K and MATH
-text, and the masked prompt through the worker."""
+text, the masked prompt through the worker, and the LLM judge (scripted, and the tiny model)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import flows.judge
+from flows.evaluate import evaluate
 from flows.generate import generate
+from flows.judge import judge
 from flows.seed import seed
-from tasks.config import SeedConfig, WorkerConfig
+from tasks.config import EvaluateConfig, JudgeConfig, SeedConfig, WorkerConfig
 from tasks.errors import UserError
 from tasks.grading.extract import reference_answer
 from tasks.prompts import NUMBER, _value, mask_solution
@@ -77,3 +80,45 @@ def test_the_masked_prompt_needs_a_run_seeded_with_solutions(prefect_env, tmp_pa
     assert result.returncode == 2 and "seed a run with --solutions" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(UserError, match="were seeded without them"):
         generate(WorkerConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="bare", prompt="masked"))
+
+
+JUDGED = [("q0", "5", "#### 5"), ("q1", "5", "Two and three together make five apples in all."),
+          ("q2", "5", "I am not sure how to work this one out at all."),
+          ("q3", "5", "This one is too hard for me to finish today, sorry.")]
+
+
+def judged_run(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'fleetgen.db'}"
+    dataset = tmp_path / "answered.jsonl"
+    dataset.write_text("".join(json.dumps({"id": q, "question": f"{q}: two plus three?", "answer": a, "output": r}) + "\n"
+                               for q, a, r in JUDGED))
+    seed(SeedConfig(store=url, run="judged", dataset=str(dataset), response_field="output"))
+    return url
+
+
+def test_the_judge_decides_what_the_rules_cannot_read_and_keeps_both(prefect_env, tmp_path: Path, monkeypatch) -> None:
+    url = judged_run(tmp_path)
+    replies = ScriptedEngine({"Response: Two and three": "Yes.", "Response: I am not sure": "no", "": "It depends."})
+    monkeypatch.setattr(flows.judge, "create_engine", lambda **kwargs: replies)
+    result = judge(JudgeConfig(store=url, run="judged", model={"model": "judge-model"}, devices="cpu"))
+    assert result["judged"] == 3 and result["verdicts"] == {"yes": 1, "no": 1, "undecided": 1}
+    items = {item.question_id: item for item in SqliteStore(tmp_path / "fleetgen.db").items("judged")}
+    assert items["q0"].result.judge is None and items["q0"].result.correct  # the rules read it: not judged
+    assert items["q1"].result.judge == {"correct": True, "model": "judge-model", "reply": "Yes."}
+    assert not items["q1"].result.correct  # the rules' verdict is never changed
+    assert items["q3"].result.judge["correct"] is None
+    assert judge(JudgeConfig(store=url, run="judged", model={"model": "judge-model"}, devices="cpu"))["judged"] == 0
+    metrics = evaluate(EvaluateConfig(store=url, run="judged"))["runs"][0]
+    assert metrics["accuracy"] == 0.25 and metrics["judge"] == {"judged": 3, "judged_correct": 1,
+                                                                 "accuracy_with_judge": 0.5, "models": ["judge-model"]}
+
+
+def test_the_tiny_model_judges_through_the_command_line(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
+    judged_run(tmp_path)
+    result = run_flow_cli("judge.py", "--run", "judged", "--model", str(tiny_model), "--devices", "cpu",
+                          cwd=tmp_path, env=prefect_env)
+    assert result.returncode == 0, result.stderr
+    assert "run 'judged': 3 answers judged" in result.stdout
+    items = SqliteStore(tmp_path / "fleetgen.db").items("judged")
+    assert sum(item.result.judge is not None for item in items) == 3
+    assert all(item.result.judge["model"] == str(tiny_model) for item in items if item.result.judge)

@@ -288,6 +288,18 @@ class RefineConfig(RunConfig):
     max_rounds: MaxRounds
 
 
+class JudgeConfig(RunConfig):
+    """An LLM judge for the answers the rule-based grader cannot read."""
+
+    title: ClassVar[str] = "judge settings"
+    model: ModelConfig = ModelConfig()
+    engine: EngineConfig = EngineConfig()
+    sampling: SamplingConfig = SamplingConfig(max_new_tokens=8)
+    devices: str = setting("auto", "the device of the judge's one model copy: auto (the first GPU, else cpu), cpu, "
+                                   "cuda:N", metavar="DEVICE")
+    batch_size: PositiveInt = setting(16, "answers judged together", metavar="B")
+
+
 class EvaluateConfig(RunConfig):
     title: ClassVar[str] = "evaluate settings"
     runs: str | None = setting(None, "several runs in one table, one row per run (benchmark): a,b,c or a pattern "

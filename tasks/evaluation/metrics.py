@@ -135,7 +135,19 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
         "by": {field: table for field in ("level", "subject") if (table := breakdown(first, field))},
         "throughput": {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")},
         "code": code_metrics(done),
+        "judge": judge_metrics([item for item in first.values() if item is not None], correct, total),
     }
+
+
+def judge_metrics(first: list[Item], correct: int, total: int) -> dict[str, Any] | None:
+    """Accuracy at the first attempt with an LLM judge's verdicts added where the rules could not
+    read the answer (None: nothing judged); the rules' own accuracy stays as it is."""
+    judged = [item for item in first if item.result is not None and item.result.judge]
+    if not judged:
+        return None
+    added = sum(1 for item in judged if not item.result.correct and item.result.judge.get("correct"))
+    return {"judged": len(judged), "judged_correct": added, "accuracy_with_judge": (correct + added) / total,
+            "models": sorted({str(item.result.judge.get("model")) for item in judged})}
 
 
 def code_metrics(done: list[Item]) -> dict[str, Any] | None:

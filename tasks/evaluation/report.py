@@ -40,6 +40,8 @@ def format_report(metrics: dict[str, Any]) -> str:
                  + ", ".join(f"{status} {count}" for status, count in metrics["counts"].items()))
     if metrics.get("code"):
         lines.append(code_text(metrics["code"]))
+    if metrics.get("judge"):
+        lines.append(judge_text(metrics))
     if metrics["made_with"]:
         lines.append("made with " + ", ".join(f"{key} {value}" for key, value in metrics["made_with"].items()))
     for name, figures in metrics["throughput"]["devices"].items():
@@ -54,6 +56,13 @@ def code_text(code: dict[str, Any]) -> str:
     return (f"code execution: {share(code['used_code'])} of {code['answers']} answers ran code, "
             f"{code['executions_per_answer']:.2f} executions per answer, {share(code['error_rate'])} of them failed; "
             f"accuracy {share(code['accuracy_with_code'])} with code, {share(code['accuracy_without_code'])} without")
+
+
+def judge_text(metrics: dict[str, Any]) -> str:
+    judge = metrics["judge"]
+    return (f"with the LLM judge ({', '.join(judge['models'])}) on the {judge['judged']} answers the rules could not "
+            f"read: {judge['judged_correct']} more right, {judge['accuracy_with_judge']:.1%} at the first attempt "
+            f"(the rules alone: {metrics['accuracy']:.1%})")
 
 
 def model_text(metrics: dict[str, Any]) -> str:
@@ -88,6 +97,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
              ("made with", made_with_text(metrics))]
     if metrics.get("code"):
         rows.append(("code execution", code_text(metrics["code"])))
+    if metrics.get("judge"):
+        rows.append(("with the LLM judge", judge_text(metrics)))
     rows += [(f"throughput {name}", f"{figures['items']} items, {figures['tokens_per_second']} tokens/s")
              for name, figures in metrics["throughput"]["devices"].items()]
     if metrics["unfinished"]:

@@ -65,6 +65,10 @@ class Store(Protocol):
     def release(self, claim: Claim) -> int:
         """Give still-held items back untouched (a clean shutdown); return how many."""
 
+    def add_judgements(self, run: str, judgements: dict[str, dict[str, Any]]) -> int:
+        """Store each judgement (by item id) as its done item's `result.judge`, beside the rule-based
+        verdict, never changing it; return how many were stored."""
+
     def counts(self, run: str) -> list[dict[str, Any]]:
         """Rows {stage, status, worker, n, expired} grouping every item of the run."""
 

@@ -27,6 +27,7 @@ class Result:
     code_executions: int | None = None  # with code execution: the code blocks it ran (the response is the
     code_errors: int | None = None  # transcript, output blocks included), how many failed,
     code_seconds: float | None = None  # and how long they ran
+    judge: dict[str, Any] | None = None  # an LLM judge's verdict where the rules could not read the answer
     extracted_by: str | None = None  # "llm" when the second pass found the answer
     # provenance: how the answer was made (absent for responses brought from elsewhere)
     engine: str | None = None

@@ -227,6 +227,11 @@ class MongoStore:
     def release(self, claim: Claim) -> int:
         return self._items.update_many(self._held(claim, claim.ids), RELEASE).modified_count
 
+    def add_judgements(self, run: str, judgements: dict[str, dict[str, Any]]) -> int:
+        ops = [UpdateOne({"_id": ObjectId(id_), "run": run, "status": "done"}, {"$set": {"result.judge": judgement}})
+               for id_, judgement in judgements.items()]
+        return self._items.bulk_write(ops, ordered=False).modified_count if ops else 0
+
     def counts(self, run: str) -> list[dict[str, Any]]:
         now = self.now()
         expired = {"$and": [{"$eq": ["$status", "running"]}, {"$lt": ["$lease_expires", now]}]}

@@ -184,6 +184,11 @@ class SqliteStore:
             params,
         )
 
+    def add_judgements(self, run: str, judgements: dict[str, dict[str, Any]]) -> int:
+        rows = [(json.dumps(judgement), int(id_), run) for id_, judgement in judgements.items()]
+        sql = "UPDATE items SET result = json_set(result, '$.judge', json(?)) WHERE id = ? AND run = ? AND status = 'done'"
+        return self._write(sql, rows, many=True) if rows else 0
+
     def counts(self, run: str) -> list[dict[str, Any]]:
         rows = self._read(
             """SELECT stage, status, worker, COUNT(*),
