@@ -16,9 +16,7 @@ from typing import Any
 from tasks.cli import parse_command, run_cli
 from tasks.config import StatusConfig
 from tasks.store import Store, open_store, quota_warning, require_run, summarize
-from tasks.store.models import STATUSES
-
-COLUMNS = ("total", *STATUSES, "expired")
+from tasks.store.models import SAMPLING_STATUSES, STATUSES
 
 
 def run_status(store: Store, run: str) -> dict[str, Any]:
@@ -29,11 +27,12 @@ def run_status(store: Store, run: str) -> dict[str, Any]:
 
 def format_table(status: dict[str, Any]) -> str:
     """A readable table: one line overall, one per stage, one per worker."""
-    lines = [("", *COLUMNS), ("all", *(status[c] for c in COLUMNS))]
-    lines += [(f"stage {stage}", *(counts[c] for c in COLUMNS)) for stage, counts in status["stages"].items()]
-    lines += [(f"worker {name}", *(counts[c] for c in COLUMNS)) for name, counts in status["workers"].items()]
+    columns = ("total", *STATUSES, *(name for name in SAMPLING_STATUSES if status.get(name)), "expired")
+    lines = [("", *columns), ("all", *(status.get(c, 0) for c in columns))]
+    lines += [(f"stage {stage}", *(counts.get(c, 0) for c in columns)) for stage, counts in status["stages"].items()]
+    lines += [(f"worker {name}", *(counts.get(c, 0) for c in columns)) for name, counts in status["workers"].items()]
     width = max(len(str(line[0])) for line in lines)
-    done = status["done"] / status["total"] if status["total"] else 0.0
+    done = (status["done"] + status.get("cancelled", 0)) / status["total"] if status["total"] else 0.0
     table = [f"{line[0]:<{width}}" + "".join(f"{value:>9}" for value in line[1:]) for line in lines]
     return "\n".join([f"run {status['run']}: {done:.1%} done", *table])
 

@@ -16,6 +16,7 @@ from uuid import UUID
 from tqdm import tqdm
 
 from tasks.store import Store, summarize
+from tasks.store.models import SAMPLING_STATUSES, STATUSES
 from tasks.worker.results import BatchReport, summarize_reports
 
 log = logging.getLogger("fleetgen")
@@ -38,7 +39,7 @@ class FleetProgress:
 
     def update(self, summary: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         now = time.time() if now is None else now
-        finished = summary["done"] + summary["failed"]
+        finished = summary["done"] + summary["failed"] + summary.get("cancelled", 0)  # cancelled: never to be made
         with self._lock:
             self._samples.append((now, finished))
             while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_seconds:
@@ -46,7 +47,7 @@ class FleetProgress:
             start, before = self._samples[0]
         elapsed = now - start
         rate = (finished - before) / elapsed if elapsed > 0 else 0.0
-        remaining = summary["pending"] + summary["running"]
+        remaining = summary["pending"] + summary["running"] + summary.get("waiting", 0)
         return {"percent": 100.0 * finished / summary["total"] if summary["total"] else 100.0,
                 "finished": finished, "total": summary["total"], "rate_per_minute": rate * 60,
                 "eta_seconds": remaining / rate if rate > 0 else None}
@@ -68,13 +69,13 @@ def dashboard_markdown(run: str, summary: dict[str, Any], snapshot: dict[str, An
     per worker and device (answers written, tokens/s while generating, when its last answer came)."""
     now = time.time() if now is None else now
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-    columns = ("total", "pending", "running", "done", "failed", "expired")
+    columns = ("total", *STATUSES, *(name for name in SAMPLING_STATUSES if summary.get(name)), "expired")
     lines = [f"### Run `{run}`: {describe(snapshot)}", "",
              f"Updated {stamp} by worker `{worker}` (every worker of the run updates it; the store's counts).", "",
              "| stage | " + " | ".join(columns).replace("expired", "expired leases") + " |",
              "|---" * (len(columns) + 1) + "|"]
     rows = [*summary["stages"].items(), ("all", summary)]
-    lines += [f"| {stage} | " + " | ".join(f"{counts[c]:,}" for c in columns) + " |" for stage, counts in rows]
+    lines += [f"| {stage} | " + " | ".join(f"{counts.get(c, 0):,}" for c in columns) + " |" for stage, counts in rows]
     lines += ["", "| worker | device | answers | tokens | tokens/s | last answer |", "|---|---|---|---|---|---|"]
     for row in devices:
         rate = f"{row['tokens'] / row['seconds']:,.0f}" if row["seconds"] else "-"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,17 @@ from flows.generate import generate
 from flows.judge import judge
 from flows.seed import seed
 from tasks.config import EvaluateConfig, JudgeConfig, SeedConfig, WorkerConfig
+from tasks.benchmarks import build_items, load_rows, resolve_source
 from tasks.errors import UserError
+from tasks.evaluation.metrics import evaluate_items
 from tasks.grading.extract import reference_answer
 from tasks.prompts import NUMBER, _value, mask_solution
 from tasks.store.sqlite import SqliteStore
 from tasks.worker import steps
+from tasks.worker.leases import LeaseKeeper
+from tasks.worker.loop import work_on_run
 from tests.conftest import ROOT, run_flow_cli
-from tests.support import ScriptedEngine
+from tests.support import ScriptedEngine, SerializedStore, mongomock_store
 
 
 def leaks(masked: str, answer: str) -> bool:
@@ -122,3 +128,51 @@ def test_the_tiny_model_judges_through_the_command_line(prefect_env, tmp_path: P
     items = SqliteStore(tmp_path / "fleetgen.db").items("judged")
     assert sum(item.result.judge is not None for item in items) == 3
     assert all(item.result.judge["model"] == str(tiny_model) for item in items if item.result.judge)
+
+
+class RightOnTheThirdSample(ScriptedEngine):
+    """Answers every question wrongly, except in its third sample (the request's seed is the sample's)."""
+
+    def run(self, feeder, sampling):
+        from tasks.engines import Generation, share_time
+
+        while (requests := feeder.take(self.batch_size, wait=True)) is not None:
+            time.sleep(0.01)
+            yield share_time([(r, Generation("#### 42" if r.seed == 2 else "#### 7", tokens=3, finish_reason="stop"))
+                              for r in requests], 0.01)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
+def test_until_correct_generates_exactly_the_samples_needed_with_two_workers(tmp_path: Path, backend: str) -> None:
+    dataset = tmp_path / "q.jsonl"
+    dataset.write_text("".join(json.dumps({"question": f"q{n}: 6 times 7?", "answer": "42"}) + "\n" for n in range(10)))
+    rows = load_rows(resolve_source(str(dataset), "test", None))
+    if backend == "sqlite":
+        stores = [SqliteStore(tmp_path / "w.db") for _ in range(2)]
+    else:
+        shared = SerializedStore(mongomock_store())
+        stores = [shared, shared]
+    stores[0].ensure_run("u", {"samples": 8, "until_correct": 1})
+    stores[0].seed("u", build_items(rows, 8, one_by_one=True))
+    config = WorkerConfig(run="u", batch_size=4, lease_seconds=60)
+
+    def work(store, name: str) -> None:
+        with LeaseKeeper(store, config.lease_seconds) as keeper:
+            work_on_run(store=store, engine=RightOnTheThirdSample({}, batch_size=4), keeper=keeper,
+                        config=config.model_copy(update={"worker": name}))
+
+    workers = [threading.Thread(target=work, args=(store, f"w{n}")) for n, store in enumerate(stores)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    items = stores[0].items("u")
+    assert len(items) == 80 and all(item.attempts == 0 for item in items)  # nothing lost, nothing answered twice
+    for question in {item.question_id for item in items}:
+        mine = sorted((item for item in items if item.question_id == question), key=lambda item: item.sample)
+        assert [item.status for item in mine] == ["done"] * 3 + ["cancelled"] * 5
+        assert [item.result.correct for item in mine[:3]] == [False, False, True]
+    assert {item.result.worker for item in items if item.result} == {"w0", "w1"}  # both worked
+    report = evaluate_items("u", items)["sampling"]
+    assert report == {"hard": [], "correct_counts": {1: 10}, "samples_made": 30, "cancelled": 50,
+                      "tokens_per_question": 9.0}

@@ -348,3 +348,47 @@ def test_a_mongodb_claim_whose_read_back_fails_gives_its_items_back_at_once() ->
         store.claim("r", "w", 4, 60)
     store._items.bulk_write, store._items.find = bulk_write, find
     assert sorted(i.status for i in store.items("r")) == ["pending", "pending", "pending", "running"]  # not stranded
+
+
+def until_correct_run(store: Store, questions: int = 2, samples: int = 4, enough: int = 1) -> None:
+    store.ensure_run("u", {"until_correct": enough, "samples": samples})
+    store.seed("u", [Item(question_id=f"q{q}", question=f"question {q}", reference="1", sample=s,
+                          status="waiting" if s else "pending") for q in range(questions) for s in range(samples)])
+
+
+def statuses_by_sample(store: Store, run: str = "u") -> dict[str, str]:
+    return {f"{item.question_id}/{item.sample}": item.status for item in store.items(run)}
+
+
+def test_until_correct_asks_samples_one_after_another_and_cancels_the_rest(store: Store) -> None:
+    until_correct_run(store)
+    first = store.claim("u", "w", 10, 60)
+    assert sorted(f"{i.question_id}/{i.sample}" for i in first.items) == ["q0/0", "q1/0"]  # the rest wait
+    store.complete(first, {i.id: Result(response="x", correct=i.question_id == "q0") for i in first.items})
+    assert statuses_by_sample(store) == {"q0/0": "done", "q0/1": "cancelled", "q0/2": "cancelled", "q0/3": "cancelled",
+                                         "q1/0": "done", "q1/1": "pending", "q1/2": "waiting", "q1/3": "waiting"}
+    second = store.claim("u", "w", 10, 60)
+    store.fail(second, second.ids, "oom", max_attempts=1)  # a failed sample lets the next one go too
+    assert statuses_by_sample(store)["q1/2"] == "pending"
+    summary = summarize(store.counts("u"))
+    assert (summary["waiting"], summary["cancelled"], summary["failed"]) == (1, 3, 1)
+
+
+def test_until_correct_counts_n_correct_answers(store: Store) -> None:
+    until_correct_run(store, questions=1, samples=5, enough=2)
+    for correct in (True, False, True):
+        claim = store.claim("u", "w", 10, 60)
+        assert len(claim.items) == 1
+        store.complete(claim, {claim.ids[0]: Result(response="x", correct=correct)})
+    assert list(statuses_by_sample(store).values()) == ["done", "done", "done", "cancelled", "cancelled"]
+
+
+def test_a_question_left_waiting_is_settled_by_advance(store: Store) -> None:
+    until_correct_run(store, questions=1, samples=3)
+    claim = store.claim("u", "w", 10, 60)
+    store._until_correct["u"] = None  # as if the write's second half had failed
+    store.complete(claim, {claim.ids[0]: Result(response="x", correct=False)})
+    del store._until_correct["u"]
+    assert statuses_by_sample(store) == {"q0/0": "done", "q0/1": "waiting", "q0/2": "waiting"}
+    store.advance("u")
+    assert statuses_by_sample(store)["q0/1"] == "pending"

@@ -107,10 +107,11 @@ def take_subset(rows: list[Row], size: int, benchmark: str | None = None) -> lis
     return [row for row in rows if row.question_id in chosen]
 
 
-def build_items(rows: list[Row], samples: int, *, solutions: bool = False) -> list[Item]:
+def build_items(rows: list[Row], samples: int, *, solutions: bool = False, one_by_one: bool = False) -> list[Item]:
     """`samples` pending stage-0 items per row. Rows that carry a response become one done item
     each holding it, graded; rows sharing a question id become its successive samples. With
-    `solutions`, each item keeps its row's reference solution (metadata `solution`)."""
+    `solutions`, each item keeps its row's reference solution (metadata `solution`); with
+    `one_by_one` (--until-correct), samples after the first wait for the one before them."""
     answered = [row for row in rows if row.response is not None]
     grades = dict(zip(map(id, answered), grade_many([(str(row.response), row.reference) for row in answered])))
     items: list[Item] = []
@@ -125,5 +126,6 @@ def build_items(rows: list[Row], samples: int, *, solutions: bool = False) -> li
             items.append(Item(**question, sample=seen[row.question_id], status="done", result=result))
             seen[row.question_id] += 1
         else:
-            items.extend(Item(**question, sample=sample) for sample in range(samples))
+            items.extend(Item(**question, sample=sample, status="waiting" if one_by_one and sample else "pending")
+                         for sample in range(samples))
     return items

@@ -245,6 +245,10 @@ class SeedConfig(RunConfig):
     samples: PositiveInt = setting(1, "items per question (for maj@K and pass@k)", metavar="K")
     solutions: bool = setting(False, "keep each question's reference solution with its items (for the worker's "
                                      "--prompt masked)")
+    until_correct: PositiveInt | None = setting(
+        None, "stop sampling a question once N of its answers are correct: its samples are answered one after "
+              "another and the rest cancelled, so compute goes to the hard questions (--samples K: at most K)",
+        metavar="N")
     question_field: str = setting("question", "field holding the question", metavar="F")
     answer_field: str = setting("answer", "field holding the reference; text after '####' is taken when present",
                                 metavar="F")
@@ -262,6 +266,9 @@ class SeedConfig(RunConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.until_correct is not None and (self.samples < 2 or self.response_field):
+            raise ValueError("--until-correct stops drawing samples of a question: give --samples K (more than 1), "
+                             "and no --response-field")
         if self.response_field and self.samples != 1:
             raise ValueError("--samples cannot be combined with --response-field: each row's response is one sample "
                              "(rows sharing an 'id' become successive samples)")

@@ -15,7 +15,7 @@ from typing import Any
 from tasks.errors import UserError
 from tasks.grading.equivalence import answer_key
 from tasks.refine import latest_answers
-from tasks.store.models import STATUSES, Item
+from tasks.store.models import SAMPLING_STATUSES, STATUSES, Item
 
 PROVENANCE = ("engine", "model", "prompt", "sampling")
 FINISHED = ("done", "failed")
@@ -130,13 +130,30 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
         "run": run, "total": total, "correct": correct, "accuracy": correct / total if total else 0.0,
         "made_with": way, "stages": stages, **sample_metrics(list(by_question.values())),
         "no_answer_rate": sum(_predicted(i) is None for i in done) / len(done) if done else 0.0,
-        "counts": {status: sum(item.status == status for item in items) for status in STATUSES},
+        "counts": {**{status: sum(item.status == status for item in items) for status in STATUSES},
+                   **{status: n for status in SAMPLING_STATUSES if (n := sum(item.status == status for item in items))}},
         "unfinished": sum(item.status in ("pending", "running") for item in latest_answers(items).values()),
         "by": {field: table for field in ("level", "subject") if (table := breakdown(first, field))},
         "throughput": {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")},
         "code": code_metrics(done),
+        "sampling": sampling_metrics(by_question),
         "judge": judge_metrics([item for item in first.values() if item is not None], correct, total),
     }
+
+
+def sampling_metrics(by_question: dict[str, list[Item]]) -> dict[str, Any] | None:
+    """Where questions have several samples: the hard set (no correct answer among those made),
+    how many questions got 0, 1, 2, ... correct answers, and the compute spent (None: one sample each)."""
+    if all(len(samples) <= 1 for samples in by_question.values()):
+        return None
+    made = {question: [item for item in samples if item.status in FINISHED] for question, samples in by_question.items()}
+    right = {question: sum(map(_correct, samples)) for question, samples in made.items()}
+    tokens = [sum(item.result.tokens or 0 for item in samples if item.result) for samples in made.values()]
+    return {"hard": sorted(question for question, n in right.items() if n == 0 and made[question]),
+            "correct_counts": dict(sorted(Counter(right.values()).items())),
+            "samples_made": sum(map(len, made.values())),
+            "cancelled": sum(item.status == "cancelled" for samples in by_question.values() for item in samples),
+            "tokens_per_question": sum(tokens) / len(tokens)}
 
 
 def judge_metrics(first: list[Item], correct: int, total: int) -> dict[str, Any] | None:

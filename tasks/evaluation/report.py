@@ -42,6 +42,8 @@ def format_report(metrics: dict[str, Any]) -> str:
         lines.append(code_text(metrics["code"]))
     if metrics.get("judge"):
         lines.append(judge_text(metrics))
+    if metrics.get("sampling"):
+        lines.append(sampling_text(metrics["sampling"]))
     if metrics["made_with"]:
         lines.append("made with " + ", ".join(f"{key} {value}" for key, value in metrics["made_with"].items()))
     for name, figures in metrics["throughput"]["devices"].items():
@@ -56,6 +58,13 @@ def code_text(code: dict[str, Any]) -> str:
     return (f"code execution: {share(code['used_code'])} of {code['answers']} answers ran code, "
             f"{code['executions_per_answer']:.2f} executions per answer, {share(code['error_rate'])} of them failed; "
             f"accuracy {share(code['accuracy_with_code'])} with code, {share(code['accuracy_without_code'])} without")
+
+
+def sampling_text(sampling: dict[str, Any]) -> str:
+    spread = ", ".join(f"{right} right: {questions}" for right, questions in sampling["correct_counts"].items())
+    return (f"samples: {len(sampling['hard'])} hard questions (no correct answer); questions by correct answers: "
+            f"{spread}; {sampling['samples_made']} samples made, {sampling['cancelled']} cancelled; "
+            f"{sampling['tokens_per_question']:.0f} tokens per question")
 
 
 def judge_text(metrics: dict[str, Any]) -> str:
@@ -99,6 +108,8 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
         rows.append(("code execution", code_text(metrics["code"])))
     if metrics.get("judge"):
         rows.append(("with the LLM judge", judge_text(metrics)))
+    if metrics.get("sampling"):
+        rows.append(("samples", sampling_text(metrics["sampling"])))
     rows += [(f"throughput {name}", f"{figures['items']} items, {figures['tokens_per_second']} tokens/s")
              for name, figures in metrics["throughput"]["devices"].items()]
     if metrics["unfinished"]:

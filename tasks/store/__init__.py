@@ -62,6 +62,11 @@ class Store(Protocol):
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         """Give items back (attempts + 1) or mark them failed after `max_attempts`."""
 
+    def advance(self, run: str) -> None:
+        """For a run seeded with --until-correct, settle every question's waiting samples: cancelled
+        once it has enough correct answers, else the next one made pending when none is (done
+        after every write; this call repairs a question left waiting by a write that failed halfway)."""
+
     def release(self, claim: Claim) -> int:
         """Give still-held items back untouched (a clean shutdown); return how many."""
 
@@ -185,6 +190,6 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             buckets.append(workers.setdefault(row["worker"], empty()))
         for bucket in buckets:
             bucket["total"] += row["n"]
-            bucket[row["status"]] += row["n"]
+            bucket[row["status"]] = bucket.get(row["status"], 0) + row["n"]  # waiting, cancelled where there are
             bucket["expired"] += row["expired"]
     return {**overall, "stages": stages, "workers": workers}

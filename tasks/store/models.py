@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 STATUSES = ("pending", "running", "done", "failed")
+SAMPLING_STATUSES = ("waiting", "cancelled")  # runs seeded with --until-correct: a sample waits for the one before it
 Clock = Callable[[], float]  # what leases are timed with: time.time, or a test's clock
 LEASE_EXPIRED = "gave up after %d attempts: the lease expired (the worker died while holding it)"
 MIN_LEASE_SECONDS = 10.0  # shorter leases expire under live workers (a batch takes seconds to write)
@@ -72,6 +73,7 @@ class Claim:
     token: str
     worker: str
     items: list[Item] = field(default_factory=list)
+    run: str = ""
 
     @property
     def ids(self) -> list[str]:

@@ -71,11 +71,15 @@ def claimable(run: str, now: float, start: float) -> dict[str, Any]:
                                 {"status": "pending", "r": {"$gte": start}}]}
 
 
+NONE_WAITING = 1 << 30  # a sample number no question reaches: `$min` of a question with none waiting
+
+
 class MongoStore:
     def __init__(self, db: Database, url: str = "mongodb://", clock: Clock = time.time):
         self.url, self.clock = redact(url), clock
         self._db = db
         self.clock_offset = server_clock_offset(db, clock)
+        self._until_correct: dict[str, int | None] = {}  # per run, from its config
         self._items = db["items"]
         self._runs = db["runs"]
         self._items.create_index(
@@ -172,12 +176,17 @@ class MongoStore:
             fresh = [doc["_id"] for doc in docs if doc["status"] == "pending"]
             expired = [doc for doc in docs if doc["status"] == "running"]
             ops: list[Any] = [UpdateMany({"_id": {"$in": fresh}, "status": "pending"}, {"$set": held})] if fresh else []
+            poisoned = set()
             for doc in expired:  # a worker died holding it: an attempt spent; the last one fails it (a poison item)
                 still = {"_id": doc["_id"], "status": "running", "lease_expires": {"$lt": now}}
                 spent = doc.get("attempts", 0) + 1 >= max_attempts
+                if spent:
+                    poisoned.add(doc["question_id"])
                 ops.append(UpdateOne(still, {"$inc": {"attempts": 1}, "$set": {
                     "status": "failed", "error": LEASE_EXPIRED % (doc.get("attempts", 0) + 1)} if spent else held}))
             taken = self._items.bulk_write(ops, ordered=False).modified_count
+            if poisoned:
+                self._advance(run, poisoned)
             if not expired and taken == len(fresh):  # all of them ours: no read-back needed
                 got += [_item({**doc, **held}) for doc in docs]
             elif taken:  # others took some first, or leases were taken over: read back what this token holds
@@ -190,7 +199,7 @@ class MongoStore:
                     raise
             if len(got) == limit or taken == len(docs):  # all it wanted, or all there was: no race lost
                 break
-        return Claim(token, worker, got)
+        return Claim(token, worker, got, run=run)
 
     def _held(self, claim: Claim, ids: list[str]) -> dict[str, Any]:
         return {"_id": {"$in": [ObjectId(i) for i in ids]}, "token": claim.token, "status": "running"}
@@ -208,7 +217,12 @@ class MongoStore:
                       {"$set": {"status": "done", "result": result.to_dict()}, "$unset": {"lease_expires": "", "error": ""}})
             for claim, results in parts for id_, result in results.items()
         ]
-        return self._items.bulk_write(ops, ordered=False).modified_count if ops else 0
+        if not ops:
+            return 0
+        written = self._items.bulk_write(ops, ordered=False).modified_count
+        for claim, results in parts:
+            self._advance(claim.run, {item.question_id for item in claim.items if item.id in results})
+        return written
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         if not ids:
@@ -222,7 +236,43 @@ class MongoStore:
             UpdateMany(again, {"$set": {"status": "pending", "error": error}, "$inc": {"attempts": 1},
                                "$unset": {"lease_expires": "", "worker": "", "token": ""}}),
         ]
-        return self._items.bulk_write(ops, ordered=True).modified_count
+        failed = self._items.bulk_write(ops, ordered=True).modified_count
+        self._advance(claim.run, {item.question_id for item in claim.items if item.id in ids})
+        return failed
+
+    def advance(self, run: str) -> None:
+        self._advance(run, None)
+
+    def _advance(self, run: str, questions: set[str] | None) -> None:
+        """For a run seeded with --until-correct: a question with enough correct answers has its
+        waiting samples cancelled; one with no sample pending or running has its next waiting
+        sample made pending. One aggregation and one bulk write, for all the questions at once."""
+        if run not in self._until_correct:
+            self._until_correct[run] = self.run_config(run).get("until_correct")
+        enough = self._until_correct[run]
+        if not enough or questions == set():
+            return
+        match: dict[str, Any] = {"run": run, "stage": 0}
+        if questions is not None:
+            match["question_id"] = {"$in": sorted(questions)}
+        else:  # every question that still has waiting samples
+            match["question_id"] = {"$in": self._items.distinct("question_id", {**match, "status": "waiting"})}
+        correct = {"$and": [{"$eq": ["$status", "done"]}, {"$eq": ["$result.correct", True]}]}
+        active = {"$in": ["$status", ["pending", "running"]]}
+        waiting = {"$cond": [{"$eq": ["$status", "waiting"]}, "$sample", NONE_WAITING]}
+        ops: list[Any] = []
+        for doc in self._items.aggregate([{"$match": match}, {"$group": {
+                "_id": "$question_id", "correct": {"$sum": {"$cond": [correct, 1, 0]}},
+                "active": {"$sum": {"$cond": [active, 1, 0]}}, "next": {"$min": waiting}}}]):
+            if doc["next"] == NONE_WAITING:
+                continue
+            where = {"run": run, "stage": 0, "question_id": doc["_id"], "status": "waiting"}
+            if doc["correct"] >= enough:
+                ops.append(UpdateMany(where, {"$set": {"status": "cancelled"}}))
+            elif not doc["active"]:
+                ops.append(UpdateOne({**where, "sample": doc["next"]}, {"$set": {"status": "pending"}}))
+        if ops:
+            self._items.bulk_write(ops, ordered=False)
 
     def release(self, claim: Claim) -> int:
         return self._items.update_many(self._held(claim, claim.ids), RELEASE).modified_count

@@ -89,6 +89,7 @@ class SqliteStore:
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
         self._lock = threading.Lock()
+        self._until_correct: dict[str, int | None] = {}  # per run, from its config
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -134,10 +135,12 @@ class SqliteStore:
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
         token, now = uuid.uuid4().hex, self.clock()
         with self._lock, self._transaction():
-            self._db.execute(  # an item whose worker died holding it, for the last time: failed (a poison item)
+            poisoned = self._db.execute(  # an item whose worker died holding it, for the last time: failed (a poison item)
                 """UPDATE items SET status = 'failed', attempts = attempts + 1, lease_expires = NULL,
                     error = printf(?, attempts + 1) WHERE run = ? AND status = 'running' AND lease_expires < ?
-                    AND attempts + 1 >= ?""", (LEASE_EXPIRED, run, now, max_attempts))
+                    AND attempts + 1 >= ? RETURNING question_id""", (LEASE_EXPIRED, run, now, max_attempts)).fetchall()
+            if poisoned:
+                self._advance(run, {question for (question,) in poisoned})
             rows = self._db.execute(  # expired leases first, then pending in order; each branch on the claim index
                 f"""UPDATE items SET attempts = attempts + (status = 'running'), status = 'running', worker = ?,
                     token = ?, lease_expires = ? WHERE id IN (SELECT id FROM (
@@ -147,7 +150,7 @@ class SqliteStore:
                     RETURNING {SELECTED}""",
                 (worker, token, now + lease_seconds, run, now, run, limit, limit),
             ).fetchall()
-        return Claim(token, worker, sorted((_item(row) for row in rows), key=lambda i: int(i.id)))
+        return Claim(token, worker, sorted((_item(row) for row in rows), key=lambda i: int(i.id)), run=run)
 
     def _held(self, claim: Claim, ids: list[str]) -> tuple[str, list[Any]]:
         marks = ",".join("?" * len(ids))
@@ -164,18 +167,58 @@ class SqliteStore:
         rows = [(_json(result), int(id_), claim.token) for claim, results in parts for id_, result in results.items()]
         sql = ("UPDATE items SET status = 'done', result = ?, lease_expires = NULL, error = NULL"
                " WHERE id = ? AND token = ? AND status = 'running'")
-        return self._write(sql, rows, many=True) if rows else 0
+        if not rows:
+            return 0
+        with self._lock, self._transaction():  # the answers and what they decide for the next samples, at once
+            before = self._db.total_changes
+            self._db.executemany(sql, rows)
+            written = self._db.total_changes - before
+            for claim, results in parts:
+                self._advance(claim.run, {item.question_id for item in claim.items if item.id in results})
+        return written
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         where, params = self._held(claim, ids)
-        return self._write(
-            f"""UPDATE items SET attempts = attempts + 1, error = ?, lease_expires = NULL,
-                status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE 'pending' END,
-                token = CASE WHEN attempts + 1 >= ? THEN token END,
-                worker = CASE WHEN attempts + 1 >= ? THEN worker END
-            WHERE {where}""",
-            [error, max_attempts, max_attempts, max_attempts, *params],
-        )
+        with self._lock, self._transaction():
+            before = self._db.total_changes
+            self._db.execute(
+                f"""UPDATE items SET attempts = attempts + 1, error = ?, lease_expires = NULL,
+                    status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE 'pending' END,
+                    token = CASE WHEN attempts + 1 >= ? THEN token END,
+                    worker = CASE WHEN attempts + 1 >= ? THEN worker END
+                WHERE {where}""",
+                [error, max_attempts, max_attempts, max_attempts, *params])
+            failed = self._db.total_changes - before
+            self._advance(claim.run, {item.question_id for item in claim.items if item.id in ids})
+        return failed
+
+    def advance(self, run: str) -> None:
+        with self._lock, self._transaction():
+            self._advance(run, None)
+
+    def _advance(self, run: str, questions: set[str] | None) -> None:
+        """For a run seeded with --until-correct (the caller holds the lock, in a transaction): a
+        question with enough correct answers has its waiting samples cancelled; one with no
+        sample pending or running has its next waiting sample made pending."""
+        if run not in self._until_correct:
+            (config,) = self._db.execute("SELECT config FROM runs WHERE name = ?", (run,)).fetchone() or ("{}",)
+            self._until_correct[run] = json.loads(config).get("until_correct")
+        enough = self._until_correct[run]
+        if not enough or questions == set():
+            return
+        listed = list(questions or ())
+        scope = f"AND question_id IN ({','.join('?' * len(listed))})" if questions is not None else ""
+        self._db.execute(
+            f"""UPDATE items SET status = 'cancelled' WHERE run = ? AND stage = 0 AND status = 'waiting' {scope}
+                AND question_id IN (SELECT question_id FROM items WHERE run = ? AND stage = 0 AND status = 'done'
+                    AND json_extract(result, '$.correct') {scope} GROUP BY question_id HAVING COUNT(*) >= ?)""",
+            [run, *listed, run, *listed, enough])
+        self._db.execute(
+            f"""UPDATE items SET status = 'pending' WHERE id IN (SELECT MIN(id) FROM items AS next
+                WHERE run = ? AND stage = 0 AND status = 'waiting' {scope} AND NOT EXISTS (SELECT 1 FROM items
+                    WHERE run = next.run AND stage = 0 AND question_id = next.question_id
+                    AND status IN ('pending', 'running'))
+                GROUP BY question_id)""", [run, *listed])
 
     def release(self, claim: Claim) -> int:
         where, params = self._held(claim, claim.ids)

@@ -38,6 +38,9 @@ def run_finished(store: Store, run: str) -> bool:
     except Exception as error:
         log.warning(f"could not ask the store whether run {run!r} is finished ({error}); asking again")
         return False
+    if summary["pending"] == 0 and summary["running"] == 0 and summary.get("waiting"):
+        store.advance(run)  # a question left waiting by a write that failed halfway: settled now, asked again
+        return False
     return summary["pending"] == 0 and summary["running"] == 0
 
 
