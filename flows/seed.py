@@ -46,8 +46,7 @@ def seed(config: SeedConfig = SeedConfig()) -> dict[str, Any]:
         for run, source, rows in loaded:
             if config.subset:
                 rows = take_subset(rows, config.subset, source.benchmark)
-            items = build_items(rows, config.samples, solutions=config.solutions,
-                                one_by_one=config.until_correct is not None)
+            items = build_items(rows, config.samples, solutions=config.solutions, until_correct=config.until_correct)
             store.ensure_run(run, {**config.model_dump(exclude={"store", "run", "suite", "run_prefix"}),
                                    "dataset": source.benchmark or source.where})
             inserted = sum(insert_items(store, run, list(chunk))

@@ -16,12 +16,14 @@ from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.judge import judge
 from flows.seed import seed
-from tasks.config import EvaluateConfig, JudgeConfig, SeedConfig, WorkerConfig
+from tasks.config import EvaluateConfig, JudgeConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.benchmarks import build_items, load_rows, resolve_source
 from tasks.errors import UserError
 from tasks.evaluation.metrics import evaluate_items
 from tasks.grading.extract import reference_answer
+from tasks.judge import judge_items
 from tasks.prompts import NUMBER, _value, mask_solution
+from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker import steps
 from tasks.worker.leases import LeaseKeeper
@@ -153,7 +155,7 @@ def test_until_correct_generates_exactly_the_samples_needed_with_two_workers(tmp
         shared = SerializedStore(mongomock_store())
         stores = [shared, shared]
     stores[0].ensure_run("u", {"samples": 8, "until_correct": 1})
-    stores[0].seed("u", build_items(rows, 8, one_by_one=True))
+    stores[0].seed("u", build_items(rows, 8, until_correct=1))
     config = WorkerConfig(run="u", batch_size=4, lease_seconds=60)
 
     def work(store, name: str) -> None:
@@ -176,3 +178,20 @@ def test_until_correct_generates_exactly_the_samples_needed_with_two_workers(tmp
     report = evaluate_items("u", items)["sampling"]
     assert report == {"hard": [], "correct_counts": {1: 10}, "samples_made": 30, "cancelled": 50,
                       "tokens_per_question": 9.0}
+
+
+def test_the_judge_reads_real_math_text_verbatim() -> None:
+    rows = [json.loads(line) for line in (ROOT / "data/math/test.jsonl").read_text().splitlines()[:3]]
+    items = [Item(id=str(n), question_id=f"math/{n}", question=row["problem"], reference=reference_answer(row["solution"]),
+                  status="done", result=Result(response=row["solution"])) for n, row in enumerate(rows)]
+    seen: list[str] = []
+
+    class Judge(ScriptedEngine):
+        def text_of(self, prompt) -> str:
+            seen.append(prompt)
+            return prompt
+
+    verdicts = judge_items(Judge({rows[0]["problem"]: "Yes, they are equal.", "": "NO"}), items, SamplingConfig(), "j")
+    assert [verdicts[str(n)]["correct"] for n in range(3)] == [True, False, False]
+    for prompt, row in zip(seen, rows):  # LaTeX braces and all, as written
+        assert row["problem"] in prompt and row["solution"] in prompt and reference_answer(row["solution"]) in prompt

@@ -184,12 +184,13 @@ def test_export_of_one_stage(byo_run: str, tmp_path: Path) -> None:
 
 
 def test_sft_keeps_the_fewest_token_distinct_correct_responses() -> None:
-    answers = [("a long answer: 4", True, 5), ("four, so 4", True, 3), ("four, so 4 ", True, 3), ("5", False, 1)]
+    answers = [("a long answer: 4", True, 5), ("four, so #### 4", True, 3), ("four, so #### 4 ", True, 3),
+               ("#### 5", False, 1)]
     items = [Item(question_id="q", question="question", reference="4", sample=s, status="done",
                   result=Result(response=r, correct=c, tokens=t)) for s, (r, c, t) in enumerate(answers)]
-    assert [row["messages"][1]["content"] for row in sft_rows(items, per_question=1).rows] == ["four, so 4"]
+    assert [row["messages"][1]["content"] for row in sft_rows(items, per_question=1).rows] == ["four, so #### 4"]
     chosen = sft_rows(items, per_question=5)
-    assert [row["messages"][1]["content"] for row in chosen.rows] == ["four, so 4", "a long answer: 4"]
+    assert [row["messages"][1]["content"] for row in chosen.rows] == ["four, so #### 4", "a long answer: 4"]
     assert chosen.dropped == {"near-duplicate": 1}
 
 

@@ -353,7 +353,8 @@ def test_a_mongodb_claim_whose_read_back_fails_gives_its_items_back_at_once() ->
 def until_correct_run(store: Store, questions: int = 2, samples: int = 4, enough: int = 1) -> None:
     store.ensure_run("u", {"until_correct": enough, "samples": samples})
     store.seed("u", [Item(question_id=f"q{q}", question=f"question {q}", reference="1", sample=s,
-                          status="waiting" if s else "pending") for q in range(questions) for s in range(samples)])
+                          status="waiting" if s else "pending", metadata={"until_correct": enough})
+                     for q in range(questions) for s in range(samples)])
 
 
 def statuses_by_sample(store: Store, run: str = "u") -> dict[str, str]:
@@ -386,9 +387,8 @@ def test_until_correct_counts_n_correct_answers(store: Store) -> None:
 def test_a_question_left_waiting_is_settled_by_advance(store: Store) -> None:
     until_correct_run(store, questions=1, samples=3)
     claim = store.claim("u", "w", 10, 60)
-    store._until_correct["u"] = None  # as if the write's second half had failed
+    claim.items[0].metadata = None  # as if the write's second half had failed: nothing settled
     store.complete(claim, {claim.ids[0]: Result(response="x", correct=False)})
-    del store._until_correct["u"]
     assert statuses_by_sample(store) == {"q0/0": "done", "q0/1": "waiting", "q0/2": "waiting"}
     store.advance("u")
     assert statuses_by_sample(store)["q0/1"] == "pending"

@@ -150,10 +150,10 @@ def test_greedy_samples_are_said_to_be_identical(tmp_path: Path) -> None:
 def test_sft_export_writes_refine_rounds_as_the_conversation_they_answered(prefect_env, tmp_path: Path) -> None:
     first = answered("q1", 0, "4", False)
     retry = Item(question_id="q1", question="q1", reference="5", stage=1, status="done", previous="It is 4.",
-                 result=Result(response="It is 5.", predicted="5", correct=True, tokens=3))
+                 result=Result(response="The answer is 5.", predicted="5", correct=True, tokens=3))
     assert sft_rows([first, retry]).rows == []  # refine rounds only when asked
     (row,) = sft_rows([first, retry], refine_conversations=True).rows
-    assert [m["content"] for m in row["messages"]] == ["q1", "It is 4.", render("retry"), "It is 5."]
+    assert [m["content"] for m in row["messages"]] == ["q1", "It is 4.", render("retry"), "The answer is 5."]
     db = tmp_path / "w.db"
     store = SqliteStore(db)
     store.ensure_run("r", {})

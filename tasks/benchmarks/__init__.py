@@ -107,17 +107,20 @@ def take_subset(rows: list[Row], size: int, benchmark: str | None = None) -> lis
     return [row for row in rows if row.question_id in chosen]
 
 
-def build_items(rows: list[Row], samples: int, *, solutions: bool = False, one_by_one: bool = False) -> list[Item]:
+def build_items(rows: list[Row], samples: int, *, solutions: bool = False,
+                until_correct: int | None = None) -> list[Item]:
     """`samples` pending stage-0 items per row. Rows that carry a response become one done item
     each holding it, graded; rows sharing a question id become its successive samples. With
     `solutions`, each item keeps its row's reference solution (metadata `solution`); with
-    `one_by_one` (--until-correct), samples after the first wait for the one before them."""
+    `until_correct`, samples after the first wait for the one before them, and each item carries N
+    (metadata `until_correct`), so the store settles the next samples with no lookup."""
     answered = [row for row in rows if row.response is not None]
     grades = dict(zip(map(id, answered), grade_many([(str(row.response), row.reference) for row in answered])))
     items: list[Item] = []
     seen: Counter[str] = Counter()
     for row in rows:
-        metadata = {**(row.metadata or {}), "solution": row.solution} if solutions and row.solution else row.metadata
+        metadata = {**(row.metadata or {}), **({"solution": row.solution} if solutions and row.solution else {}),
+                    **({"until_correct": until_correct} if until_correct else {})} or None
         question = {"question_id": row.question_id, "question": row.question, "reference": row.reference,
                     "metadata": metadata}
         if row.response is not None:
@@ -126,6 +129,6 @@ def build_items(rows: list[Row], samples: int, *, solutions: bool = False, one_b
             items.append(Item(**question, sample=seen[row.question_id], status="done", result=result))
             seen[row.question_id] += 1
         else:
-            items.extend(Item(**question, sample=sample, status="waiting" if one_by_one and sample else "pending")
+            items.extend(Item(**question, sample=sample, status="waiting" if until_correct and sample else "pending")
                          for sample in range(samples))
     return items

@@ -78,3 +78,8 @@ class Claim:
     @property
     def ids(self) -> list[str]:
         return [item.id for item in self.items]
+
+
+def until_correct(items: list[Item]) -> int | None:
+    """N of items seeded with --until-correct (their metadata carries it), else None."""
+    return max(((item.metadata or {}).get("until_correct") or 0 for item in items), default=0) or None

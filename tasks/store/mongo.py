@@ -25,7 +25,7 @@ from pymongo.server_api import ServerApi
 
 from tasks.errors import UserError
 from tasks.secrets import redact
-from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result
+from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, until_correct
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
@@ -79,7 +79,6 @@ class MongoStore:
         self.url, self.clock = redact(url), clock
         self._db = db
         self.clock_offset = server_clock_offset(db, clock)
-        self._until_correct: dict[str, int | None] = {}  # per run, from its config
         self._items = db["items"]
         self._runs = db["runs"]
         self._items.create_index(
@@ -176,17 +175,17 @@ class MongoStore:
             fresh = [doc["_id"] for doc in docs if doc["status"] == "pending"]
             expired = [doc for doc in docs if doc["status"] == "running"]
             ops: list[Any] = [UpdateMany({"_id": {"$in": fresh}, "status": "pending"}, {"$set": held})] if fresh else []
-            poisoned = set()
+            poisoned = []
             for doc in expired:  # a worker died holding it: an attempt spent; the last one fails it (a poison item)
                 still = {"_id": doc["_id"], "status": "running", "lease_expires": {"$lt": now}}
                 spent = doc.get("attempts", 0) + 1 >= max_attempts
                 if spent:
-                    poisoned.add(doc["question_id"])
+                    poisoned.append(_item(doc))
                 ops.append(UpdateOne(still, {"$inc": {"attempts": 1}, "$set": {
                     "status": "failed", "error": LEASE_EXPIRED % (doc.get("attempts", 0) + 1)} if spent else held}))
             taken = self._items.bulk_write(ops, ordered=False).modified_count
             if poisoned:
-                self._advance(run, poisoned)
+                self._advance(run, {item.question_id for item in poisoned}, until_correct(poisoned))
             if not expired and taken == len(fresh):  # all of them ours: no read-back needed
                 got += [_item({**doc, **held}) for doc in docs]
             elif taken:  # others took some first, or leases were taken over: read back what this token holds
@@ -221,7 +220,8 @@ class MongoStore:
             return 0
         written = self._items.bulk_write(ops, ordered=False).modified_count
         for claim, results in parts:
-            self._advance(claim.run, {item.question_id for item in claim.items if item.id in results})
+            done = [item for item in claim.items if item.id in results]
+            self._advance(claim.run, {item.question_id for item in done}, until_correct(done))
         return written
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
@@ -237,19 +237,17 @@ class MongoStore:
                                "$unset": {"lease_expires": "", "worker": "", "token": ""}}),
         ]
         failed = self._items.bulk_write(ops, ordered=True).modified_count
-        self._advance(claim.run, {item.question_id for item in claim.items if item.id in ids})
+        given_back = [item for item in claim.items if item.id in ids]
+        self._advance(claim.run, {item.question_id for item in given_back}, until_correct(given_back))
         return failed
 
     def advance(self, run: str) -> None:
-        self._advance(run, None)
+        self._advance(run, None, self.run_config(run).get("until_correct"))
 
-    def _advance(self, run: str, questions: set[str] | None) -> None:
-        """For a run seeded with --until-correct: a question with enough correct answers has its
+    def _advance(self, run: str, questions: set[str] | None, enough: int | None) -> None:
+        """For items seeded with --until-correct N: a question with N correct answers has its
         waiting samples cancelled; one with no sample pending or running has its next waiting
         sample made pending. One aggregation and one bulk write, for all the questions at once."""
-        if run not in self._until_correct:
-            self._until_correct[run] = self.run_config(run).get("until_correct")
-        enough = self._until_correct[run]
         if not enough or questions == set():
             return
         match: dict[str, Any] = {"run": run, "stage": 0}

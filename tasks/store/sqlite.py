@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tasks.errors import UserError
-from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result
+from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, until_correct
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -89,7 +89,6 @@ class SqliteStore:
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
         self._lock = threading.Lock()
-        self._until_correct: dict[str, int | None] = {}  # per run, from its config
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -138,9 +137,11 @@ class SqliteStore:
             poisoned = self._db.execute(  # an item whose worker died holding it, for the last time: failed (a poison item)
                 """UPDATE items SET status = 'failed', attempts = attempts + 1, lease_expires = NULL,
                     error = printf(?, attempts + 1) WHERE run = ? AND status = 'running' AND lease_expires < ?
-                    AND attempts + 1 >= ? RETURNING question_id""", (LEASE_EXPIRED, run, now, max_attempts)).fetchall()
+                    AND attempts + 1 >= ? RETURNING question_id, metadata""", (LEASE_EXPIRED, run, now, max_attempts)
+            ).fetchall()
             if poisoned:
-                self._advance(run, {question for (question,) in poisoned})
+                enough = max(json.loads(metadata or "{}").get("until_correct") or 0 for _, metadata in poisoned)
+                self._advance(run, {question for question, _ in poisoned}, enough)
             rows = self._db.execute(  # expired leases first, then pending in order; each branch on the claim index
                 f"""UPDATE items SET attempts = attempts + (status = 'running'), status = 'running', worker = ?,
                     token = ?, lease_expires = ? WHERE id IN (SELECT id FROM (
@@ -174,7 +175,8 @@ class SqliteStore:
             self._db.executemany(sql, rows)
             written = self._db.total_changes - before
             for claim, results in parts:
-                self._advance(claim.run, {item.question_id for item in claim.items if item.id in results})
+                done = [item for item in claim.items if item.id in results]
+                self._advance(claim.run, {item.question_id for item in done}, until_correct(done))
         return written
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
@@ -189,21 +191,19 @@ class SqliteStore:
                 WHERE {where}""",
                 [error, max_attempts, max_attempts, max_attempts, *params])
             failed = self._db.total_changes - before
-            self._advance(claim.run, {item.question_id for item in claim.items if item.id in ids})
+            given_back = [item for item in claim.items if item.id in ids]
+            self._advance(claim.run, {item.question_id for item in given_back}, until_correct(given_back))
         return failed
 
     def advance(self, run: str) -> None:
+        enough = self.run_config(run).get("until_correct")
         with self._lock, self._transaction():
-            self._advance(run, None)
+            self._advance(run, None, enough)
 
-    def _advance(self, run: str, questions: set[str] | None) -> None:
-        """For a run seeded with --until-correct (the caller holds the lock, in a transaction): a
-        question with enough correct answers has its waiting samples cancelled; one with no
-        sample pending or running has its next waiting sample made pending."""
-        if run not in self._until_correct:
-            (config,) = self._db.execute("SELECT config FROM runs WHERE name = ?", (run,)).fetchone() or ("{}",)
-            self._until_correct[run] = json.loads(config).get("until_correct")
-        enough = self._until_correct[run]
+    def _advance(self, run: str, questions: set[str] | None, enough: int | None) -> None:
+        """For items seeded with --until-correct N (the caller holds the lock, in a transaction): a
+        question with N correct answers has its waiting samples cancelled; one with no sample
+        pending or running has its next waiting sample made pending."""
         if not enough or questions == set():
             return
         listed = list(questions or ())
