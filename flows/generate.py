@@ -29,7 +29,7 @@ from flows.common import config_values, run_from_command_line, run_name, start_f
 from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
-from tasks.engines.devices import cpu_cores, engine_devices
+from tasks.engines.devices import engine_devices, share_cores
 from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.progress import RunDashboard, TerminalProgress
@@ -72,7 +72,8 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         if not config.idle_exit and all(run_finished(store, run) for run in runs):  # before loading any model
             logger.info(f"nothing to do: run(s) {', '.join(runs)} have nothing pending or running")
             return worker_result(config, runs, [], nothing_to_do=True)
-        share_cores(devices, config.cpu_threads)
+        if shared := share_cores(devices, config.cpu_threads):
+            logger.info(shared)
         transformers.set_seed(config.sampling.seed)
         transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
         try:
@@ -116,17 +117,6 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
                     f"{total['tokens_per_second']} tokens/s")
     return result
-
-
-def share_cores(devices: list[tuple[str, str]], cpu_threads: int | None) -> None:
-    """Torch threads for CPU model copies: the cores shared among them (they run at once, each
-    op on up to this many threads), so copies never outnumber the cores."""
-    import torch
-
-    copies, cores = sum(device == "cpu" for device, _ in devices), cpu_cores()
-    if copies:
-        torch.set_num_threads(cpu_threads or max(1, cores // copies))
-        get_run_logger().info(f"CPU model copies: {copies}, torch threads: {torch.get_num_threads()} ({cores} cores)")
 
 
 def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *, stopped: str | None = None,

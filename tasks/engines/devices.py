@@ -43,3 +43,16 @@ def engine_devices(engine: EngineConfig, devices: str) -> list[tuple[str, str]]:
         return list(zip(urls, device_labels([endpoint_label(url) for url in urls])))
     names = resolve_devices(devices)
     return list(zip(names, device_labels(names)))
+
+
+def share_cores(devices: list[tuple[str, str]], cpu_threads: int | None) -> str | None:
+    """Torch threads for CPU model copies: the cores shared among them (they run at once, each op
+    on up to this many threads), so copies never outnumber the cores; says what it set (None: no
+    CPU copy)."""
+    import torch
+
+    copies, cores = sum(device == "cpu" for device, _ in devices), cpu_cores()
+    if not copies:
+        return None
+    torch.set_num_threads(cpu_threads or max(1, cores // copies))
+    return f"CPU model copies: {copies}, torch threads: {torch.get_num_threads()} ({cores} cores)"
