@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -200,8 +201,8 @@ def test_store_calls_outside_prefect_keep_the_task_runs_retries(monkeypatch) -> 
     from tasks.errors import UserError
     from tasks.worker import steps
 
-    slept: list[float] = []
-    monkeypatch.setattr(steps.time, "sleep", slept.append)
+    slept: list[float] = []  # this module's sleeps only (other threads of the test process may sleep too)
+    monkeypatch.setattr(steps, "time", types.SimpleNamespace(sleep=slept.append, monotonic=time.monotonic))
     attempts = iter([ConnectionError("reset"), ConnectionError("reset"), "written"])
 
     def flaky() -> str:
