@@ -15,8 +15,7 @@ from typing import Any
 
 from tasks.cli import parse_command, run_cli
 from tasks.config import StatusConfig
-from tasks.store import Store, open_store, quota_warning, require_run, summarize
-from tasks.store.models import SAMPLING_STATUSES, STATUSES
+from tasks.store import Store, count_columns, open_store, quota_warning, require_run, summarize
 
 
 def run_status(store: Store, run: str) -> dict[str, Any]:
@@ -27,7 +26,7 @@ def run_status(store: Store, run: str) -> dict[str, Any]:
 
 def format_table(status: dict[str, Any]) -> str:
     """A readable table: one line overall, one per stage, one per worker."""
-    columns = ("total", *STATUSES, *(name for name in SAMPLING_STATUSES if status.get(name)), "expired")
+    columns = count_columns(status)
     lines = [("", *columns), ("all", *(status.get(c, 0) for c in columns))]
     lines += [(f"stage {stage}", *(counts.get(c, 0) for c in columns)) for stage, counts in status["stages"].items()]
     lines += [(f"worker {name}", *(counts.get(c, 0) for c in columns)) for name, counts in status["workers"].items()]

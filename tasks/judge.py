@@ -27,10 +27,10 @@ def verdict(reply: str) -> bool | None:
 
 
 def judge_items(engine: Engine, items: list[Item], sampling: SamplingConfig, model: str) -> dict[str, dict[str, Any]]:
-    """Each item's judgement: {correct (None: undecided), model, reply}."""
+    """Each answered item's judgement: {correct (None: undecided), model, reply}."""
     requests = [Request(key=item.id, prompt=render("judge", question=item.question, reference=item.reference,
                                                    response=item.result.response[-RESPONSE_CHARS:]))
-                for item in items if item.result is not None]
+                for item in items]
     replies = answer_all(engine, requests, sampling)
     return {item.id: {"correct": verdict(reply.text) if isinstance(reply, Generation) else None, "model": model,
                       "reply": (reply.text if isinstance(reply, Generation) else f"{type(reply).__name__}: {reply}")[:200]}

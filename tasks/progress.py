@@ -15,8 +15,7 @@ from uuid import UUID
 
 from tqdm import tqdm
 
-from tasks.store import Store, summarize
-from tasks.store.models import SAMPLING_STATUSES, STATUSES
+from tasks.store import Store, count_columns, summarize
 from tasks.worker.results import BatchReport, summarize_reports
 
 log = logging.getLogger("fleetgen")
@@ -69,7 +68,7 @@ def dashboard_markdown(run: str, summary: dict[str, Any], snapshot: dict[str, An
     per worker and device (answers written, tokens/s while generating, when its last answer came)."""
     now = time.time() if now is None else now
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-    columns = ("total", *STATUSES, *(name for name in SAMPLING_STATUSES if summary.get(name)), "expired")
+    columns = count_columns(summary)
     lines = [f"### Run `{run}`: {describe(snapshot)}", "",
              f"Updated {stamp} by worker `{worker}` (every worker of the run updates it; the store's counts).", "",
              "| stage | " + " | ".join(columns).replace("expired", "expired leases") + " |",

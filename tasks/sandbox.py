@@ -68,7 +68,7 @@ def execute(code: str, limits: SandboxLimits = SandboxLimits()) -> Execution:
         home, results = Path(scratch) / "home", Path(scratch) / "results"
         home.mkdir(mode=0o700)
         results.mkdir(mode=0o700)
-        drop_root = os.getuid() == 0 and _readable_by_others(Path(sys.executable).resolve(), *_python_paths())
+        drop_root = os.getuid() == 0 and _python_readable_by_others()
         if drop_root:
             os.chown(home, NOBODY, NOBODY)
         job = {"code": code, "dir": str(home), "limits": asdict(limits), "drop_root": drop_root,
@@ -122,14 +122,14 @@ def _libraries() -> dict[str, str | None]:
     return {name: ctypes.util.find_library(name) for name in ("c", "seccomp")}
 
 
-def _python_paths() -> list[Path]:
+@functools.cache
+def _python_readable_by_others() -> bool:
+    """Whether a user without privileges can run this Python: its interpreter, standard library and
+    packages reachable and readable (every parent searchable). Found once."""
     import sysconfig
 
-    return [Path(sysconfig.get_paths()[name]) for name in ("stdlib", "platstdlib", "purelib", "platlib")]
-
-
-def _readable_by_others(*paths: Path) -> bool:
-    """Whether a user without privileges can reach and read these paths (every parent searchable)."""
+    paths = [Path(sys.executable).resolve(),
+             *(Path(sysconfig.get_paths()[name]) for name in ("stdlib", "platstdlib", "purelib", "platlib"))]
     for path in paths:
         for part in [path, *path.parents]:
             try:

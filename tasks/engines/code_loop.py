@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from tasks.config import SamplingConfig
@@ -33,15 +33,12 @@ class Transcript:
     executions: int = 0
     errors: int = 0
     execution_seconds: float = 0.0
-    rounds: list[str] = field(default_factory=list)
 
     def continuation(self) -> Request:
         """The next request: the conversation with the answer so far as the assistant's turn."""
         messages = ([{"role": "user", "content": self.request.prompt}] if isinstance(self.request.prompt, str)
                     else list(self.request.prompt))
-        max_new_tokens = self.request.max_new_tokens
-        return Request(key=self.request.key, prompt=[*messages, {"role": "assistant", "content": self.text}],
-                       seed=self.request.seed, max_new_tokens=max_new_tokens, stop=STOP)
+        return replace(self.request, prompt=[*messages, {"role": "assistant", "content": self.text}], stop=STOP)
 
     def generation(self, finish_reason: str) -> Generation:
         return Generation(self.text.strip(), tokens=self.tokens, finish_reason=finish_reason, seconds=self.seconds,
@@ -90,8 +87,7 @@ class CodeLoopFeeder:
                     continue
                 self.open.update((request.key, Transcript(request)) for request in requests)
             if requests or not wait:
-                return [Request(key=r.key, prompt=r.prompt, seed=r.seed, max_new_tokens=r.max_new_tokens, stop=STOP)
-                        for r in requests]
+                return [replace(request, stop=STOP) for request in requests]
             with self.changed:
                 self.changed.wait(0.2)
 

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from tasks.errors import UserError
 from tasks.secrets import redact, register_url
-from tasks.store.models import STATUSES, Claim, Clock, Item, Result
+from tasks.store.models import SAMPLING_STATUSES, STATUSES, Claim, Clock, Item, Result
 
 DEFAULT_SQLITE_FILE = "fleetgen.db"
 SCHEMES = ("mongodb://", "mongodb+srv://", "sqlite:///")
@@ -173,6 +173,12 @@ def quota_warning(storage: dict[str, float] | None, quota_bytes: int = ATLAS_FRE
     return (f"the database holds {storage['bytes'] / 2**20:,.0f} MB of the free tier's {quota_bytes / 2**20:,.0f} MB "
             f"(data and indexes): {more} fit. Export and drop finished runs, or move to a larger cluster, before "
             "writes are refused.")
+
+
+def count_columns(summary: dict[str, Any]) -> tuple[str, ...]:
+    """The counts a run's tables show: total, each status (waiting and cancelled where the run has
+    them), expired leases."""
+    return ("total", *STATUSES, *(name for name in SAMPLING_STATUSES if summary.get(name)), "expired")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

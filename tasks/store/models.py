@@ -80,6 +80,8 @@ class Claim:
         return [item.id for item in self.items]
 
 
-def until_correct(items: list[Item]) -> int | None:
-    """N of items seeded with --until-correct (their metadata carries it), else None."""
-    return max(((item.metadata or {}).get("until_correct") or 0 for item in items), default=0) or None
+def settling(items: list[Item]) -> tuple[set[str], int | None]:
+    """What a write of these items may settle in a run seeded with --until-correct: their
+    questions, and N (their metadata carries it; None for other runs)."""
+    enough = max(((item.metadata or {}).get("until_correct") or 0 for item in items), default=0) or None
+    return {item.question_id for item in items}, enough

@@ -25,7 +25,7 @@ from pymongo.server_api import ServerApi
 
 from tasks.errors import UserError
 from tasks.secrets import redact
-from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, until_correct
+from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, settling
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
@@ -185,7 +185,7 @@ class MongoStore:
                     "status": "failed", "error": LEASE_EXPIRED % (doc.get("attempts", 0) + 1)} if spent else held}))
             taken = self._items.bulk_write(ops, ordered=False).modified_count
             if poisoned:
-                self._advance(run, {item.question_id for item in poisoned}, until_correct(poisoned))
+                self._advance(run, *settling(poisoned))
             if not expired and taken == len(fresh):  # all of them ours: no read-back needed
                 got += [_item({**doc, **held}) for doc in docs]
             elif taken:  # others took some first, or leases were taken over: read back what this token holds
@@ -220,8 +220,7 @@ class MongoStore:
             return 0
         written = self._items.bulk_write(ops, ordered=False).modified_count
         for claim, results in parts:
-            done = [item for item in claim.items if item.id in results]
-            self._advance(claim.run, {item.question_id for item in done}, until_correct(done))
+            self._advance(claim.run, *settling([item for item in claim.items if item.id in results]))
         return written
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
@@ -237,8 +236,7 @@ class MongoStore:
                                "$unset": {"lease_expires": "", "worker": "", "token": ""}}),
         ]
         failed = self._items.bulk_write(ops, ordered=True).modified_count
-        given_back = [item for item in claim.items if item.id in ids]
-        self._advance(claim.run, {item.question_id for item in given_back}, until_correct(given_back))
+        self._advance(claim.run, *settling([item for item in claim.items if item.id in ids]))
         return failed
 
     def advance(self, run: str) -> None:

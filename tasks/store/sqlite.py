@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tasks.errors import UserError
-from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, until_correct
+from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, settling
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -106,9 +106,13 @@ class SqliteStore:
     def _write(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
         """Run one statement in an immediate transaction; return the rows it changed."""
         with self._lock, self._transaction():
-            before = self._db.total_changes
-            (self._db.executemany if many else self._db.execute)(sql, params)
-            return self._db.total_changes - before
+            return self._changes(sql, params, many)
+
+    def _changes(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
+        """Run one statement (the caller holds the lock, in a transaction); return the rows it changed."""
+        before = self._db.total_changes
+        (self._db.executemany if many else self._db.execute)(sql, params)
+        return self._db.total_changes - before
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
         with self._lock, storage_faults(self.url):
@@ -171,28 +175,22 @@ class SqliteStore:
         if not rows:
             return 0
         with self._lock, self._transaction():  # the answers and what they decide for the next samples, at once
-            before = self._db.total_changes
-            self._db.executemany(sql, rows)
-            written = self._db.total_changes - before
+            written = self._changes(sql, rows, many=True)
             for claim, results in parts:
-                done = [item for item in claim.items if item.id in results]
-                self._advance(claim.run, {item.question_id for item in done}, until_correct(done))
+                self._advance(claim.run, *settling([item for item in claim.items if item.id in results]))
         return written
 
     def fail(self, claim: Claim, ids: list[str], error: str, max_attempts: int) -> int:
         where, params = self._held(claim, ids)
         with self._lock, self._transaction():
-            before = self._db.total_changes
-            self._db.execute(
+            failed = self._changes(
                 f"""UPDATE items SET attempts = attempts + 1, error = ?, lease_expires = NULL,
                     status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE 'pending' END,
                     token = CASE WHEN attempts + 1 >= ? THEN token END,
                     worker = CASE WHEN attempts + 1 >= ? THEN worker END
                 WHERE {where}""",
                 [error, max_attempts, max_attempts, max_attempts, *params])
-            failed = self._db.total_changes - before
-            given_back = [item for item in claim.items if item.id in ids]
-            self._advance(claim.run, {item.question_id for item in given_back}, until_correct(given_back))
+            self._advance(claim.run, *settling([item for item in claim.items if item.id in ids]))
         return failed
 
     def advance(self, run: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from tasks.engines import Prompt
 from tasks.errors import UserError
 from tasks.prompts import mask_solution, prompt_hash, render, template_text
@@ -25,7 +27,9 @@ def item_messages(item: Item, template: str) -> Prompt:
     return messages
 
 
+@functools.cache
 def shows_solution(template: str) -> bool:
+    """Whether the template shows the reference solution (read once: asked for every item)."""
     return "{solution}" in template_text(template)
 
 
