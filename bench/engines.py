@@ -1,17 +1,22 @@
-"""Engine benchmark: `python bench/engines.py [--questions N] [--hidden H] [--layers L]`.
+"""Engine benchmark: `python bench/engines.py [--questions N] [--hidden H] [--layers L] [--architecture A]`.
 
 Ratios measured side by side in one run (repeats interleaved, medians), on GSM8K questions:
-  (a) `hf` (continuous batching) / `hf-static` useful tokens/s, at 8, 16 and 32 in flight (the
+  (a) `hf` (continuous batching) / `hf-static` useful tokens/s, at each in-flight count (the
       static batch the same size as the claimed batch);
   (b) the worker pipeline with `hf` (exchange, store writes, grading, on an SQLite store) / the
       raw `hf` engine on the same prompts;
   (c) the `openai` engine against a local `transformers serve` / that server driven directly
-      with the same concurrency.
+      with the same concurrency (`--no-server` leaves it out);
+  (d) `hf-static` drawing each answer with its own seed (temperature 1, top-p 0.95) / the same
+      drawing from the device's generator: the price of per-sample seeds; and how many of 8 seeded
+      answers come out the same when their request is generated alone (the seed fixes the draws;
+      a batch's other numerics, bfloat16 kernels on a GPU, may still change a token).
 Random weights never stop on their own, so every prompt gets its own length: max new tokens drawn
 from the token lengths of GSM8K reference solutions (the same draw for every engine), and only
 those useful tokens count (a static batch computes up to its longest). The model is a randomly
-initialised Llama whose forward pass dominates (hidden and layers below); speed does not depend
-on the weights.
+initialised Llama whose forward pass dominates (hidden and layers below), or with `--architecture`
+a real configuration (Qwen2.5-1.5B or 7B) in bfloat16; speed does not depend on the weights. The
+device is the first GPU when there is one (`--device`).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import work_on_run
-from tests.support import build_model
+from tests.support import ARCHITECTURES, build_model
 
 
 def lengths_from_gsm8k(model: HFStaticEngine, count: int, cap: int, seed: int = 0) -> list[int]:
@@ -65,8 +70,8 @@ def timed(run: Callable[[], list[Generation | Exception]], lengths: list[int]) -
     return useful(answers, lengths) / (time.perf_counter() - started)
 
 
-def requests_for(prompts: list[str], lengths: list[int]) -> list[Request]:
-    return [Request(key=str(n), prompt=prompt, max_new_tokens=length)
+def requests_for(prompts: list[str], lengths: list[int], seeded: bool = False) -> list[Request]:
+    return [Request(key=str(n), prompt=prompt, max_new_tokens=length, seed=n if seeded else None)
             for n, (prompt, length) in enumerate(zip(prompts, lengths))]
 
 
@@ -127,33 +132,55 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=256, help="the longest drawn length (default: 256)")
     parser.add_argument("--server-questions", type=int, default=16, help="(c) prompts (default: 16)")
+    parser.add_argument("--no-server", action="store_true", help="leave (c) out (no `transformers serve`)")
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="a real configuration instead of the "
+                                                                             "small Llama")
+    parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp(prefix="bench-engines-"))
-    build_model(folder, chat=True, hidden=args.hidden, layers=args.layers)
+    build_model(folder, chat=True, hidden=args.hidden, layers=args.layers, architecture=args.architecture)
     model = ModelConfig(model=str(folder))
-    static = HFStaticEngine(model, device="cpu")
+    static = HFStaticEngine(model, device=args.device)
     rows = load_rows(resolve_source("gsm8k", "test"), limit=args.questions)
     prompts = [render("step_by_step", question=row.question) for row in rows]
     lengths = lengths_from_gsm8k(static, len(prompts), args.max_new_tokens)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
-    print(f"cpu ({torch.get_num_threads()} threads), random Llama hidden {args.hidden}, {args.layers} layers, "
+    hot = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.95)
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
+        f"cpu ({torch.get_num_threads()} threads)"
+    shape = f"random {args.architecture} (bfloat16)" if args.architecture else \
+        f"random Llama hidden {args.hidden}, {args.layers} layers"
+    print(f"{where}, {shape}, "
           f"{len(prompts)} GSM8K questions, new tokens drawn from GSM8K solutions (mean "
           f"{statistics.mean(lengths):.0f}, max {max(lengths)}), greedy, {args.repeats} interleaved repeats (medians):")
-    answer_all(static, requests_for(prompts[:2], [4, 4]), sampling)  # warm-up
     for in_flight in map(int, args.in_flight.split(",")):
         static.batch_size = in_flight
-        continuous = HFContinuousEngine(model, device="cpu", settings=EngineConfig(name="hf", max_in_flight=in_flight))
-        rates: dict[str, list[float]] = {"hf-static": [], "hf": [], "pipeline": []}
+        continuous = HFContinuousEngine(model, device=args.device,
+                                        settings=EngineConfig(name="hf", max_in_flight=in_flight))
+        rates: dict[str, list[float]] = {"hf-static": [], "hf": [], "pipeline": [], "seeded": [], "generator": []}
+        for warming in (static, continuous):  # warm-up at this batch size (a GPU's first kernels at a shape are slow)
+            answer_all(warming, requests_for(prompts, [8] * len(prompts)), sampling)
         for _ in range(args.repeats):
             rates["hf-static"].append(timed(lambda: answer_all(static, requests_for(prompts, lengths), sampling),
                                             lengths))
             rates["hf"].append(timed(lambda: answer_all(continuous, requests_for(prompts, lengths), sampling), lengths))
             rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling))
+            for name, seeded in (("seeded", True), ("generator", False)):
+                rates[name].append(timed(lambda: answer_all(static, requests_for(prompts, lengths, seeded), hot), lengths))
         median = {name: statistics.median(values) for name, values in rates.items()}
         print(f"  {in_flight:>2} in flight: hf-static {median['hf-static']:7.1f}, hf {median['hf']:7.1f}, worker "
               f"pipeline with hf {median['pipeline']:7.1f} useful tokens/s | (a) hf / hf-static = "
-              f"{median['hf'] / median['hf-static']:.2f}, (b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}")
+              f"{median['hf'] / median['hf-static']:.2f}, (b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}, "
+              f"(d) hf-static seeded {median['seeded']:.1f} / from the generator {median['generator']:.1f} = "
+              f"{median['seeded'] / median['generator']:.2f}")
+    seeded = requests_for(prompts, lengths, seeded=True)
+    batched = answer_all(static, seeded, hot)[:8]
+    alone = [answer_all(static, [request], hot)[0] for request in seeded[:8]]
+    same = sum(isinstance(a, Generation) and isinstance(b, Generation) and a.text == b.text for a, b in zip(batched, alone))
+    print(f"  (d) seeded answers the same alone as in a batch of {static.batch_size}: {same} of {len(alone)}")
+    if args.no_server:
+        return
     process, api = serve(folder)
     try:
         count, concurrency = args.server_questions, 4

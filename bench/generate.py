@@ -11,7 +11,8 @@ alternately in one run (repeats interleaved, medians reported), printed as ratio
             tokens), then the write, all in the device's thread.
 Also the device's busy fraction in the pipeline (time inside generation / wall time).
 `--store-latency-ms` adds a network round trip to every store call (Kaggle to Atlas: ~50-150).
-The model is random (speed does not depend on the weights): a small Llama built locally.
+The model is random (speed does not depend on the weights): a small Llama built locally, or with
+`--architecture` a real configuration (Qwen2.5-1.5B or 7B) in bfloat16. The first GPU if any.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import work_on_run
-from tests.support import build_model
+from tests.support import ARCHITECTURES, build_model
 
 
 def batches(values: list, size: int) -> list[list]:
@@ -122,13 +123,15 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the random Llama (default: 256)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--store-latency-ms", type=float, default=0.0, help="added to every store call (default: 0)")
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="a real configuration instead of the "
+                                                                             "small Llama")
     args = parser.parse_args()
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     rows = load_rows(resolve_source("gsm8k", "test"), limit=args.questions)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as folder:
-        model = HFStaticEngine(ModelConfig(model=str(build_model(Path(folder), chat=True, hidden=args.hidden))),
-                               device=device)
+        built = build_model(Path(folder), chat=True, hidden=args.hidden, architecture=args.architecture)
+        model = HFStaticEngine(ModelConfig(model=str(built)), device=device)
     prompts = [render("step_by_step", question=row.question) for row in rows]
     model.generate(prompts[:2], sampling)  # warm-up
     rates: dict[str, list[float]] = {"raw": [], "pipeline": [], "original": []}
@@ -143,7 +146,8 @@ def main() -> None:
         tokens, seconds = original(model, rows, args.batch_size, sampling, latency)
         rates["original"].append(tokens / seconds)
     median = {name: statistics.median(values) for name, values in rates.items()}
-    print(f"{device}, random Llama hidden {args.hidden}, {args.questions} GSM8K questions, batch {args.batch_size}, "
+    shape = f"random {args.architecture} (bfloat16)" if args.architecture else f"random Llama hidden {args.hidden}"
+    print(f"{device}, {shape}, {args.questions} GSM8K questions, batch {args.batch_size}, "
           f"{args.max_new_tokens} new tokens, greedy, store latency {args.store_latency_ms:g} ms, "
           f"{args.repeats} interleaved repeats (medians):")
     for name, rate in median.items():

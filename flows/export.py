@@ -71,7 +71,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
     if card is not None:
         card_path(Path(config.out)).write_text(card, encoding="utf-8")
     if config.push_to_hub_repo:
-        push_to_hub(rows, config.push_to_hub_repo)
+        push_to_hub(rows, config.push_to_hub_repo, card)
     get_run_logger().info(f"exported {counted(len(rows), config.format)} of run {config.run!r} to {config.out} ({written})")
     return {"run": config.run, "rows": len(rows), "out": config.out, "format": written, "kind": config.format}
 

@@ -74,7 +74,6 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
             return worker_result(config, runs, [], nothing_to_do=True)
         if shared := share_cores(devices, config.cpu_threads):
             logger.info(shared)
-        transformers.set_seed(config.sampling.seed)
         transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
         try:
             engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal, get_args, get_origin
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from tasks.config.base import Config, flag_name, nested_config
+from tasks.config.base import Config, extra_of, flag_name, nested_config
 from tasks.errors import UserError
 from tasks.logs import setup_logging
 from tasks.secrets import redact
@@ -29,8 +29,7 @@ def _metavar(name: str, info: FieldInfo) -> str:
     choices = [arg for arg in get_args(info.annotation) if get_origin(arg) is Literal] or [info.annotation]
     if get_origin(choices[0]) is Literal:
         return "{" + ",".join(map(str, get_args(choices[0]))) + "}"
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return str(extra.get("metavar") or name.upper())
+    return str(extra_of(info).get("metavar") or name.upper())
 
 
 def _add_settings(parser: argparse.ArgumentParser, group: Any, config_class: type[Config],
@@ -46,7 +45,8 @@ def _add_settings(parser: argparse.ArgumentParser, group: Any, config_class: typ
         else:
             options["metavar"] = _metavar(name, info)
             options["required"] = info.is_required()
-        group.add_argument(f"--{flag_name(name, info)}", **options)
+        also = [f"--{extra_of(info)['also']}"] if extra_of(info).get("also") else []
+        group.add_argument(f"--{flag_name(name, info)}", *also, **options)
 
 
 def command_parser(config_class: type[Config], script: str, doc: str) -> argparse.ArgumentParser:

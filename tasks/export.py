@@ -29,7 +29,7 @@ def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | N
             continue
         rows.append({"question_id": item.question_id, "sample": item.sample, "stage": item.stage,
                      "question": item.question, "reference": item.reference, "response": result.response,
-                     "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens,
+                     "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens, "seed": result.seed,
                      "worker": result.worker or item.worker, **{key: getattr(result, key) for key in PROVENANCE}})
     return rows
 
@@ -173,11 +173,18 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> str:
     return "datasets folder"
 
 
-def push_to_hub(rows: list[dict[str, Any]], repo_id: str) -> None:
+def push_to_hub(rows: list[dict[str, Any]], repo_id: str, card: str | None = None) -> None:
+    """The rows as a hub dataset; the dataset card becomes its README's text (the metadata block
+    `datasets` writes there, which the hub's viewer reads, is kept)."""
     import datasets
+    from huggingface_hub import DatasetCard
 
     try:
         datasets.Dataset.from_list(rows).push_to_hub(repo_id)
+        if card is not None:
+            readme = DatasetCard.load(repo_id)
+            readme.text = card
+            readme.push_to_hub(repo_id, commit_message="fleetgen dataset card")
     except Exception as error:  # offline, no token, no permission: all mean "not pushed"
         raise UserError(f"Could not push to the hub as {repo_id!r}: {str(error).splitlines()[0][:300]}. "
                         "Log in with `huggingface-cli login` (or set HF_TOKEN) on a machine that is online.") from error

@@ -30,10 +30,22 @@ def train_tokenizer(texts: list[str]):
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_model(folder: Path, *, chat: bool, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """A random Llama and its tokenizer, saved to `folder` (pad token left unset on purpose)."""
+ARCHITECTURES = {  # real configurations for the benchmarks, randomly initialised (speed does not depend on weights)
+    "qwen2.5-1.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+                     "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+                     "tie_word_embeddings": True},
+    "qwen2.5-7b": {"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+                   "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                   "tie_word_embeddings": False},
+}
+
+
+def build_model(folder: Path, *, chat: bool, hidden: int = 32, layers: int = 2, seed: int = 0,
+                architecture: str | None = None) -> Path:
+    """A random model and its tokenizer, saved to `folder` (pad token left unset on purpose): a
+    small Llama (`hidden`, `layers`), or one of ARCHITECTURES in bfloat16 (built on the GPU if any)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     texts = [json.loads(line)["question"] for line in
              (Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:500]]
@@ -41,10 +53,17 @@ def build_model(folder: Path, *, chat: bool, hidden: int = 32, layers: int = 2, 
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    if architecture:
+        settings = dict(ARCHITECTURES[architecture])
+        config = AutoConfig.for_model(settings.pop("model_type"), **settings, max_position_embeddings=4096,
+                                      bos_token_id=1, eos_token_id=2)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                                             num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=2048, bos_token_id=1, eos_token_id=2))
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -22,6 +22,7 @@ from flows.generate import generate
 from flows.seed import seed
 from tasks.config import SeedConfig, WorkerConfig
 from tasks.store.sqlite import SqliteStore
+from tasks.worker.loop import draw_seed
 from tests.conftest import ROOT, cli_env, run_flow_cli
 from tests.support import ScriptedServer
 
@@ -96,8 +97,9 @@ def test_faults_are_retried_or_given_back_and_the_key_never_shows(prefect_env, t
     assert all(item.result.predicted == "7" and item.result.tokens == 6 for item in items)  # usage says 6
     assert {request["authorization"] for request in server.requests} == {f"Bearer {KEY}"}
     assert all(request["body"]["max_tokens"] in (1, 512) for request in server.requests)
-    seeds = [request["body"].get("seed") for request in server.requests if request["body"]["max_tokens"] > 1]
-    assert set(seeds) == {0}  # sample 0 of each question; K samples would be K draws
+    seeds = {request["body"].get("seed") for request in server.requests if request["body"]["max_tokens"] > 1}
+    assert seeds == {draw_seed(0, item) for item in items} and len(seeds) == 6  # each sample its own draw
+    assert {item.result.seed for item in items} == {None}  # greedy: no draw to record
     captured = capsys.readouterr()
     database = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().removeprefix("sqlite+aiosqlite:///")).parent
     places = [captured.out, captured.err, caplog.text, (tmp_path / "w.db").read_bytes().decode("latin-1"),

@@ -13,6 +13,7 @@ from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 from tasks.engines import Generation, Request, UnanswerableItem, answer_all, create_engine
 from tasks.engines.devices import device_labels, resolve_devices
 from tasks.engines.hf_continuous import HFContinuousEngine
+from tasks.engines.hf_model import seeded_processors
 from tasks.engines.hf_static import HFStaticEngine, generate_splitting
 from tasks.errors import UserError
 
@@ -90,16 +91,51 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling, limits, stop):
+    def fails_on_big_batches_and_poison(prompts, sampling, limits, stop, seeds):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(prompts, sampling, limits, stop)
+        return real(prompts, sampling, limits, stop, seeds)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
-    results = generate_splitting(model, ["a", "b", "c", "poison", "e", "f", "g", "h"], GREEDY)
+    requests = [Request(key=text, prompt=text, seed=n) for n, text in enumerate(["a", "b", "c", "poison", "e", "f", "g", "h"])]
+    results = generate_splitting(model, requests, SamplingConfig(max_new_tokens=8, temperature=1.0))
     assert sizes[0] == 8 and 4 in sizes and 1 in sizes
     assert [type(r) for r in results] == [Generation] * 3 + [RuntimeError] + [Generation] * 4
+    alone = real(["h"], SamplingConfig(max_new_tokens=8, temperature=1.0), seeds=[7])[0]
+    assert (results[-1].text, results[-1].seed) == (alone.text, 7)  # each half kept its requests' own seeds
+
+
+def test_seeded_draws_follow_the_warped_distribution() -> None:
+    """Each row's draw (Gumbel-max with its own generator, then greedy's argmax) is a draw from the
+    softmax of the scores after temperature and top-p, as transformers' sampling makes it."""
+    scores = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]])
+    sampling = SamplingConfig(temperature=0.8, top_p=0.9)
+    counts = torch.zeros(5)
+    for seed in range(4000):
+        processed = scores
+        for processor in seeded_processors(sampling, [seed], "cpu"):
+            processed = processor(None, processed)
+        counts[processed.argmax()] += 1
+    warped = torch.softmax(scores / 0.8, dim=-1)[0]
+    kept = torch.cumsum(warped, 0) - warped < 0.9  # the nucleus: tokens until 0.9 of the mass is reached
+    expected = torch.where(kept, warped, 0.0) / warped[kept].sum()
+    assert counts[~kept].sum() == 0
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.025)
+
+
+def test_a_sample_draws_the_same_answer_in_any_batch(tiny_model: Path) -> None:
+    """A request's seed decides its answer, whatever else shares its batch; different seeds give
+    different draws of one prompt; greedy answers carry no seed."""
+    model = engine(tiny_model)
+    hot = SamplingConfig(max_new_tokens=16, temperature=1.0)
+    question = "How many eggs are left?"
+    alone = model.generate([question], hot, seeds=[11])[0]
+    batched = model.generate(["A much longer question about apples, pears and plums?", question, question, "Hi"],
+                             hot, seeds=[5, 12, 11, 6])
+    assert (batched[2].text, batched[2].seed) == (alone.text, 11) and batched[1].text != alone.text
+    assert model.generate([question], hot, seeds=[11])[0].text == alone.text
+    assert model.generate([question], SamplingConfig(max_new_tokens=16), seeds=[11])[0].seed is None
 
 
 def test_devices() -> None:

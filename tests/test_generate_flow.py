@@ -23,9 +23,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tasks.config import ModelConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.engines.hf_static import HFStaticEngine
+from tasks.evaluation.metrics import evaluate_items
 from tasks.prefect_server import read_state, stop_server
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
+from tasks.worker.loop import draw_seed
 from tests.conftest import ROOT, cli_env, run_flow_cli
 
 TINY = {"sampling": {"max_new_tokens": 6}, "lease_seconds": 30.0}
@@ -85,8 +87,9 @@ def test_continuous_batching_on_two_devices_with_an_adapter(prefect_env, tmp_pat
 
 
 def test_sampling_settings_reach_the_answers(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
-    """Two samples of one question differ at temperature 1.5; at temperature 0 both are the
-    engine's greedy answer."""
+    """Two samples of one question differ at temperature 1.5, each drawn with its own recorded
+    seed (the engine gives the same answer again with it); at temperature 0 both are the engine's
+    greedy answer."""
     url = f"sqlite:///{tmp_path / 'w.db'}"
     for run, temperature in (("hot", 1.5), ("greedy", 0.0)):
         seed(SeedConfig(store=url, run=run, limit=1, samples=2))
@@ -101,6 +104,12 @@ def test_sampling_settings_reach_the_answers(prefect_env, tmp_path: Path, tiny_m
     expected = engine.generate([chat], SamplingConfig(max_new_tokens=16))[0].text
     assert greedy == [expected, expected]
     assert {item.result.sampling["temperature"] for item in store.items("hot")} == {1.5}
+    drawn = store.items("hot")
+    assert [item.result.seed for item in drawn] == [draw_seed(3, item) for item in drawn]
+    again = engine.generate([item_messages(drawn[1], "step_by_step")],
+                            SamplingConfig(max_new_tokens=16, temperature=1.5, seed=3), seeds=[drawn[1].result.seed])
+    assert again[0].text == hot[1]
+    assert evaluate_items("hot", drawn)["counts"]["done"] == 2  # one way of answering: the seeds are the samples' own
 
 
 SCRIPTED = {  # question -> (reference, a response the grader must read as right)

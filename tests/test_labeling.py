@@ -27,7 +27,7 @@ from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker import steps
 from tasks.worker.leases import LeaseKeeper
-from tasks.worker.loop import work_on_run
+from tasks.worker.loop import draw_seed, work_on_run
 from tests.conftest import ROOT, run_flow_cli
 from tests.support import ScriptedEngine, SerializedStore, mongomock_store
 
@@ -133,14 +133,15 @@ def test_the_tiny_model_judges_through_the_command_line(prefect_env, tmp_path: P
 
 
 class RightOnTheThirdSample(ScriptedEngine):
-    """Answers every question wrongly, except in its third sample (the request's seed is the sample's)."""
+    """Answers every question wrongly, except in its third sample (told by the request's seed, one
+    per sample: `responses` holds the third samples' seeds)."""
 
     def run(self, feeder, sampling):
         from tasks.engines import Generation, share_time
 
         while (requests := feeder.take(self.batch_size, wait=True)) is not None:
             time.sleep(0.01)
-            yield share_time([(r, Generation("#### 42" if r.seed == 2 else "#### 7", tokens=3, finish_reason="stop"))
+            yield share_time([(r, Generation("#### 42" if r.seed in self.responses else "#### 7", tokens=3, finish_reason="stop"))
                               for r in requests], 0.01)
 
 
@@ -157,10 +158,11 @@ def test_until_correct_generates_exactly_the_samples_needed_with_two_workers(tmp
     stores[0].ensure_run("u", {"samples": 8, "until_correct": 1})
     stores[0].seed("u", build_items(rows, 8, until_correct=1))
     config = WorkerConfig(run="u", batch_size=4, lease_seconds=60)
+    third_samples = {draw_seed(0, Item(question_id=row.question_id, question="", reference="", sample=2)) for row in rows}
 
     def work(store, name: str) -> None:
         with LeaseKeeper(store, config.lease_seconds) as keeper:
-            work_on_run(store=store, engine=RightOnTheThirdSample({}, batch_size=4), keeper=keeper,
+            work_on_run(store=store, engine=RightOnTheThirdSample(third_samples, batch_size=4), keeper=keeper,
                         config=config.model_copy(update={"worker": name}))
 
     workers = [threading.Thread(target=work, args=(store, f"w{n}")) for n, store in enumerate(stores)]

@@ -68,6 +68,11 @@ def test_seed_and_status_command_lines(prefect_env, tmp_path: Path) -> None:
         "total": 2400, "pending": 2400, "running": 0, "done": 0, "failed": 0}
     readable = run_flow_cli("status.py", "--run", "cli", cwd=tmp_path)
     assert "run cli: 0.0% done" in readable.stdout
+    result = run_flow_cli("seed.py", "--run", "hard", "--limit", "3", "--max-samples", "4", "--until-correct", "1",
+                          cwd=tmp_path, env=prefect_env)
+    assert result.returncode == 0, result.stderr
+    status = status_json(tmp_path, "--run", "hard")
+    assert (status["total"], status["pending"], status["waiting"]) == (12, 3, 9)  # one sample of each question at a time
 
 
 @pytest.mark.parametrize("content, message", [
@@ -90,6 +95,7 @@ def test_bad_dataset_files_fail_cleanly_and_keep_stored_data(prefect_env, tmp_pa
     (["--store", "redis://localhost/0"], "store (--store): unknown store URL 'redis://localhost/0'"),
     (["--split", "dev"], "gsm8k has the split(s) train, test, not 'dev'"),
     (["--response-field", "out", "--samples", "2"], "--samples cannot be combined"),
+    (["--max-samples", "1", "--until-correct", "1"], "give --max-samples K (more than 1)"),
     (["--limit", "0"], "limit (--limit) = '0': Input should be greater than 0"),
 ])
 def test_bad_arguments_fail_before_prefect_starts(tmp_path: Path, args, message) -> None:

@@ -87,7 +87,8 @@ class SamplingConfig(Config):
     temperature: float = setting(0.0, "0 = greedy", metavar="X", ge=0)
     top_p: float = setting(1.0, "nucleus sampling when temperature > 0", metavar="P", gt=0, le=1)
     repetition_penalty: float = setting(1.0, "1 = none", metavar="R", gt=0)
-    seed: int = setting(0, "random seed for sampling", metavar="S")
+    seed: int = setting(0, "each sample is drawn with its own seed made from S and the sample (question, sample, "
+                           "stage), recorded with it: hf-static, vllm and openai honour it, hf does not", metavar="S")
 
 
 ENGINES = ("hf-static", "hf", "openai", "vllm")
@@ -242,12 +243,13 @@ class SeedConfig(RunConfig):
                            metavar="NAME|PATH|HUB_ID")
     split: str = setting("test", "split to load: train|test for gsm8k and hub ids", metavar="SPLIT")
     limit: PositiveInt | None = setting(None, "only the first N rows", metavar="N")
-    samples: PositiveInt = setting(1, "items per question (for maj@K and pass@k)", metavar="K")
+    samples: PositiveInt = setting(1, "samples per question (for maj@K and pass@k; with --until-correct, at most K)",
+                                   metavar="K", also="max-samples")
     solutions: bool = setting(False, "keep each question's reference solution with its items (for the worker's "
                                      "--prompt masked)")
     until_correct: PositiveInt | None = setting(
         None, "stop sampling a question once N of its answers are correct: its samples are answered one after "
-              "another and the rest cancelled, so compute goes to the hard questions (--samples K: at most K)",
+              "another and the rest cancelled, so compute goes to the hard questions (--max-samples K: at most K)",
         metavar="N")
     question_field: str = setting("question", "field holding the question", metavar="F")
     answer_field: str = setting("answer", "field holding the reference; text after '####' is taken when present",
@@ -267,7 +269,7 @@ class SeedConfig(RunConfig):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.until_correct is not None and (self.samples < 2 or self.response_field):
-            raise ValueError("--until-correct stops drawing samples of a question: give --samples K (more than 1), "
+            raise ValueError("--until-correct stops drawing samples of a question: give --max-samples K (more than 1), "
                              "and no --response-field")
         if self.response_field and self.samples != 1:
             raise ValueError("--samples cannot be combined with --response-field: each row's response is one sample "

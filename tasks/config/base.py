@@ -20,10 +20,11 @@ class ConfigError(UserError):
 
 
 def setting(default: Any = ..., help: str = "", *, flag: str | None = None, metavar: str | None = None,
-            **constraints: Any) -> Any:
+            also: str | None = None, **constraints: Any) -> Any:
     """A config field: `help` is its `--help` text and its description in the Prefect UI; `flag`
-    names its command-line flag when that is not the field's name with dashes."""
-    extra = {key: value for key, value in (("flag", flag), ("metavar", metavar)) if value}
+    names its command-line flag when that is not the field's name with dashes, `also` a second
+    flag for it."""
+    extra = {key: value for key, value in (("flag", flag), ("metavar", metavar), ("also", also)) if value}
     return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
 
@@ -57,9 +58,13 @@ class Config(BaseModel):
                           f"got {type(value).__name__}.")
 
 
+def extra_of(info: FieldInfo) -> dict[str, Any]:
+    """What `setting` keeps beside a field: its flag, metavar and second flag where given."""
+    return info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+
+
 def flag_name(name: str, info: FieldInfo) -> str:
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return str(extra.get("flag") or name.replace("_", "-"))
+    return str(extra_of(info).get("flag") or name.replace("_", "-"))
 
 
 def nested_config(info: FieldInfo) -> type[Config] | None:

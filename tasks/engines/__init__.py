@@ -27,7 +27,7 @@ class UnanswerableItem(ValueError):
 class Request:
     key: str  # the work item's id
     prompt: Prompt
-    seed: int | None = None  # per request, so K samples of a question are K draws on a server
+    seed: int | None = None  # this sample's own draw (hf-static and servers honour it; see Generation.seed)
     max_new_tokens: int | None = None  # per request; by default the sampling settings'
     stop: tuple[str, ...] = ()  # texts that end the answer early, where the engine honours them
 
@@ -42,6 +42,7 @@ class Generation:
     code_executions: int | None = None  # with code execution: how many of its blocks ran,
     code_errors: int | None = None  # how many of them failed,
     code_seconds: float | None = None  # and how long they took
+    seed: int | None = None  # the request's seed, where the engine drew this answer with it (temperature > 0)
 
 
 Finished = tuple[Request, Generation | Exception]

@@ -38,12 +38,15 @@ class Transcript:
         """The next request: the conversation with the answer so far as the assistant's turn."""
         messages = ([{"role": "user", "content": self.request.prompt}] if isinstance(self.request.prompt, str)
                     else list(self.request.prompt))
-        return replace(self.request, prompt=[*messages, {"role": "assistant", "content": self.text}], stop=STOP)
+        seed = None if self.request.seed is None else (self.request.seed + self.executions) % 2**31  # a new draw
+        return replace(self.request, prompt=[*messages, {"role": "assistant", "content": self.text}], stop=STOP, seed=seed)
 
-    def generation(self, finish_reason: str) -> Generation:
-        return Generation(self.text.strip(), tokens=self.tokens, finish_reason=finish_reason, seconds=self.seconds,
+    def generation(self, last: Generation) -> Generation:
+        """The whole answer, once `last` (its final round) ended without code to run."""
+        return Generation(self.text.strip(), tokens=self.tokens, finish_reason=last.finish_reason, seconds=self.seconds,
                           code_executions=self.executions, code_errors=self.errors,
-                          code_seconds=round(self.execution_seconds, 3))
+                          code_seconds=round(self.execution_seconds, 3),
+                          seed=self.request.seed if last.seed is not None else None)
 
 
 def first_code(text: str) -> tuple[str, int] | None:
@@ -127,7 +130,7 @@ class CodeLoopEngine:
                     transcript.seconds += answer.seconds
                     if code is None or transcript.executions >= self.max_executions:
                         transcript.text += answer.text
-                        finished.append((loop.close(request.key).request, transcript.generation(answer.finish_reason)))
+                        finished.append((loop.close(request.key).request, transcript.generation(answer)))
                         continue
                     transcript.text += answer.text[:code[1]]
                     transcript.executions += 1

@@ -2,12 +2,15 @@
 attention). Requests enter as they are claimed and leave as each sequence ends, so one long
 answer never holds a batch; up to `--max-in-flight` are generated at once (8 on a CPU, 64 on a
 GPU). It does not honour `repetition_penalty` (transformers drops it with a warning): asked for
-one, the worker uses `hf-static` instead and says so. On a CPU its paged cache is sized here (it
-would otherwise take 60% of the machine's memory)."""
+one, the worker uses `hf-static` instead and says so. Nor does it take a seed per request: it
+samples from one generator, seeded at random when it starts (a fixed seed would give every worker
+of a fleet the same stream), so its answers carry no seed to draw them again with. On a CPU its
+paged cache is sized here (it would otherwise take 60% of the machine's memory)."""
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any, Iterator
 
@@ -17,7 +20,7 @@ from tasks.engines.hf_model import HFModel
 from tasks.engines.hf_static import run_static
 
 log = logging.getLogger("fleetgen")
-DEFAULT_IN_FLIGHT = {"cpu": 8, "cuda": 64}  # CPU: the best of 8, 16, 32 in bench/engines.py (quiet run); GPU: not measured
+DEFAULT_IN_FLIGHT = {"cpu": 8, "cuda": 64}  # bench/engines.py: CPU the best of 8, 16, 32; H100 64 beat 32
 PAGE_SIZE = 64
 PROMPT_TOKENS = 1024  # the CPU cache holds this much prompt per request (a longer one waits for room)
 IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
@@ -33,12 +36,13 @@ class HFContinuousEngine(HFModel):
     def _cache_config(self, sampling: SamplingConfig) -> Any:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+        seed = secrets.randbits(31)  # this device's own stream (transformers seeds torch's generators with it)
         if self.device.startswith("cuda"):
-            return ContinuousBatchingConfig(max_requests_per_batch=self.max_in_flight)
+            return ContinuousBatchingConfig(max_requests_per_batch=self.max_in_flight, seed=seed)
         longest = PROMPT_TOKENS + sampling.max_new_tokens  # a request's prompt and answer, in tokens
         return ContinuousBatchingConfig(page_size=PAGE_SIZE, max_requests_per_batch=self.max_in_flight,
                                         num_blocks=self.max_in_flight * (longest // PAGE_SIZE + 1),
-                                        max_batch_tokens=PROMPT_TOKENS + self.max_in_flight)
+                                        max_batch_tokens=PROMPT_TOKENS + self.max_in_flight, seed=seed)
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
         if sampling.repetition_penalty != 1.0:

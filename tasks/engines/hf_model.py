@@ -3,6 +3,7 @@ engines: dtype per device, bitsandbytes quantization, a PEFT adapter, the chat t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -18,6 +19,30 @@ def _dtype(name: str, device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4: float16
     return torch.float32
+
+
+class SeededDraws:
+    """A logits processor that draws each row's next token with the row's own generator (the
+    Gumbel-max trick on the warped scores, read by greedy search's argmax): a sample's random
+    draws depend on its seed, never on the batch it shares, its place in it or the device's other
+    work (in bfloat16 on a GPU the scores themselves may round differently in another batch)."""
+
+    def __init__(self, seeds: list[int], device: str):
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=generator, device=scores.device)
+                               for generator in self.generators])
+        return scores.float() - torch.log(-torch.log(uniform.clamp_min(1e-20)))
+
+
+def seeded_processors(sampling: SamplingConfig, seeds: list[int], device: str) -> list[Any]:
+    """Temperature and top-p as transformers' sampling applies them, then each row's seeded draw."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = ([TemperatureLogitsWarper(sampling.temperature)] if sampling.temperature != 1.0 else []) + (
+        [TopPLogitsWarper(sampling.top_p)] if sampling.top_p < 1.0 else [])
+    return [*warpers, SeededDraws(seeds, device)]
 
 
 class HFModel:
@@ -103,10 +128,11 @@ class HFModel:
         return Generation(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), tokens=len(kept),
                           finish_reason="length" if end is None else "stop")
 
-    def generation_config(self, sampling: SamplingConfig) -> Any:
+    def generation_config(self, sampling: SamplingConfig, *, seeded: bool = False) -> Any:
+        """Greedy at temperature 0, or when `seeded_processors` draw the tokens; else sampling."""
         from transformers import GenerationConfig
 
-        sample = sampling.temperature > 0
+        sample = sampling.temperature > 0 and not seeded
         return GenerationConfig(
             max_new_tokens=sampling.max_new_tokens, do_sample=sample,
             temperature=sampling.temperature if sample else None, top_p=sampling.top_p if sample else None,
@@ -114,21 +140,26 @@ class HFModel:
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
     def generate(self, prompts: list[Prompt], sampling: SamplingConfig, limits: list[int] | None = None,
-                 stop: tuple[str, ...] = ()) -> list[Generation]:
+                 stop: tuple[str, ...] = (), seeds: list[int | None] | None = None) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
         `limits`, each answer stops at its own length (the batch runs to the longest); with
-        `stop`, at the first of those texts."""
+        `stop`, at the first of those texts; with a seed for every prompt, each is drawn with its
+        own (recorded on its generation), else from the device's generator."""
+        seeded = sampling.temperature > 0 and bool(seeds) and None not in seeds  # type: ignore[operator]
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
         texts = [self.prompt_text(prompt) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
         try:
             with torch.inference_mode():
-                output = self.model.generate(**batch, generation_config=self.generation_config(sampling),
-                                             **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}))
+                output = self.model.generate(
+                    **batch, generation_config=self.generation_config(sampling, seeded=seeded),
+                    logits_processor=seeded_processors(sampling, seeds, self.device) if seeded else None,  # type: ignore[arg-type]
+                    **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}))
         except Exception:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
             raise
         rows = output[:, batch["input_ids"].shape[1]:].cpu().tolist()
-        return [self.answer(row[:limit]) for row, limit in zip(rows, limits or [len(row) for row in rows])]
+        answers = [self.answer(row[:limit]) for row, limit in zip(rows, limits or [len(row) for row in rows])]
+        return [replace(answer, seed=seed) for answer, seed in zip(answers, seeds)] if seeded else answers  # type: ignore[arg-type]

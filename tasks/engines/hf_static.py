@@ -8,7 +8,7 @@ import time
 from typing import Iterator
 
 from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Feeder, Finished, Generation, Prompt, share_time
+from tasks.engines import Feeder, Finished, Generation, Request, share_time
 from tasks.engines.hf_model import HFModel
 
 
@@ -39,23 +39,22 @@ def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_s
         if not requests:
             continue
         requests = sorted(requests, key=lambda request: len(tokens[request.key]))
-        limits = [request.max_new_tokens or sampling.max_new_tokens for request in requests]
         started = time.perf_counter()
-        stop = tuple(sorted({text for request in requests for text in request.stop}))
-        outputs = generate_splitting(model, [request.prompt for request in requests], sampling, limits, stop)
+        outputs = generate_splitting(model, requests, sampling)
         yield share_time(list(zip(requests, outputs)), time.perf_counter() - started)
 
 
-def generate_splitting(model: HFModel, prompts: list[Prompt], sampling: SamplingConfig,
-                       limits: list[int] | None = None, stop: tuple[str, ...] = ()) -> list[Generation | Exception]:
-    """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own.
-    A single prompt that still fails yields its exception instead of a generation."""
-    limits = limits or [sampling.max_new_tokens] * len(prompts)
+def generate_splitting(model: HFModel, requests: list[Request], sampling: SamplingConfig) -> list[Generation | Exception]:
+    """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own
+    (each request keeps its own length, stop texts and seed). A single request that still fails
+    yields its exception instead of a generation."""
     try:
-        return list(model.generate(prompts, sampling, limits, stop))
+        return list(model.generate([request.prompt for request in requests], sampling,
+                                   [request.max_new_tokens or sampling.max_new_tokens for request in requests],
+                                   tuple(sorted({text for request in requests for text in request.stop})),
+                                   [request.seed for request in requests]))
     except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
-        if len(prompts) == 1:
+        if len(requests) == 1:
             return [error]
-        half = len(prompts) // 2
-        return (generate_splitting(model, prompts[:half], sampling, limits[:half], stop)
-                + generate_splitting(model, prompts[half:], sampling, limits[half:], stop))
+        half = len(requests) // 2
+        return generate_splitting(model, requests[:half], sampling) + generate_splitting(model, requests[half:], sampling)

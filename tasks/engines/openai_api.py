@@ -103,7 +103,8 @@ class OpenAIEngine:
         choice = response.choices[0]
         text = (choice.message.content or "").strip()
         tokens = response.usage.completion_tokens if response.usage else len(text.split())
-        return Generation(text, tokens=tokens, finish_reason="length" if choice.finish_reason == "length" else "stop")
+        return Generation(text, tokens=tokens, finish_reason="length" if choice.finish_reason == "length" else "stop",
+                          seed=request.seed if sampling.temperature > 0 else None)
 
     def close(self) -> None:
         self.client.close()

@@ -35,7 +35,8 @@ class Result:
     model: dict[str, Any] | None = None  # ModelConfig fields
     prompt: str | None = None  # template name; "<name>+retry" for refine rounds
     prompt_hash: str | None = None  # sha256 of the template text(s), first 16 hex digits
-    sampling: dict[str, Any] | None = None  # SamplingConfig fields
+    sampling: dict[str, Any] | None = None  # SamplingConfig fields (`seed`: the base of every sample's own seed)
+    seed: int | None = None  # the seed this answer was drawn with, where the engine takes one per sample
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}

@@ -3,6 +3,7 @@ answers back to be written; the store traffic happens in the exchange's backgrou
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Callable
 
@@ -26,6 +27,13 @@ def sampling_warnings(store: Store, runs: list[str], sampling: SamplingConfig) -
     return [f"run {run!r} asks {samples} samples per question, but --temperature is 0: they will be identical "
             "(greedy). Set --temperature above 0 (e.g. 0.7) for different draws, or seed with --samples 1."
             for run in runs if (samples := store.run_config(run).get("samples", 1)) > 1 and sampling.temperature == 0]
+
+
+def draw_seed(base: int, item: Item) -> int:
+    """The seed of one sample's draw, from --seed and the sample itself (question, sample, stage):
+    K samples of a question are K different draws, the same on any worker, device or retry."""
+    digest = hashlib.sha256(f"{base}:{item.question_id}:{item.sample}:{item.stage}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # 31 bits: what every server takes
 
 
 def run_finished(store: Store, run: str) -> bool:
@@ -74,8 +82,8 @@ def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: L
     the worker stops: `call` is the store call (by default `store_and_claim`; the worker's
     Prefect step makes each one a task run)."""
 
-    def ask(item: Item) -> Request:  # a seed per sample: K samples of a question are K draws on a server
-        return Request(key=item.id, prompt=item_messages(item, config.prompt), seed=config.sampling.seed + item.sample)
+    def ask(item: Item) -> Request:
+        return Request(key=item.id, prompt=item_messages(item, config.prompt), seed=draw_seed(config.sampling.seed, item))
 
     exchange = Exchange(call=call or (lambda outcomes, want: store_and_claim(store, config, engine, outcomes, want)),
                         finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,

@@ -50,7 +50,7 @@ def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, co
                   model=config.model.model_dump(), sampling=config.sampling.model_dump(),
                   predicted=answer.extracted, extracted_by="llm" if answer.extracted else None,
                   code_executions=answer.code_executions, code_errors=answer.code_errors, code_seconds=answer.code_seconds,
-                  **prompt_provenance(outcome.item, config.prompt))
+                  seed=answer.seed, **prompt_provenance(outcome.item, config.prompt))
 
 
 def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device: str,
