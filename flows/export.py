@@ -31,8 +31,8 @@ from tasks.cli import parse_command, run_cli
 from tasks.config import ExportConfig
 from tasks.errors import UserError
 from tasks.evaluation.metrics import check_one_way_per_stage, evaluate_items
-from tasks.export import (SftFilters, card_path, dataset_card, preference_rows, push_to_hub, result_rows, sft_rows,
-                          write_rows)
+from tasks.export import (SftFilters, card_path, dataset_card, dropped_text, preference_rows, push_to_hub, result_rows,
+                          sft_rows, write_rows)
 from tasks.store import open_store, require_run, summarize
 from tasks.store.steps import read_items
 
@@ -64,7 +64,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
                             max_rows=config.max_rows)
         if selection.dropped:
             get_run_logger().info(f"filters dropped {sum(selection.dropped.values())} answers: "
-                                  + ", ".join(f"{reason} {n}" for reason, n in sorted(selection.dropped.items())))
+                                  + dropped_text(selection.dropped))
     if not rows:
         raise UserError(f"Nothing to export from run {config.run!r} with these filters (no answered items match).")
     written = write_rows(rows, Path(config.out))

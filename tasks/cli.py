@@ -45,8 +45,8 @@ def _add_settings(parser: argparse.ArgumentParser, group: Any, config_class: typ
         else:
             options["metavar"] = _metavar(name, info)
             options["required"] = info.is_required()
-        also = [f"--{extra_of(info)['also']}"] if extra_of(info).get("also") else []
-        group.add_argument(f"--{flag_name(name, info)}", *also, **options)
+        also = extra_of(info).get("also")
+        group.add_argument(f"--{flag_name(name, info)}", *([f"--{also}"] if also else []), **options)
 
 
 def command_parser(config_class: type[Config], script: str, doc: str) -> argparse.ArgumentParser:

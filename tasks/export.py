@@ -131,7 +131,6 @@ def dataset_card(*, run: str, kind: str, rows: int, questions: int, way: dict[st
     """The card written beside an export: what the data is, how it was made and filtered."""
     made = "responses brought from elsewhere" if way is None else (
         f"model `{way['model']['model']}` with {way['engine']}, prompt `{way['prompt']}`, sampling {way['sampling']}")
-    drops = ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items())) or "none"
     return "\n".join([
         f"# fleetgen export of run `{run}`", "",
         f"- format: {kind}; {rows:,} rows from {questions:,} questions (up to {per_question} per question"
@@ -141,7 +140,12 @@ def dataset_card(*, run: str, kind: str, rows: int, questions: int, way: dict[st
         f"- filters: a final answer the grader reads, at most {filters.max_repeated_lines} repeats of a line, "
         f"{f'at most {filters.max_chars:,} characters, ' if filters.max_chars else ''}near-duplicates "
         f"(similarity >= {filters.similarity}) of a kept answer dropped",
-        f"- answers dropped by the filters: {drops}", ""])
+        f"- answers dropped by the filters: {dropped_text(dropped) or 'none'}", ""])
+
+
+def dropped_text(dropped: Counter[str]) -> str:
+    """How many answers each filter dropped, e.g. "near-duplicate 2, too long 1"."""
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items()))
 
 
 def _conversation(item: Item, result: Result) -> list[dict[str, str]]:

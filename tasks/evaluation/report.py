@@ -38,17 +38,24 @@ def format_report(metrics: dict[str, Any]) -> str:
                                                  for value, row in table.items()))
     lines.append(f"no answer in {metrics['no_answer_rate']:.1%} of responses; items: "
                  + ", ".join(f"{status} {count}" for status, count in metrics["counts"].items()))
-    if metrics.get("code"):
-        lines.append(code_text(metrics["code"]))
-    if metrics.get("judge"):
-        lines.append(judge_text(metrics))
-    if metrics.get("sampling"):
-        lines.append(sampling_text(metrics["sampling"]))
+    lines += [text for _, text in optional_rows(metrics)]
     if metrics["made_with"]:
         lines.append("made with " + ", ".join(f"{key} {value}" for key, value in metrics["made_with"].items()))
     for name, figures in metrics["throughput"]["devices"].items():
         lines.append(f"{name}: {figures['items']} items, {figures['tokens_per_second']} tokens/s")
     return "\n".join(lines)
+
+
+def optional_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """(figure, text) of what only some runs have: code execution, an LLM judge, several samples."""
+    rows = []
+    if metrics.get("code"):
+        rows.append(("code execution", code_text(metrics["code"])))
+    if metrics.get("judge"):
+        rows.append(("with the LLM judge", judge_text(metrics)))
+    if metrics.get("sampling"):
+        rows.append(("samples", sampling_text(metrics["sampling"])))
+    return rows
 
 
 def code_text(code: dict[str, Any]) -> str:
@@ -104,12 +111,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     rows += [("no answer", f"{metrics['no_answer_rate']:.1%} of responses"),
              ("items", ", ".join(f"{status} {count}" for status, count in metrics["counts"].items())),
              ("made with", made_with_text(metrics))]
-    if metrics.get("code"):
-        rows.append(("code execution", code_text(metrics["code"])))
-    if metrics.get("judge"):
-        rows.append(("with the LLM judge", judge_text(metrics)))
-    if metrics.get("sampling"):
-        rows.append(("samples", sampling_text(metrics["sampling"])))
+    rows += optional_rows(metrics)
     rows += [(f"throughput {name}", f"{figures['items']} items, {figures['tokens_per_second']} tokens/s")
              for name, figures in metrics["throughput"]["devices"].items()]
     if metrics["unfinished"]:

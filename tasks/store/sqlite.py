@@ -139,13 +139,12 @@ class SqliteStore:
         token, now = uuid.uuid4().hex, self.clock()
         with self._lock, self._transaction():
             poisoned = self._db.execute(  # an item whose worker died holding it, for the last time: failed (a poison item)
-                """UPDATE items SET status = 'failed', attempts = attempts + 1, lease_expires = NULL,
+                f"""UPDATE items SET status = 'failed', attempts = attempts + 1, lease_expires = NULL,
                     error = printf(?, attempts + 1) WHERE run = ? AND status = 'running' AND lease_expires < ?
-                    AND attempts + 1 >= ? RETURNING question_id, metadata""", (LEASE_EXPIRED, run, now, max_attempts)
+                    AND attempts + 1 >= ? RETURNING {SELECTED}""", (LEASE_EXPIRED, run, now, max_attempts)
             ).fetchall()
             if poisoned:
-                enough = max(json.loads(metadata or "{}").get("until_correct") or 0 for _, metadata in poisoned)
-                self._advance(run, {question for question, _ in poisoned}, enough)
+                self._advance(run, *settling([_item(row) for row in poisoned]))
             rows = self._db.execute(  # expired leases first, then pending in order; each branch on the claim index
                 f"""UPDATE items SET attempts = attempts + (status = 'running'), status = 'running', worker = ?,
                     token = ?, lease_expires = ? WHERE id IN (SELECT id FROM (
