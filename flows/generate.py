@@ -19,7 +19,7 @@ if __name__ == "__main__":  # before the heavy imports below: --help and bad fla
     answer_early(WorkerConfig, "flows/generate.py", __doc__)
 
 from contextlib import closing
-from typing import Any
+from typing import Any, Sequence
 
 from prefect import flow
 from prefect.futures import wait
@@ -111,19 +111,21 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         raise UserError(f"Every device of this worker stopped: {'; '.join(f'{d}: {why}' for d, why in broken.items())}. "
                         "Restart the machine (a GPU in this state rarely recovers in the same process); the items it "
                         "held are back in the store for the other workers.")
-    result = worker_result(config, runs, reports, stopped=shutdown.reason, broken=broken)
+    result = worker_result(config, runs, reports, devices_loaded=[engine.label for engine in engines],
+                           stopped=shutdown.reason, broken=broken)
     for device, total in result["devices"].items():
         logger.info(f"{device}: {total['done']} done, {total['failed']} failed, {total['tokens']} tokens, "
                     f"{total['tokens_per_second']} tokens/s")
     return result
 
 
-def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *, stopped: str | None = None,
-                  broken: dict[str, str] | None = None, nothing_to_do: bool = False) -> dict[str, Any]:
+def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *, devices_loaded: Sequence[str] = (),
+                  stopped: str | None = None, broken: dict[str, str] | None = None,
+                  nothing_to_do: bool = False) -> dict[str, Any]:
     """What the worker's flow run returns (and its command line prints): throughput per device, and how it ended."""
     return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
-            "sampling": config.sampling.model_dump(), "devices": summarize_reports(reports), "stopped": stopped,
-            "broken": broken or {}, "nothing_to_do": nothing_to_do}
+            "sampling": config.sampling.model_dump(), "devices": summarize_reports(reports, devices_loaded),
+            "stopped": stopped, "broken": broken or {}, "nothing_to_do": nothing_to_do}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,7 +76,8 @@ def test_a_real_server_process_answers_every_item_once(prefect_env, tmp_path: Pa
     assert {item.result.engine for item in items} == {"openai"}
     assert all(1 <= item.result.tokens <= 8 for item in items)  # counted by the server (usage)
     port = api.split(":")[2].split("/")[0]
-    assert set(result["devices"]) == {f"127.0.0.1:{port}#0", f"127.0.0.1:{port}#1", "all"}
+    assert set(result["devices"]) == {f"127.0.0.1:{port}#0", f"127.0.0.1:{port}#1", "all"}  # both, even one idle
+    assert result["devices"]["all"]["done"] == 6
 
 
 def test_faults_are_retried_or_given_back_and_the_key_never_shows(prefect_env, tmp_path: Path, monkeypatch,

@@ -150,9 +150,9 @@ def test_a_prefect_outage_does_not_stop_the_work(prefect_env, monkeypatch) -> No
 
     summarize_reports = flows.generate.summarize_reports
 
-    def outage_ends_when_the_work_is_done(reports):  # the flow's own end is reported again
+    def outage_ends_when_the_work_is_done(*args):  # the flow's own end is reported again
         outage["on"] = False
-        return summarize_reports(reports)
+        return summarize_reports(*args)
 
     monkeypatch.setattr(flows.generate, "summarize_reports", outage_ends_when_the_work_is_done)
     started = time.monotonic()

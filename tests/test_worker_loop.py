@@ -193,6 +193,8 @@ def test_throughput_adds_up_over_devices_running_in_parallel() -> None:
     assert totals["cuda:0"]["tokens_per_second"] == 500.0 and totals["cuda:1"]["tokens_per_second"] == 500.0
     assert totals["all"]["tokens_per_second"] == 1000.0  # two T4s at 500 tokens/s each, not 500
     assert (totals["all"]["done"], totals["all"]["batches"]) == (48, 3)
+    idle = summarize_reports(reports, ["cuda:0", "cuda:1", "cuda:2"])["cuda:2"]  # loaded, got no work
+    assert (idle["batches"], idle["done"], idle["tokens_per_second"]) == (0, 0, 0.0)
 
 
 def test_store_calls_outside_prefect_keep_the_task_runs_retries(monkeypatch) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Finished, Generation, Request, UnanswerableItem, answer_all
@@ -102,13 +101,15 @@ def extract_with_llm(engine: Any, group: list[Finished]) -> None:
         answer.extracted = found
 
 
-def summarize_reports(reports: list[BatchReport]) -> dict[str, dict[str, Any]]:
-    """Batches, items, tokens, seconds and tokens/s per device, then `all`: devices run in
-    parallel, so the worker's rate is the sum of its devices' rates."""
-    devices: dict[str, dict[str, Any]] = defaultdict(lambda: {"batches": 0, "items": 0, "done": 0, "failed": 0,
-                                                              "tokens": 0, "seconds": 0.0})
+def summarize_reports(reports: list[BatchReport], devices_loaded: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Batches, items, tokens, seconds and tokens/s per device (a loaded device that got no work
+    shows zeros), then `all`: devices run in parallel, so the worker's rate is the sum of theirs."""
+    def zeros() -> dict[str, Any]:
+        return {"batches": 0, "items": 0, "done": 0, "failed": 0, "tokens": 0, "seconds": 0.0}
+
+    devices = {label: zeros() for label in devices_loaded}
     for report in reports:
-        total = devices[report.device]
+        total = devices.setdefault(report.device, zeros())
         total["batches"] += 1
         for name in ("items", "done", "failed", "tokens", "seconds"):
             total[name] += getattr(report, name)
