@@ -91,11 +91,11 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling, limits, stop, seeds):
+    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(prompts, sampling, limits, stop, seeds)
+        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     requests = [Request(key=text, prompt=text, seed=n) for n, text in enumerate(["a", "b", "c", "poison", "e", "f", "g", "h"])]

@@ -139,13 +139,14 @@ class HFModel:
             top_k=None, repetition_penalty=sampling.repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, limits: list[int] | None = None,
+    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
                  stop: tuple[str, ...] = (), seeds: list[int | None] | None = None) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
         `limits`, each answer stops at its own length (the batch runs to the longest); with
         `stop`, at the first of those texts; with a seed for every prompt, each is drawn with its
         own (recorded on its generation), else from the device's generator."""
-        seeded = sampling.temperature > 0 and bool(seeds) and None not in seeds  # type: ignore[operator]
+        draws = [seed for seed in seeds or [] if seed is not None] if sampling.temperature > 0 else []
+        seeded = bool(prompts) and len(draws) == len(prompts)
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
         texts = [self.prompt_text(prompt) for prompt in prompts]
@@ -154,7 +155,7 @@ class HFModel:
             with torch.inference_mode():
                 output = self.model.generate(
                     **batch, generation_config=self.generation_config(sampling, seeded=seeded),
-                    logits_processor=seeded_processors(sampling, seeds, self.device) if seeded else None,  # type: ignore[arg-type]
+                    logits_processor=seeded_processors(sampling, draws, self.device) if seeded else None,
                     **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}))
         except Exception:
             if self.device.startswith("cuda"):
@@ -162,4 +163,4 @@ class HFModel:
             raise
         rows = output[:, batch["input_ids"].shape[1]:].cpu().tolist()
         answers = [self.answer(row[:limit]) for row, limit in zip(rows, limits or [len(row) for row in rows])]
-        return [replace(answer, seed=seed) for answer, seed in zip(answers, seeds)] if seeded else answers  # type: ignore[arg-type]
+        return [replace(answer, seed=seed) for answer, seed in zip(answers, draws)] if seeded else answers

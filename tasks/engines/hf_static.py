@@ -50,9 +50,9 @@ def generate_splitting(model: HFModel, requests: list[Request], sampling: Sampli
     yields its exception instead of a generation."""
     try:
         return list(model.generate([request.prompt for request in requests], sampling,
-                                   [request.max_new_tokens or sampling.max_new_tokens for request in requests],
-                                   tuple(sorted({text for request in requests for text in request.stop})),
-                                   [request.seed for request in requests]))
+                                   limits=[request.max_new_tokens or sampling.max_new_tokens for request in requests],
+                                   stop=tuple(sorted({text for request in requests for text in request.stop})),
+                                   seeds=[request.seed for request in requests]))
     except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
         if len(requests) == 1:
             return [error]
