@@ -1,8 +1,11 @@
-"""Code execution's costs, measured side by side: `python bench/sandbox.py [--executions 64] [--items 64]`.
+"""Code execution's costs, measured side by side: `python bench/sandbox.py [--executions 64] [--items 64]
+[--before REV]`.
 
 (a) executions per second through the sandbox (every layer this machine allows) ÷ a bare
     `subprocess.run([python, "-c", code])`, the same short programs, as many in parallel as there
-    are cores, interleaved over 3 repeats (medians);
+    are cores, interleaved over 3 repeats (medians); with --before, also the sandbox as it was at
+    REV (loaded from git), interleaved with the others, and the milliseconds an execution costs
+    each way;
 (b) the device-busy share of a run where every item executes code once: a simulated device (a
     batch of 8 takes 0.5 s, as a small GPU batch might) behind the real code loop and sandbox; the
     share of the wall time the device spends generating (target >= 0.9: the items whose code runs
@@ -12,9 +15,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,12 +32,26 @@ from tasks.engines import Generation, ListFeeder, Request  # noqa: E402
 from tasks.engines.code_loop import CodeLoopEngine  # noqa: E402
 from tasks.sandbox import describe_layers, active_layers, execute_many  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
+
 PROGRAM = "import math\nprint(sum(math.comb(20, k) for k in range(21)))"
 
 
 def bare(codes: list[str]) -> None:
     with ThreadPoolExecutor() as pool:
         list(pool.map(lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30), codes))
+
+
+def sandbox_at(revision: str, folder: Path):
+    """tasks/sandbox.py as it was at `revision` (its child is the file itself, so it is written out)."""
+    source = subprocess.run(["git", "show", f"{revision}:tasks/sandbox.py"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    path = folder / "sandbox_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("sandbox_before", path)
+    module = sys.modules["sandbox_before"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def rate(run, codes: list[str]) -> float:
@@ -75,15 +95,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--executions", type=int, default=64)
     parser.add_argument("--items", type=int, default=64)
+    parser.add_argument("--before", metavar="REV", help="also measure tasks/sandbox.py as it was at this commit")
     args = parser.parse_args()
     print(describe_layers(active_layers()))
     codes = [PROGRAM] * args.executions
-    sandboxed, plain = [], []
-    for _ in range(3):
-        sandboxed.append(rate(execute_many, codes))
-        plain.append(rate(bare, codes))
-    print(f"(a) sandbox {statistics.median(sandboxed):.1f} executions/s, bare subprocess "
-          f"{statistics.median(plain):.1f}/s: ratio {statistics.median(sandboxed) / statistics.median(plain):.2f}")
+    with tempfile.TemporaryDirectory() as folder:
+        runs = {"sandbox": execute_many, "bare": bare}
+        if args.before:
+            runs["before"] = sandbox_at(args.before, Path(folder)).execute_many
+        rates: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(3):
+            for name, run in runs.items():
+                rates[name].append(rate(run, codes))
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"(a) sandbox {median['sandbox']:.1f} executions/s, bare subprocess {median['bare']:.1f}/s: "
+          f"ratio {median['sandbox'] / median['bare']:.2f}")
+    if args.before:
+        cores = len(os.sched_getaffinity(0))
+        print(f"    sandbox at {args.before} {median['before']:.1f} executions/s: now ÷ then "
+              f"{median['sandbox'] / median['before']:.2f}; per execution {1000 * cores / median['sandbox']:.0f} ms "
+              f"now, {1000 * cores / median['before']:.0f} ms then ({cores} at a time)")
     print(f"(b) device busy {device_busy(args.items):.3f} of the wall time, {args.items} items each executing code once")
 
 

@@ -33,7 +33,7 @@ from tasks.engines.devices import engine_devices, share_cores
 from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.progress import RunDashboard, TerminalProgress
-from tasks.sandbox import active_layers, describe_layers
+from tasks.sandbox import check_sandbox
 from tasks.store import match_runs, open_store
 from tasks.worker.results import BatchReport, summarize_reports
 from tasks.worker.leases import LeaseKeeper
@@ -72,15 +72,15 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         if not config.idle_exit and all(run_finished(store, run) for run in runs):  # before loading any model
             logger.info(f"nothing to do: run(s) {', '.join(runs)} have nothing pending or running")
             return worker_result(config, runs, [], nothing_to_do=True)
+        if config.code_execution:
+            logger.info(f"code execution: up to {config.max_code_executions} per item, {config.code_timeout:g} s "
+                        f"each; {check_sandbox(config.required_sandbox_layers)}")
         if shared := share_cores(devices, config.cpu_threads):
             logger.info(shared)
         transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
         try:
             engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
                                                        for device, label in devices]]
-            if config.code_execution:
-                logger.info(f"code execution: up to {config.max_code_executions} per item, "
-                            f"{config.code_timeout:g} s each; {describe_layers(active_layers())}")
             logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
                         f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, "
                         f"runs {', '.join(runs)}")

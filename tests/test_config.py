@@ -21,6 +21,7 @@ from tasks.cli import command_parser
 from tasks.config import (EvaluateConfig, ExportConfig, JudgeConfig, ModelConfig, RefineConfig, SeedConfig,
                           ServeConfig, StatusConfig, WorkerConfig)
 from tasks.config.base import Config, ConfigError, nested_config
+from tasks.sandbox import LAYERS
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, run_script
 
@@ -117,3 +118,13 @@ def test_configs_are_frozen_and_refuse_unknown_settings() -> None:
     with pytest.raises(ConfigError, match=r"sampels = 3: not a known setting"):
         SeedConfig.load({"sampels": 3})
     assert json.loads(WorkerConfig(store="sqlite:///x.db").model_dump_json())["store"] == "**********"
+
+
+def test_the_sandbox_layers_a_worker_requires(tmp_path: Path) -> None:
+    assert WorkerConfig().required_sandbox_layers == ("unprivileged-user",)
+    assert WorkerConfig(sandbox_layers="all").required_sandbox_layers == LAYERS
+    assert WorkerConfig(sandbox_layers="none").required_sandbox_layers == ()
+    assert WorkerConfig(sandbox_layers=" landlock, seccomp ").required_sandbox_layers == ("landlock", "seccomp")
+    cli = error_of(run_script("flows/generate.py", "--sandbox-layers", "landlok,seccomp", cwd=tmp_path))
+    assert cli.startswith("Invalid worker settings: sandbox_layers (--sandbox-layers) = 'landlok,seccomp': unknown "
+                          "sandbox layer(s) landlok: use all, none, or a comma list of own-session,")

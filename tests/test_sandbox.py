@@ -17,13 +17,13 @@ from tasks.engines.code_loop import first_code, output_block
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.errors import UserError
 from tasks.export import sft_rows
-from tasks.sandbox import LAYERS, SandboxLimits, active_layers, execute, execute_many
+from tasks.sandbox import LAYERS, SandboxPolicy, active_layers, execute, execute_many
 from tasks.store.sqlite import SqliteStore
 from tasks.worker import steps
 from tests.conftest import run_flow_cli
 from tests.support import ScriptedEngine, ScriptedServer
 
-QUICK = SandboxLimits(wall_seconds=5, cpu_seconds=5)
+QUICK = SandboxPolicy(wall_seconds=5, cpu_seconds=5)
 SECRET = "mongodb://alice:s3cr3t-in-env@db.example/fleet"
 
 
@@ -36,7 +36,7 @@ def secret_in_environment(monkeypatch) -> None:
 def test_layers_are_detected_and_the_basic_ones_always_hold() -> None:
     layers = active_layers()
     assert set(layers) == set(LAYERS)
-    assert layers["own session"] and layers["cleared environment"] and layers["resource limits"]
+    assert layers["own-session"] and layers["clean-environment"] and layers["resource-limits"]
 
 
 HOSTILE = {
@@ -75,9 +75,9 @@ def test_it_writes_in_its_own_folder_only(tmp_path: Path) -> None:
     inside = execute("open('mine.txt', 'w').write('kept'); print(open('mine.txt').read())", QUICK)
     assert inside.error is None and inside.output.strip() == "kept"
     escape = execute(f"open({str(outside)!r}, 'w').write('x')", QUICK)
-    if not (active_layers()["landlock"] or active_layers()["unprivileged user"]):
-        pytest.skip("neither Landlock nor an unprivileged user on this machine: writes outside are not blocked")
-    assert escape.error and "PermissionError" in escape.error and not outside.exists()
+    if not (active_layers()["landlock"] or active_layers()["mount-namespace"]):
+        pytest.skip("neither Landlock nor a mount namespace on this machine: writes outside are not blocked")
+    assert escape.error and not outside.exists()
 
 
 def test_exits_and_signals_to_others_are_contained() -> None:
@@ -192,7 +192,7 @@ def test_the_tiny_model_with_code_execution_through_the_command_line(prefect_env
     result = run_flow_cli("generate.py", "--run", "r", "--model", str(tiny_model), "--devices", "cpu", "--engine", "hf",
                           "--code-execution", "--max-new-tokens", "16", cwd=tmp_path, env=prefect_env)
     assert result.returncode == 0, result.stderr
-    assert "code execution: up to 6 per item, 10 s each; sandbox layers on: own session" in result.stderr
+    assert "code execution: up to 6 per item, 10 s each; sandbox layers on: own-session" in result.stderr
     items = SqliteStore(tmp_path / "fleetgen.db").items("r")
     assert len(items) == 12 and {item.status for item in items} == {"done"}
     assert all(item.result.code_executions == 0 and item.result.prompt == "code" for item in items)

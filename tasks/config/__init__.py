@@ -17,6 +17,7 @@ from pydantic import NonNegativeInt, PositiveInt, SecretStr, ValidationError, fi
 
 from tasks.config.base import Config, setting
 from tasks.prompts import question_templates
+from tasks.sandbox import LAYERS
 from tasks.store import check_store_url
 from tasks.store.models import MIN_LEASE_SECONDS
 
@@ -159,6 +160,8 @@ class WorkerConfig(RunConfig):
                                                metavar="N")
     code_timeout: float = setting(10.0, "wall-time (and CPU-time) limit of one code execution, in seconds",
                                   metavar="S", gt=0, le=600)
+    sandbox_layers: str = setting("unprivileged-user", "sandbox layers without which the worker runs no code: a comma "
+                                  f"list of {', '.join(LAYERS)}; or all, or none", metavar="LIST")
     worker: str | None = setting(None, "this worker's name in the store and the UI (default: host-pid)",
                                  metavar="NAME")
     lease_seconds: float = setting(600.0, "how long claimed items stay reserved without a heartbeat; a dead "
@@ -184,6 +187,22 @@ class WorkerConfig(RunConfig):
             raise ValueError(f"{value!r} is not a duration: use e.g. 11h30m, 90m or 3600")
         hours, minutes, seconds = (float(part or 0) for part in match.groups())
         return hours * 3600 + minutes * 60 + seconds
+
+    @field_validator("sandbox_layers")
+    @classmethod
+    def _layer_list(cls, layers: str) -> str:
+        names = [name.strip() for name in layers.split(",") if name.strip()]
+        if names in (["all"], ["none"]):
+            return names[0]
+        if unknown := [name for name in names if name not in LAYERS]:
+            raise ValueError(f"unknown sandbox layer(s) {', '.join(unknown)}: use all, none, or a comma list of "
+                             f"{', '.join(LAYERS)}")
+        return ",".join(names) or "none"
+
+    @property
+    def required_sandbox_layers(self) -> tuple[str, ...]:
+        """The layers without which no code runs (--sandbox-layers)."""
+        return {"all": LAYERS, "none": ()}.get(self.sandbox_layers, tuple(self.sandbox_layers.split(",")))
 
     @field_validator("devices")
     @classmethod

@@ -15,7 +15,7 @@ from typing import Iterator
 from tasks.config import SamplingConfig
 from tasks.engines import Engine, Feeder, Finished, Generation, Request
 from tasks.engines.devices import cpu_cores
-from tasks.sandbox import Execution, SandboxLimits, execute
+from tasks.sandbox import Execution, SandboxPolicy, execute
 
 CODE_BLOCK = re.compile(r"```python[ \t]*\n(.*?)```", re.DOTALL)
 STOP = ("```output",)  # where a model trained on tool use stops for the output (ToRA, Qwen2.5-Math)
@@ -111,8 +111,8 @@ class CodeLoopEngine:
     dropped: a model without tool training goes on to imagine the output) runs in the sandbox,
     executions of a device's items in parallel up to the machine's cores."""
 
-    def __init__(self, engine: Engine, *, max_executions: int = 6, limits: SandboxLimits = SandboxLimits()):
-        self.engine, self.max_executions, self.limits = engine, max_executions, limits
+    def __init__(self, engine: Engine, *, max_executions: int = 6, policy: SandboxPolicy = SandboxPolicy()):
+        self.engine, self.max_executions, self.policy = engine, max_executions, policy
         self.name, self.device, self.label = engine.name, engine.device, engine.label
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
@@ -139,7 +139,7 @@ class CodeLoopEngine:
 
     def _execute(self, loop: CodeLoopFeeder, transcript: Transcript, code: str) -> None:
         try:
-            execution = execute(code, self.limits)
+            execution = execute(code, self.policy)
         except Exception as error:  # the sandbox itself failed (no room for its folder): the model reads why
             execution = Execution(output="", error=f"the sandbox could not run it ({type(error).__name__}: {error})",
                                   seconds=0.0)

@@ -16,7 +16,7 @@ from tasks.config import WorkerConfig
 from tasks.engines import Engine, create_engine
 from tasks.engines.code_loop import CodeLoopEngine
 from tasks.errors import UserError, retry_unless_user_error
-from tasks.sandbox import SandboxLimits
+from tasks.sandbox import SandboxPolicy
 from tasks.store import Store
 from tasks.store.models import Claim
 from tasks.worker.leases import LeaseKeeper
@@ -35,8 +35,9 @@ def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
                            batch_size=config.batch_size)
     if not config.code_execution:
         return engine
-    limits = SandboxLimits(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)))
-    return CodeLoopEngine(engine, max_executions=config.max_code_executions, limits=limits)
+    policy = SandboxPolicy(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)),
+                           required=config.required_sandbox_layers)
+    return CodeLoopEngine(engine, max_executions=config.max_code_executions, policy=policy)
 
 
 STORE_RETRY_DELAYS = [2, 10, 30]
