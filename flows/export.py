@@ -7,7 +7,9 @@ question, reference, response, predicted, correct, tokens, worker and how the an
 assistant response) of correct answers, the best (fewest tokens) per question, filtered (a stated
 final answer, no looping lines, a length, no near-duplicates); refine rounds only with
 --refine-conversations, as the conversation they answered; `dpo` pairs a correct and a wrong answer
-of a question. sft and dpo write a dataset card beside the data.
+of a question. sft and dpo write a dataset card beside the data, refuse a run seeded from a test
+split (--allow-test-split), and leave out the questions a decontamination check found in a test
+set (--decontaminate runs the n-gram check first; --keep-contaminated keeps them).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from prefect.logging import get_run_logger
 
 from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
-from tasks.config import ExportConfig
+from tasks.config import DecontaminateConfig, ExportConfig
+from tasks.decontamination import card_lines, check_run, contaminated_ids, seeded_from_a_test_split
 from tasks.errors import UserError
 from tasks.evaluation.metrics import check_one_way_per_stage, evaluate_items
 from tasks.export import (SftFilters, card_path, dataset_card, dropped_text, preference_rows, push_to_hub, result_rows,
@@ -41,15 +44,27 @@ from tasks.store.steps import read_items
 def export(config: ExportConfig) -> dict[str, Any]:
     """Write the run's results (rows or SFT chats); returns how many rows."""
     config = start_flow(ExportConfig, config)
+    logger = get_run_logger()
     with closing(open_store(config.store)) as store:
         require_run(store, config.run)
-        get_run_logger().info(f"reading run {config.run!r} ({summarize(store.counts(config.run))['total']:,} items) from "
-                              f"{store.url}")
+        logger.info(f"reading run {config.run!r} ({summarize(store.counts(config.run))['total']:,} items) from "
+                    f"{store.url}")
         items = read_items(store, config.run)
+        if config.format != "rows":
+            check_training_run(config, store.run_config(config.run))
+            if config.decontaminate:
+                store.set_contamination(config.run, check_run(items, DecontaminateConfig(run=config.run)))
+            contamination = store.contamination(config.run)
     card = None
     if config.format == "rows":  # each row says how its answer was made
         rows = result_rows(items, only_correct=config.only_correct, stage=config.stage)
     else:  # chats carry no provenance: never mix answers made different ways
+        leave_out = set() if config.keep_contaminated else contaminated_ids(contamination)
+        answered = sum(item.status == "done" for item in items if item.question_id in leave_out)
+        if leave_out:
+            logger.info(f"left out {len(leave_out):,} questions found in a test set ({answered:,} answers); "
+                        "--keep-contaminated keeps them")
+        items = [item for item in items if item.question_id not in leave_out]
         way = check_one_way_per_stage(config.run, items)
         filters = SftFilters(max_chars=config.max_chars, max_repeated_lines=config.max_repeated_lines,
                              similarity=config.similarity)
@@ -61,9 +76,9 @@ def export(config: ExportConfig) -> dict[str, Any]:
         card = dataset_card(run=config.run, kind=config.format, rows=len(rows), way=way, filters=filters,
                             questions=len({row["question_id"] for row in rows}), dropped=selection.dropped,
                             accuracy=evaluate_items(config.run, items)["accuracy"], per_question=config.per_question,
-                            max_rows=config.max_rows)
+                            max_rows=config.max_rows, decontamination=card_lines(contamination, answered))
         if selection.dropped:
-            get_run_logger().info(f"filters dropped {sum(selection.dropped.values())} answers: "
+            logger.info(f"filters dropped {sum(selection.dropped.values())} answers: "
                                   + dropped_text(selection.dropped))
     if not rows:
         raise UserError(f"Nothing to export from run {config.run!r} with these filters (no answered items match).")
@@ -72,8 +87,19 @@ def export(config: ExportConfig) -> dict[str, Any]:
         card_path(Path(config.out)).write_text(card, encoding="utf-8")
     if config.push_to_hub_repo:
         push_to_hub(rows, config.push_to_hub_repo, card)
-    get_run_logger().info(f"exported {counted(len(rows), config.format)} of run {config.run!r} to {config.out} ({written})")
+    logger.info(f"exported {counted(len(rows), config.format)} of run {config.run!r} to {config.out} ({written})")
     return {"run": config.run, "rows": len(rows), "out": config.out, "format": written, "kind": config.format}
+
+
+def check_training_run(config: ExportConfig, seeded: dict[str, Any]) -> None:
+    """Training data from a test split makes that benchmark's scores meaningless: refused unless asked."""
+    if seeded_from_a_test_split(seeded) and not config.allow_test_split:
+        raise UserError(
+            f"Run {config.run!r} was seeded from the test split of {seeded.get('dataset')}: exporting it as "
+            f"{config.format} training data would train on the questions that benchmark is scored on, so its scores "
+            "(and those of every model trained on it) would mean nothing. Seed a training run from a train split "
+            "(e.g. --dataset gsm8k --split train), export this one as --format rows for analysis, or pass "
+            "--allow-test-split if you really mean it.")
 
 
 def counted(rows: int, kind: str) -> str:

@@ -26,9 +26,7 @@ from prefect.logging import get_run_logger
 from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import JudgeConfig
-from tasks.engines import create_engine
-from tasks.engines.devices import engine_devices
-from tasks.judge import judge_items, to_judge
+from tasks.judge import judge_engine, judge_items, to_judge
 from tasks.store import open_store, require_run
 from tasks.store.steps import read_items
 
@@ -44,9 +42,7 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
         if not items:
             logger.info(f"run {config.run!r}: nothing to judge (every answer was read by the rules, or judged)")
             return {"run": config.run, "judged": 0, "verdicts": {}}
-        device, label = engine_devices(config.engine, config.devices)[0]
-        engine = create_engine(engine=config.engine, model=config.model, device=device, label=label,
-                               batch_size=config.batch_size)
+        engine = judge_engine(config)
         try:
             judgements = judge_items(engine, items, config.sampling, config.model.model)
         finally:

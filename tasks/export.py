@@ -7,7 +7,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tasks.errors import UserError
 from tasks.grading.extract import stated_answer
@@ -127,7 +127,8 @@ def preference_rows(items: list[Item], *, per_question: int = 1, filters: SftFil
 
 
 def dataset_card(*, run: str, kind: str, rows: int, questions: int, way: dict[str, Any] | None, accuracy: float,
-                 filters: SftFilters, dropped: Counter[str], per_question: int, max_rows: int | None) -> str:
+                 filters: SftFilters, dropped: Counter[str], per_question: int, max_rows: int | None,
+                 decontamination: Sequence[str] = ()) -> str:
     """The card written beside an export: what the data is, how it was made and filtered."""
     made = "responses brought from elsewhere" if way is None else (
         f"model `{way['model']['model']}` with {way['engine']}, prompt `{way['prompt']}`, sampling {way['sampling']}")
@@ -140,7 +141,7 @@ def dataset_card(*, run: str, kind: str, rows: int, questions: int, way: dict[st
         f"- filters: a final answer the grader reads, at most {filters.max_repeated_lines} repeats of a line, "
         f"{f'at most {filters.max_chars:,} characters, ' if filters.max_chars else ''}near-duplicates "
         f"(similarity >= {filters.similarity}) of a kept answer dropped",
-        f"- answers dropped by the filters: {dropped_text(dropped) or 'none'}", ""])
+        f"- answers dropped by the filters: {dropped_text(dropped) or 'none'}", *decontamination, ""])
 
 
 def dropped_text(dropped: Counter[str]) -> str:

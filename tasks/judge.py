@@ -6,12 +6,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tasks.config import SamplingConfig
-from tasks.engines import Engine, Generation, Request, answer_all
+from tasks.config import JudgeConfig, SamplingConfig
+from tasks.engines import Engine, Generation, Request, answer_all, create_engine
+from tasks.engines.devices import engine_devices
 from tasks.prompts import render
 from tasks.store.models import Item
 
 RESPONSE_CHARS = 4000  # the end of a long response, where its answer is
+
+
+def judge_engine(config: JudgeConfig) -> Engine:
+    """The judge's one model copy (or endpoint), on the first of its devices."""
+    device, label = engine_devices(config.engine, config.devices)[0]
+    return create_engine(engine=config.engine, model=config.model, device=device, label=label,
+                         batch_size=config.batch_size)
 
 
 def to_judge(items: list[Item]) -> list[Item]:

@@ -68,6 +68,21 @@ def build_model(folder: Path, *, chat: bool, hidden: int = 32, layers: int = 2, 
     return folder
 
 
+def build_encoder(folder: Path) -> Path:
+    """A random one-layer BERT and its tokenizer, saved to `folder`: a sentence-embedding model's shape."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    texts = [json.loads(line)["question"] for line in
+             (Path(__file__).resolve().parents[1] / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:500]]
+    tokenizer = train_tokenizer(texts)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=512)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def build_adapter(base: Path, folder: Path) -> Path:
     """A LoRA adapter (random, non-zero B so it changes outputs) for the model in `base`."""
     import torch

@@ -18,8 +18,8 @@ from flows.generate import generate
 from flows.refine import refine
 from flows.seed import seed
 from tasks.cli import command_parser
-from tasks.config import (EvaluateConfig, ExportConfig, JudgeConfig, ModelConfig, RefineConfig, SeedConfig,
-                          ServeConfig, StatusConfig, WorkerConfig)
+from tasks.config import (DecontaminateConfig, EvaluateConfig, ExportConfig, JudgeConfig, ModelConfig, RefineConfig,
+                          SeedConfig, ServeConfig, StatusConfig, WorkerConfig)
 from tasks.config.base import Config, ConfigError, nested_config
 from tasks.sandbox import LAYERS
 from tasks.store.sqlite import SqliteStore
@@ -27,7 +27,8 @@ from tests.conftest import ROOT, run_script
 
 COMMANDS = {"flows/seed.py": SeedConfig, "flows/generate.py": WorkerConfig, "flows/refine.py": RefineConfig,
             "flows/evaluate.py": EvaluateConfig, "flows/export.py": ExportConfig, "flows/status.py": StatusConfig,
-            "flows/judge.py": JudgeConfig, "deployments/serve.py": ServeConfig}
+            "flows/judge.py": JudgeConfig, "flows/decontaminate.py": DecontaminateConfig,
+            "deployments/serve.py": ServeConfig}
 
 
 def setting_paths(config_class: type[Config], prefix: tuple[str, ...] = ()) -> Iterator[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import flows.judge
+import tasks.judge
 from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.judge import judge
@@ -107,7 +107,7 @@ def judged_run(tmp_path: Path) -> str:
 def test_the_judge_decides_what_the_rules_cannot_read_and_keeps_both(prefect_env, tmp_path: Path, monkeypatch) -> None:
     url = judged_run(tmp_path)
     replies = ScriptedEngine({"Response: Two and three": "Yes.", "Response: I am not sure": "no", "": "It depends."})
-    monkeypatch.setattr(flows.judge, "create_engine", lambda **kwargs: replies)
+    monkeypatch.setattr(tasks.judge, "create_engine", lambda **kwargs: replies)
     result = judge(JudgeConfig(store=url, run="judged", model={"model": "judge-model"}, devices="cpu"))
     assert result["judged"] == 3 and result["verdicts"] == {"yes": 1, "no": 1, "undecided": 1}
     items = {item.question_id: item for item in SqliteStore(tmp_path / "fleetgen.db").items("judged")}

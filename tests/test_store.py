@@ -13,6 +13,7 @@ from tasks.errors import UserError
 from tasks.store import Store, open_store, quota_warning, summarize
 from tasks.store.models import Item, Result
 from tasks.store.mongo import MongoStore, claimable
+from tasks.store.sqlite import SqliteStore
 from tests.support import FakeClock, mongomock_store
 
 
@@ -44,6 +45,29 @@ def test_runs_are_recorded_once(store: Store) -> None:
     store.ensure_run("b", {})
     store.ensure_run("a", {"samples": 2})
     assert store.runs() == ["a", "b"]
+
+
+def test_a_runs_decontamination_report_is_kept_and_replaced(store: Store) -> None:
+    store.ensure_run("a", {"split": "train"})
+    assert store.contamination("a") is None
+    first = {"checked": 3, "test_sets": [{"name": "gsm8k/test", "questions": 1319}],
+             "matches": [{"question_id": "q.1", "test_id": "gsm8k/test/7", "check": "8-gram"}]}
+    store.set_contamination("a", first)
+    assert store.contamination("a") == first and store.run_config("a") == {"split": "train"}
+    store.set_contamination("a", {**first, "matches": []})
+    assert store.contamination("a")["matches"] == [] and store.contamination("b") is None
+
+
+def test_an_sqlite_store_from_before_decontamination_gains_its_column(tmp_path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.db") as db:  # the runs table as earlier versions made it
+        db.execute("CREATE TABLE runs (name TEXT PRIMARY KEY, config TEXT NOT NULL, created REAL NOT NULL)")
+        db.execute("INSERT INTO runs VALUES ('old', '{}', 1.0)")
+    store = SqliteStore(tmp_path / "old.db")
+    store.ensure_run("new", {})
+    store.set_contamination("old", {"matches": []})
+    assert store.runs() == ["old", "new"] and store.contamination("old") == {"matches": []}
 
 
 def test_claims_are_disjoint_and_marked_running(store: Store) -> None:

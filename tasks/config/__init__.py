@@ -46,6 +46,21 @@ def _folder_exists(path: str | None) -> str | None:
     return path
 
 
+def name_list(value: str, known: tuple[str, ...], what: str) -> str:
+    """A setting naming some of `known`: all, none, or a comma list (spaces dropped)."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if names in (["all"], ["none"]):
+        return names[0]
+    if unknown := [name for name in names if name not in known]:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}: use all, none, or a comma list of {', '.join(known)}")
+    return ",".join(names) or "none"
+
+
+def named(value: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The names a `name_list` setting stands for."""
+    return known if value == "all" else () if value == "none" else tuple(value.split(","))
+
+
 class RunConfig(Config):
     """What every flow takes: where the work is, and which run."""
 
@@ -191,18 +206,12 @@ class WorkerConfig(RunConfig):
     @field_validator("sandbox_layers")
     @classmethod
     def _layer_list(cls, layers: str) -> str:
-        names = [name.strip() for name in layers.split(",") if name.strip()]
-        if names in (["all"], ["none"]):
-            return names[0]
-        if unknown := [name for name in names if name not in LAYERS]:
-            raise ValueError(f"unknown sandbox layer(s) {', '.join(unknown)}: use all, none, or a comma list of "
-                             f"{', '.join(LAYERS)}")
-        return ",".join(names) or "none"
+        return name_list(layers, LAYERS, "sandbox layer(s)")
 
     @property
     def required_sandbox_layers(self) -> tuple[str, ...]:
         """The layers without which no code runs (--sandbox-layers)."""
-        return {"all": LAYERS, "none": ()}.get(self.sandbox_layers, tuple(self.sandbox_layers.split(",")))
+        return named(self.sandbox_layers, LAYERS)
 
     @field_validator("devices")
     @classmethod
@@ -328,6 +337,45 @@ class JudgeConfig(RunConfig):
     batch_size: PositiveInt = setting(16, "answers judged together", metavar="B")
 
 
+class DecontaminateConfig(JudgeConfig):
+    """Which test sets a run is checked against, and how (the judge settings confirm embedding matches)."""
+
+    title: ClassVar[str] = "decontamination settings"
+    ngram: PositiveInt = setting(8, "words per n-gram: a question sharing any run of N words with a test question "
+                                    "is contaminated (open-r1's 8)", metavar="N")
+    answers: bool = setting(False, "also check the run's answers for n-grams of test questions")
+    test_sets: str = setting("all", "benchmarks whose test split is checked: all (those shipped or in --data-dir), "
+                                    "none (--against only), or a comma list such as gsm8k,math", metavar="LIST")
+    against: str | None = setting(None, "more test sets: JSONL files with a question field, comma separated",
+                                  metavar="FILES")
+    data_dir: str | None = setting(None, "folder holding the test splits not shipped here (gsm-hard, asdiv, mawps) "
+                                         "as <name>/test.jsonl", metavar="DIR")
+    embedding_model: str | None = setting(
+        None, "also the nearest test questions by sentence embedding (a local folder or a hub id, e.g. "
+              "sentence-transformers/multi-qa-MiniLM-L6-cos-v1), each confirmed by the judge --model asked "
+              "\"same problem?\" both ways", metavar="PATH_OR_HUB_ID")
+    top_k: PositiveInt = setting(1, "with --embedding-model: nearest test questions per question the judge is "
+                                    "asked about", metavar="K")
+
+    @field_validator("test_sets")
+    @classmethod
+    def _benchmarks(cls, names: str) -> str:
+        from tasks.benchmarks import ADAPTERS
+
+        return name_list(names, tuple(ADAPTERS), "benchmark(s)")
+
+    @property
+    def benchmarks(self) -> tuple[str, ...]:
+        """The benchmarks whose test split is checked (--test-sets)."""
+        from tasks.benchmarks import ADAPTERS
+
+        return named(self.test_sets, tuple(ADAPTERS))
+
+    @property
+    def against_files(self) -> list[str]:
+        return [path.strip() for path in (self.against or "").split(",") if path.strip()]
+
+
 class EvaluateConfig(RunConfig):
     title: ClassVar[str] = "evaluate settings"
     runs: str | None = setting(None, "several runs in one table, one row per run (benchmark): a,b,c or a pattern "
@@ -363,6 +411,12 @@ class ExportConfig(RunConfig):
                                       "(1 keeps all but identical ones)", metavar="X", gt=0, le=1)
     push_to_hub_repo: str | None = setting(None, "also upload to the Hugging Face hub as this dataset repo",
                                            flag="push-to-hub", metavar="REPO")
+    decontaminate: bool = setting(False, "sft/dpo: first check the run's questions against every available test "
+                                         "split (word 8-grams, as flows/decontaminate.py) and keep the result")
+    keep_contaminated: bool = setting(False, "sft/dpo: keep the questions a decontamination check found in a test "
+                                             "split (dropped by default)")
+    allow_test_split: bool = setting(False, "sft/dpo: export a run seeded from a test split (refused by default: "
+                                            "training on a test set makes its scores meaningless)")
 
     @field_validator("out")
     @classmethod

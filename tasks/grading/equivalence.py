@@ -1,8 +1,9 @@
 """Whether a predicted answer equals the reference.
 
 In this order: exact values (numbers, percents both ways, units, tuples, sets: decisive when both
-sides are such values, so `1000,99` never equals `1000.99`); the same text once normalized
-(case aside); else math-verify's symbolic comparison in the time-limited pool
+sides are such values; a comma that cannot separate thousands read either way, as a list or a
+decimal comma, so `1000,99` equals `1000.99` and `1000, 99`); the same text once normalized (case
+aside); else math-verify's symbolic comparison in the time-limited pool
 (`tasks/grading/symbolic.py`).
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 
 from tasks.grading import symbolic
-from tasks.grading.normalize import Listed, Number, Value, normalize, read_value, values_equal
+from tasks.grading.normalize import Listed, Number, Value, decimal_comma, normalize, read_value, values_equal
 
 
 def _squash(text: str) -> str:
@@ -25,10 +26,21 @@ def quick_verdict(predicted: str | None, reference: str) -> bool | None:
     mine, gold = normalize(predicted), normalize(reference)
     mine_value, gold_value = read_value(mine), read_value(gold)
     if mine_value is not None and gold_value is not None:
-        return values_equal(mine_value, gold_value)
+        return values_equal(mine_value, gold_value) or _equal_with_a_decimal_comma(mine, gold)
     if _squash(mine) == _squash(gold):
         return True
     return None
+
+
+def _equal_with_a_decimal_comma(mine: str, gold: str) -> bool:
+    """Either side read with its comma as a decimal point, against a single number on the other."""
+    for text, other in ((mine, gold), (gold, mine)):
+        reading, other_value = decimal_comma(text), read_value(other)
+        if reading is not None and isinstance(other_value, Number):
+            value = read_value(reading)
+            if value is not None and values_equal(value, other_value):
+                return True
+    return False
 
 
 def is_correct(predicted: str | None, reference: str) -> bool:

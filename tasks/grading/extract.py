@@ -3,10 +3,12 @@ reference solution.
 
 A response's answer is, in this order: the last `\\boxed{}` (or `\\fbox{}`); a `#### answer` line;
 "final answer is X" (also Minerva's "Final Answer: The final answer is X. I hope it is correct.");
-"the answer is X", "answer (arabic numerals) is X", "Answer: X", a last line "A: X"; a short text
+"the answer is X" (of a sentence there holding several numbers, the first: the one it states),
+"answer (arabic numerals) is X", "Answer: X", a last line "A: X"; a short text
 that is an answer in itself; the last LaTeX segment (the right side of its last `=`); else the
-last number. Numbers are read whole: `20 - 8` ends in `8`, `2023-01-05` is a date, `1 1/2` a
-mixed number, `1,234` one number, `(1, 2)` a pair.
+last number. Numbers are read whole: `20 - 8` ends in `8`, `2023-01-05` is a date, `1 1/2` and
+`2½` mixed numbers, `1,234` and `56,01,78,95,760` one number, `2,74` one (a decimal comma, or a
+list: see equivalence.py), `(1, 2)` a pair.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ AFTERWORD = re.compile(r"(?:\.\s+|\s+)(?:I hope|Hope|This is|That is|Therefore|S
 NUMBER = re.compile(
     r"\d{4}-\d{2}-\d{2}"  # a date, read whole
     r"|(?<![\w.)\]}])-?(?:\d+\s+\d+/\d+"  # a mixed number: 1 1/2
+    r"|\d{1,2}(?:,\d{2})+,\d{3}(?![\d,])"  # Indian digit grouping: 56,01,78,95,760
     r"|\d{1,3}(?:,\d{3})+(?:\.\d+)?"  # thousands separators: 1,234.5
+    r"|(?:\d+,\d{1,2}|0,\d+)(?![\d,])"  # a decimal comma (or a short list): 2,74, 0,111
+    r"|\d*[\u00bc-\u00be\u2150-\u215e]"  # a vulgar fraction: 2½
     r"|\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?"  # 12, 0.5, 3/4
     r"|\.\d+)")  # .5
 THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
@@ -92,6 +97,9 @@ def _after_phrase(rest: str) -> str | None:
     if (math := LATEX_SEGMENT.match(rest.strip())) is not None:
         return next(group for group in math.groups() if group is not None)
     answer = strip_math(AFTERWORD.sub("", rest.strip()))
+    numbers = list(NUMBER.finditer(answer))
+    if len(numbers) > 1 and not _is_bare_answer(answer):  # a sentence states its answer first: "Jason has
+        return numbers[0].group(0).strip()  # 250 minutes left if this month has 30 days"
     return answer or None
 
 

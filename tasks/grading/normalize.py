@@ -1,18 +1,22 @@
 """Answers brought to one spelling, and read as exact values where they are numbers.
 
 `normalize` removes what does not change an answer's meaning (delimiters, `\\left`, spacing
-commands, `\\text{}` wrappers, degree signs, `\\dfrac` for `\\frac`, malformed `\\frac34`).
+commands, `\\text{}`/`\\mathcal{}` wrappers, degree signs, `\\dfrac` for `\\frac`, malformed
+`\\frac34`, `pmatrix` for `bmatrix`) and spells the rest one way: vulgar fractions (`2½` is
+`2 1/2`), percent in words (`33.5 percent`, `pct`), Indian digit grouping (`56,01,78,95,760`).
 `read_value` reads a number the way a GSM8K/MATH user writes it: `$1,234.50`, `1 000`, `.5`, `3/4`,
 `\\frac{3}{4}`, `1 1/2` and `2\\frac{1}{2}` (mixed), `75%`, `1.5 \\times 10^3`, `12 apples`; a
 parenthesised list as a tuple (order matters: a point), `\\{...\\}` as a set, and a plain list
 (`1, -2`, the answers to "find all") in any order. A comma is a thousands separator only between
-groups of three digits (`1,234`, LaTeX's `11,\\! 111`), never a decimal point: `1000,99` is a pair
-of numbers. `x = 5` reads as `5` where the name is a plain variable.
+groups of three digits (`1,234`, LaTeX's `11,\\! 111`); `1,22` reads as a list here, and
+`decimal_comma` gives its other reading, a decimal point (see equivalence.py). `x = 5` reads as
+`5` where the name is a plain variable.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -20,7 +24,10 @@ from tasks.grading.extract import strip_math
 
 DROPPED = [r"\\left\b", r"\\right\b", r"\\displaystyle\b", r"\\q?quad", r"(?<!\\)\\[!,;: ]", r"~",
            r"\^\s*\{\s*\\circ\s*\}", r"\^\s*\\circ\b", r"°", r"\\degree\b", r"\{,\}", r"\\\$", r"\$"]
-WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mathcal|mbox|operatorname)\s*\{([^{}]*)\}")
+VULGAR = re.compile(r"(\d*)\s*([\u00bc-\u00be\u2150-\u215e])")  # 2½, ½, ⅔
+INDIAN = re.compile(r"(?<![\d,])-?\d{1,2}(?:,\d{2})+,\d{3}(?![\d,])")  # 56,01,78,95,760
+PERCENT_WORD = re.compile(r"(?<=[\d}])\s*(?:percent|per\s+cent|pct)\b\.?", re.I)
 STOP_WORDS = {"and", "or", "plus", "minus", "times", "half", "halves", "third", "thirds", "quarter", "quarters",
               "more", "less", "than", "of", "over", "divided", "by", "to", "is", "are", "not", "no", "if", "when"}
 NAMED = re.compile(r"^\s*[A-Za-z]{1,3}(?:_\{?\w+\}?)?(?:\([A-Za-z]\))?\s*=\s*(?=\S)")  # `x = `, `AB=`, `f(x) =`
@@ -44,8 +51,15 @@ class Listed:
 Value = Number | Listed | tuple["Value", ...] | frozenset["Value"]
 
 
+def _vulgar(match: re.Match[str]) -> str:
+    fraction = Fraction(unicodedata.numeric(match.group(2))).limit_denominator(10)
+    return f"{match.group(1)} {fraction.numerator}/{fraction.denominator}".strip()
+
+
 def normalize(answer: str) -> str:
-    text = strip_math(answer)
+    text = VULGAR.sub(_vulgar, strip_math(answer).replace("\u2044", "/"))  # and the fraction slash
+    text = INDIAN.sub(lambda match: match.group(0).replace(",", ""), text)
+    text = re.sub(r"\\(begin|end)\{pmatrix\}", r"\\\1{bmatrix}", text)
     text = re.sub(r"(\d),\\[!,]\s*(?=\d{3}\b)", r"\1,", text)  # LaTeX thousands: 11,\! 111 (not `10, 400`)
     text = re.sub(r"\\[dtc]frac", r"\\frac", text)
     text = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", text)  # \frac34
@@ -56,6 +70,7 @@ def normalize(answer: str) -> str:
         text = re.sub(pattern, " ", text)
     for _ in range(3):
         text = WRAPPERS.sub(r" \1 ", text)
+    text = PERCENT_WORD.sub("%", text)
     text = re.sub(r"\\\\(?=[a-zA-Z])", r"\\", text.replace("\\%", "%"))  # `\\frac`, not a row break
     text = re.sub(r"\s+", " ", text).strip().rstrip(".").strip()
     return ", ".join(_unnamed(part) for part in _split_top_level(text)) if "=" in text else text
@@ -122,6 +137,14 @@ def _split_top_level(text: str) -> list[str]:
 def _number_with_unit(text: str) -> Number | None:
     unit_free = _unit_free(text)
     return _number(unit_free) if unit_free is not None else None
+
+
+def decimal_comma(answer: str) -> str | None:
+    """The other reading of a number with a comma that cannot separate thousands (`1,22`,
+    `0,111`, `1000,99`): a decimal comma, as much of Europe writes it. None for any other text."""
+    if re.fullmatch(r"-?\d+,\d+", answer.strip()) and not re.fullmatch(NUMBER, answer.strip()):
+        return answer.strip().replace(",", ".")
+    return None
 
 
 def read_value(answer: str) -> Value | None:

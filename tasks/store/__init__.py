@@ -42,6 +42,12 @@ class Store(Protocol):
     def run_config(self, run: str) -> dict[str, Any]:
         """The settings a run was seeded with ({} for an unknown run)."""
 
+    def set_contamination(self, run: str, report: dict[str, Any]) -> None:
+        """Keep the run's latest decontamination report (tasks/decontamination.py), replacing any earlier one."""
+
+    def contamination(self, run: str) -> dict[str, Any] | None:
+        """The run's latest decontamination report; None when it was never checked."""
+
     def seed(self, run: str, items: Iterable[Item]) -> int:
         """Insert items that are not there yet; return how many were new."""
 

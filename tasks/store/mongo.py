@@ -128,6 +128,13 @@ class MongoStore:
         doc = self._runs.find_one({"_id": run}, {"config": 1})
         return dict(doc["config"]) if doc else {}
 
+    def set_contamination(self, run: str, report: dict[str, Any]) -> None:
+        self._runs.update_one({"_id": run}, {"$set": {"contamination": report}})
+
+    def contamination(self, run: str) -> dict[str, Any] | None:
+        doc = self._runs.find_one({"_id": run}, {"contamination": 1})
+        return doc.get("contamination") if doc else None
+
     def seed(self, run: str, items: Iterable[Item], chunk: int = 1000) -> int:
         ops = []
         for item in items:

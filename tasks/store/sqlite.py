@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
 CREATE INDEX IF NOT EXISTS items_status ON items (run, status);
 """
-ADDED_COLUMNS = {"metadata": "TEXT"}  # columns newer than some stores: added in place, nothing else touched
+ADDED_COLUMNS = {("items", "metadata"): "TEXT", ("runs", "contamination"): "TEXT"}  # newer than some stores: added
+# in place, nothing else touched
 ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
                 "worker", "token", "lease_expires", "error", "previous", "metadata")
 SELECTED = ", ".join(ITEM_COLUMNS)
@@ -81,10 +82,9 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-            present = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
-            for column, kind in ADDED_COLUMNS.items():
-                if column not in present:
-                    self._db.execute(f"ALTER TABLE items ADD COLUMN {column} {kind}")
+            for (table, column), kind in ADDED_COLUMNS.items():
+                if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             (verdict,) = self._db.execute("PRAGMA quick_check(1)").fetchone()  # a damaged file is found here
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
@@ -119,7 +119,8 @@ class SqliteStore:
             return self._db.execute(sql, params).fetchall()
 
     def ensure_run(self, run: str, config: dict[str, Any]) -> None:
-        self._write("INSERT OR IGNORE INTO runs VALUES (?, ?, ?)", (run, json.dumps(config), self.clock()))
+        self._write("INSERT OR IGNORE INTO runs (name, config, created) VALUES (?, ?, ?)",
+                    (run, json.dumps(config), self.clock()))
 
     def runs(self) -> list[str]:
         return [name for (name,) in self._read("SELECT name FROM runs ORDER BY created")]
@@ -127,6 +128,13 @@ class SqliteStore:
     def run_config(self, run: str) -> dict[str, Any]:
         rows = self._read("SELECT config FROM runs WHERE name = ?", (run,))
         return json.loads(rows[0][0]) if rows else {}
+
+    def set_contamination(self, run: str, report: dict[str, Any]) -> None:
+        self._write("UPDATE runs SET contamination = ? WHERE name = ?", (json.dumps(report), run))
+
+    def contamination(self, run: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT contamination FROM runs WHERE name = ?", (run,))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
     def seed(self, run: str, items: Iterable[Item]) -> int:
         rows = [(run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status, _json(i.result), i.previous,
