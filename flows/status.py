@@ -1,9 +1,9 @@
-"""Show a run's progress: `python flows/status.py --run NAME [--json]`.
+"""Show the runs' progress: `python flows/status.py [--run NAME] [--json]`.
 
 Counts items by status (pending, running, done, failed; `expired` = running under a lease that
-ran out, i.e. a worker that died) overall, per stage and per worker, and warns when a MongoDB
-database nears the Atlas free tier's 512 MB. A plain read: it starts no Prefect server, so it
-answers in about a second.
+ran out, i.e. a worker that died): without --run a line per run, with it one run overall, per
+stage and per worker; and warns when a MongoDB database nears the Atlas free tier's 512 MB. A
+plain read: it starts no Prefect server, so it answers in about a second.
 """
 
 from __future__ import annotations
@@ -16,12 +16,32 @@ from typing import Any
 from tasks.cli import parse_command, run_cli
 from tasks.config import StatusConfig
 from tasks.store import Store, count_columns, open_store, quota_warning, require_run, summarize
+from tasks.store.models import SAMPLING_STATUSES
 
 
 def run_status(store: Store, run: str) -> dict[str, Any]:
     """The run's summary; UserError naming the runs there are when `run` is unknown."""
     require_run(store, run)
     return {"run": run, **summarize(store.counts(run))}
+
+
+def all_runs(store: Store) -> list[dict[str, Any]]:
+    """Every run's totals, oldest first."""
+    return [{"run": run, **summarize(store.counts(run))} for run in store.runs()]
+
+
+def runs_table(runs: list[dict[str, Any]]) -> str:
+    """One line per run: its counts and the share done."""
+    if not runs:
+        return "no runs in this store yet: seed one with python flows/seed.py"
+    columns = count_columns({status: sum(run.get(status, 0) for run in runs) for status in SAMPLING_STATUSES})
+    width = max(len(run["run"]) for run in runs)
+    lines = [f"{'run':<{width}}" + "".join(f"{column:>10}" for column in columns) + f"{'% done':>10}"]
+    for run in runs:
+        done = (run["done"] + run.get("cancelled", 0)) / run["total"] if run["total"] else 0.0
+        lines.append(f"{run['run']:<{width}}" + "".join(f"{run.get(column, 0):>10}" for column in columns)
+                     + f"{done:>10.1%}")
+    return "\n".join(lines)
 
 
 def format_table(status: dict[str, Any]) -> str:
@@ -41,11 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     log = logging.getLogger("fleetgen")
     with closing(open_store(config.store)) as store:
         log.info(f"store: {store.url}")
-        status = run_status(store, config.run)
+        status = run_status(store, config.run) if config.run else {"runs": all_runs(store)}
         status["storage"] = store.storage()
     if warning := quota_warning(status["storage"]):
         log.warning(warning)
-    print(json.dumps(status) if config.json_output else format_table(status))
+    if config.json_output:
+        print(json.dumps(status))
+    else:
+        print(format_table(status) if config.run else runs_table(status["runs"]))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,10 @@ from typing import Any, Sequence
 from tasks.errors import UserError
 from tasks.grading.extract import stated_answer
 from tasks.progress import in_chunks
-from tasks.prompts import render
 from tasks.store.models import Item, Result
+from tasks.worker.chat import conversation
 
 EXPORT_CHUNK = 10_000  # rows between two progress updates
-PROVENANCE = ("engine", "model", "prompt", "prompt_hash", "sampling")
 
 
 def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | None = None) -> list[dict[str, Any]]:
@@ -30,7 +29,7 @@ def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | N
         rows.append({"question_id": item.question_id, "sample": item.sample, "stage": item.stage,
                      "question": item.question, "reference": item.reference, "response": result.response,
                      "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens, "seed": result.seed,
-                     "worker": result.worker or item.worker, **{key: getattr(result, key) for key in PROVENANCE}})
+                     "worker": result.worker or item.worker, **result.provenance()})
     return rows
 
 
@@ -105,7 +104,8 @@ def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = No
     (question, the wrong attempt, the retry prompt, the answer)."""
     best, dropped = best_correct(items, per_question=per_question, stage=stage,
                                  refine_conversations=refine_conversations, filters=filters)
-    groups = [[{"question_id": item.question_id, "stage": item.stage, "messages": _conversation(item, result)}
+    groups = [[{"question_id": item.question_id, "stage": item.stage,
+                "messages": [*conversation(item, item.question), {"role": "assistant", "content": result.response}]}
                for item, result in chosen] for chosen in best.values()]
     return Selection(fair_share(groups, max_rows), dropped)
 
@@ -147,13 +147,6 @@ def dataset_card(*, run: str, kind: str, rows: int, questions: int, way: dict[st
 def dropped_text(dropped: Counter[str]) -> str:
     """How many answers each filter dropped, e.g. "near-duplicate 2, too long 1"."""
     return ", ".join(f"{reason} {count}" for reason, count in sorted(dropped.items()))
-
-
-def _conversation(item: Item, result: Result) -> list[dict[str, str]]:
-    messages = [{"role": "user", "content": item.question}]
-    if item.stage > 0 and item.previous:
-        messages += [{"role": "assistant", "content": item.previous}, {"role": "user", "content": render("retry")}]
-    return [*messages, {"role": "assistant", "content": result.response}]
 
 
 def card_path(out: Path) -> Path:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,9 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
-
 from tasks.errors import UserError
+from tasks.local_servers import PORT_TRIES, free_port, healthy, port_taken
 
 log = logging.getLogger("fleetgen")
 START_SECONDS = 180.0  # a busy 2-core machine takes 10-40 s, more under load
@@ -41,13 +39,6 @@ def read_state(home: Path) -> dict[str, Any] | None:
         return None
 
 
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def alive(pid: int) -> bool:
     """The process runs and is a Prefect server (not another process that got its number)."""
     try:
@@ -66,26 +57,21 @@ def running_server(home: Path | None = None) -> dict[str, Any] | None:
     return state if state and healthy(state["url"]) else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start(home: Path) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     env = {name: value for name, value in os.environ.items()  # none of the user's secrets or Prefect settings
            if not name.startswith("PREFECT_") and not any(marker in name.upper() for marker in SECRET_MARKERS)}
     url = f"http://127.0.0.1:{port}/api"
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_UI_API_URL=url)  # the UI's pages ask this address (Prefect's default is port 4200)
     with open(home / "server.log", "ab") as output:
+        log_from = output.tell()
         process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=home,
             start_new_session=True)  # outlives this command, and Ctrl-C in its terminal
     state = {"url": url, "ui": f"http://127.0.0.1:{port}", "pid": process.pid,
-             "log": str(home / "server.log")}
+             "log": str(home / "server.log"), "log_from": log_from}
     (home / "server.json").write_text(json.dumps(state))
     return state
 
@@ -145,8 +131,12 @@ def local_server_url(home: Path | None = None, wait_seconds: float = START_SECON
             log.info(f"starting a local Prefect server in the background, shared by every fleetgen command on this "
                      f"machine: UI at {state['ui']} once up (up to {wait_seconds:.0f} s on a busy machine; log: "
                      f"{state['log']}; stop it with `python -m tasks.prefect_server stop`)")
+        tries = 1
         while not healthy(state["url"]):
             if not alive(state["pid"]):
+                if tries < PORT_TRIES and port_taken(Path(state["log"]), state.get("log_from", 0)):
+                    state, tries = _start(home), tries + 1  # its port was taken before it bound it: another one
+                    continue
                 raise _cannot_start(state, "stopped while starting")
             if time.monotonic() > deadline:
                 raise _cannot_start(state, f"did not answer within {wait_seconds:.0f} s")

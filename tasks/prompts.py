@@ -44,7 +44,7 @@ def render(name: str, **fields: str) -> str:
 CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<48/2=24>>
 ANSWER_LINE = re.compile(r"\n?####[^\n]*")
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?")
-MASK = "M"
+HIDDEN_ANSWER = "M"  # what a masked solution shows where it held the answer
 
 
 def _value(text: str) -> float | None:
@@ -75,6 +75,6 @@ def mask_solution(solution: str, answer: str) -> str:
     answer = re.sub(r"\\[dt]frac", r"\\frac", answer.strip())
     value = _value(answer)
     if value is not None:
-        return NUMBER.sub(lambda match: MASK if _value(match.group()) == value else match.group(), text).strip()
+        return NUMBER.sub(lambda match: HIDDEN_ANSWER if _value(match.group()) == value else match.group(), text).strip()
     pattern = r"\s*".join(re.escape(char) for char in answer if not char.isspace())
-    return re.sub(pattern, MASK, text).strip() if pattern else text.strip()
+    return re.sub(pattern, HIDDEN_ANSWER, text).strip() if pattern else text.strip()

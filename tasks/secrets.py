@@ -7,7 +7,7 @@ import re
 import threading
 from urllib.parse import unquote
 
-MASK = "***"
+REDACTED = "***"  # what a secret becomes in text we print, log or store
 # The password runs to the last `@` of the URL's unbroken text, as pymongo splits it, so an
 # unescaped `@` inside it is masked too; a password with a space is caught by registration.
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][\w+.-]*://)(?P<user>[^:/@\s]*):(?P<password>\S*)@", re.I)
@@ -37,5 +37,5 @@ def redact(text: str) -> str:
     with _lock:
         secrets = sorted(_registered, key=len, reverse=True)
     for secret in secrets:
-        text = text.replace(secret, MASK)
-    return _CREDENTIALS.sub(rf"\g<scheme>\g<user>:{MASK}@", text)
+        text = text.replace(secret, REDACTED)
+    return _CREDENTIALS.sub(rf"\g<scheme>\g<user>:{REDACTED}@", text)

@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 from flows.generate import generate
 from flows.seed import seed
 from tasks.config import SeedConfig, WorkerConfig
+from tasks.local_servers import free_port
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.loop import draw_seed
 from tests.conftest import ROOT, cli_env, run_flow_cli
@@ -28,12 +29,6 @@ from tests.support import ScriptedServer
 
 KEY = "sk-fleetgen-engine-test-0123456789"
 SERVE = "transformers serve {model} --port {port} --device cpu --host 127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +148,59 @@ def test_bad_engine_settings_are_one_clear_paragraph(tmp_path: Path, settings: l
         plain.shutdown()
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and store.items("r") == [] and store.runs() == ["r"]
+
+
+TINY_SERVER = """
+import http.server, json, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def answer(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.answer({"status": "ok"})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]})
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()  # argv: model, port
+"""
+
+
+def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Path, monkeypatch) -> None:
+    """The port chosen is bound by another program before the server binds it: the server dies
+    with "Address already in use", and the engine starts it again on another port."""
+    from tasks.config import EngineConfig, ModelConfig
+    from tasks.engines import served
+
+    script = tmp_path / "tiny_server.py"
+    script.write_text(TINY_SERVER)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken, free_port()])
+    monkeypatch.setattr(served, "free_port", lambda: next(ports))
+    settings = EngineConfig(name="vllm", serve_command=f"{sys.executable} {script} {{model}} {{port}}",
+                            serve_timeout=60)
+    engine = served.ServedEngine(ModelConfig(model="m"), device="cpu", label="cpu", settings=settings)
+    try:
+        assert engine.process.poll() is None and f":{taken}/" not in engine.device
+        assert httpx.get(engine.device.removesuffix("/v1") + "/health").status_code == 200
+    finally:
+        engine.close()
+        squatter.close()
+    assert engine.process.poll() is not None
 
 
 def server_pids(model: Path) -> list[int]:

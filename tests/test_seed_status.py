@@ -119,3 +119,22 @@ def test_unknown_run_lists_the_runs_there(prefect_env, tmp_path: Path) -> None:
     seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="present", limit=1))
     result = run_flow_cli("status.py", "--run", "absent", cwd=tmp_path)
     assert result.returncode == 2 and "Run 'absent' is not in the store" in result.stderr and "present" in result.stderr
+
+
+def test_status_without_a_run_lists_every_run(prefect_env, tmp_path: Path) -> None:
+    empty = run_flow_cli("status.py", cwd=tmp_path)
+    assert empty.returncode == 0 and "no runs in this store yet" in empty.stdout
+    url = f"sqlite:///{tmp_path / 'fleetgen.db'}"
+    seed(SeedConfig(store=url, run="first", limit=3))
+    seed(SeedConfig(store=url, run="second-run", limit=2, samples=2))
+    store = SqliteStore(tmp_path / "fleetgen.db")
+    claim = store.claim("first", "w", 1, 60)
+    store.complete(claim, {claim.ids[0]: Result(response="#### 1")})
+    table = run_flow_cli("status.py", cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].split() == ["run", "total", "pending", "running", "done", "failed", "expired", "%", "done"]
+    assert lines[1].split() == ["first", "3", "2", "0", "1", "0", "0", "33.3%"]
+    assert lines[2].split() == ["second-run", "4", "4", "0", "0", "0", "0", "0.0%"]
+    listed = status_json(tmp_path)
+    assert [(run["run"], run["total"], run["done"]) for run in listed["runs"]] == [("first", 3, 1), ("second-run", 4, 0)]

@@ -128,6 +128,19 @@ def test_answers_made_different_ways_are_never_merged(tmp_path: Path) -> None:
     assert same["made_with"]["model"] == {"model": "A"}
 
 
+def test_an_edited_template_of_the_same_name_is_told_apart_by_evaluate_and_export(prefect_env, tmp_path: Path) -> None:
+    made = {"engine": "hf-static", "prompt": "step_by_step", "model": {"model": "A"}, "sampling": {}}
+    items = [answered("q1", 0, "5", True, prompt_hash="1111aaaa2222bbbb", **made),
+             answered("q2", 0, "5", True, prompt_hash="3333cccc4444dddd", **made)]  # the template edited in between
+    with pytest.raises(UserError, match="stage-0 answers made in 2 different ways"):
+        evaluate_items("r", items)
+    store = SqliteStore(tmp_path / "w.db")
+    store.ensure_run("r", {})
+    store.seed("r", items)
+    with pytest.raises(UserError, match="made in 2 different ways"):
+        export(ExportConfig(store=f"sqlite:///{tmp_path / 'w.db'}", run="r", out=str(tmp_path / "x.jsonl"), format="sft"))
+
+
 def test_the_evaluate_table_says_what_was_measured() -> None:
     made = {"engine": "hf-static", "prompt": "step_by_step", "model": {"model": "Qwen/Qwen2.5-0.5B-Instruct",
             "quantization": "4bit", "adapter": None}, "sampling": {"temperature": 0.7, "top_p": 0.95, "seed": 0}}

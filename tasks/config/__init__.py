@@ -61,11 +61,10 @@ def named(value: str, known: tuple[str, ...]) -> tuple[str, ...]:
     return known if value == "all" else () if value == "none" else tuple(value.split(","))
 
 
-class RunConfig(Config):
-    """What every flow takes: where the work is, and which run."""
+class StoreConfig(Config):
+    """Where the work is."""
 
     store: StoreUrl
-    run: RunName
 
     @field_validator("store")
     @classmethod
@@ -73,6 +72,12 @@ class RunConfig(Config):
         if url is not None:
             check_store_url(url.get_secret_value())
         return url
+
+
+class RunConfig(StoreConfig):
+    """What every flow takes: where the work is, and which run."""
+
+    run: RunName
 
 
 class ModelConfig(Config):
@@ -107,7 +112,6 @@ class SamplingConfig(Config):
                            "stage), recorded with it: hf-static, vllm and openai honour it, hf does not", metavar="S")
 
 
-ENGINES = ("hf-static", "hf", "openai", "vllm")
 DEFAULT_SERVE_COMMAND = "vllm serve {model} --port {port} --dtype {dtype} --max-model-len 4096"
 
 
@@ -427,8 +431,10 @@ class ExportConfig(RunConfig):
         return _folder_exists(out)  # type: ignore[return-value]
 
 
-class StatusConfig(RunConfig):
+class StatusConfig(StoreConfig):
     title: ClassVar[str] = "status settings"
+    run: str | None = setting(None, "one run's counts by stage and worker (default: every run, a line each)",
+                              metavar="NAME", min_length=1)
     json_output: bool = setting(False, "print one JSON object (last line of stdout)", flag="json")
 
 

@@ -1,77 +1,81 @@
 """The `vllm` engine: the worker starts one OpenAI-compatible server per local device (`vllm
 serve` by default; `--serve-command` is a template, so `transformers serve` or any other can be
-managed the same way), each with its own `CUDA_VISIBLE_DEVICES` and port, waits until it is
-healthy, drives it through the `openai` engine, and stops it on exit. A server dies with its
-worker even when the worker is killed (Linux: the parent-death signal), so none is left behind."""
+managed the same way), each with its own `CUDA_VISIBLE_DEVICES` and port (another one when its port
+was taken meanwhile), waits until it is healthy, drives it through the `openai` engine, and stops
+it on exit. A server dies with its worker even when the worker is killed (Linux: the parent-death
+signal, set by a small launcher that then becomes the server, since `preexec_fn` is unsafe in a
+process with threads), so none is left behind."""
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import shlex
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from tasks.config import EngineConfig, ModelConfig
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.errors import UserError
+from tasks.local_servers import PORT_TRIES, free_port, healthy, port_taken
 
-PR_SET_PDEATHSIG = 1
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+# Run as `python -c LAUNCHER <worker pid> <command...>`: a SIGTERM when the worker dies, then the server itself.
+LAUNCHER = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGTERM); "
+            "os.getppid() == int(sys.argv[1]) or sys.exit('the worker is gone'); os.execvp(sys.argv[2], sys.argv[2:])")
 
 
-def _die_with_parent() -> None:
-    """In the server's process, before it starts: a SIGTERM when the worker dies, however it dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def launched(command: list[str]) -> list[str]:
+    """`command` behind the launcher that ties it to this process (Linux), else as it is."""
+    return [sys.executable, "-c", LAUNCHER, str(os.getpid()), *command] if sys.platform.startswith("linux") else command
 
 
 class ServedEngine(OpenAIEngine):
     name = "vllm"
 
     def __init__(self, model: ModelConfig, *, device: str, label: str, settings: EngineConfig):
-        port = _free_port()
-        command = settings.serve_command.format(model=model.model, port=port, dtype=model.dtype, device=device)
         env = {**os.environ}
         if device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
-        self.log = Path(tempfile.mkstemp(prefix=f"fleetgen-server-{port}-", suffix=".log")[1])
-        try:
-            with self.log.open("w") as output:
-                self.process = subprocess.Popen(shlex.split(command), env=env, stdout=output, stderr=subprocess.STDOUT,
-                                                start_new_session=True, preexec_fn=_die_with_parent)
-        except OSError as error:
-            raise UserError(f"Cannot start the server `{command}` ({error}). Is it installed (pip install vllm)? "
-                            "Or point --serve-command at another OpenAI-compatible server.") from error
-        atexit.register(self.close)
-        self._wait_healthy(f"http://127.0.0.1:{port}", command, settings.serve_timeout)
+        for _ in range(PORT_TRIES):
+            port = free_port()
+            command = settings.serve_command.format(model=model.model, port=port, dtype=model.dtype, device=device)
+            self._start(command, env, port)
+            if self._wait_healthy(f"http://127.0.0.1:{port}", command, settings.serve_timeout):
+                break
+        else:
+            raise UserError(f"The server `{command}` found its port taken {PORT_TRIES} times in a row: another "
+                            f"program keeps taking the ports it is given. Its last lines ({self.log}):\n{self.tail()}")
         super().__init__(api_base=f"http://127.0.0.1:{port}/v1", model=model.model, label=label, settings=settings)
 
-    def _wait_healthy(self, base: str, command: str, timeout: float) -> None:
+    def _start(self, command: str, env: dict[str, str], port: int) -> None:
+        argv = shlex.split(command)
+        if not argv or shutil.which(argv[0]) is None:
+            raise UserError(f"Cannot start the server `{command}`: {argv[0] if argv else 'no command'} is not "
+                            "installed here (pip install vllm). Or point --serve-command at another OpenAI-compatible "
+                            "server.")
+        self.log = Path(tempfile.mkstemp(prefix=f"fleetgen-server-{port}-", suffix=".log")[1])
+        with self.log.open("w") as output:
+            self.process = subprocess.Popen(launched(argv), env=env, stdout=output, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        atexit.register(self.close)
+
+    def _wait_healthy(self, base: str, command: str, timeout: float) -> bool:
+        """True once healthy; False when it stopped because its port was taken (try another)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if port_taken(self.log):
+                    return False
                 self.close()
                 raise UserError(f"The server `{command}` exited with code {self.process.returncode} before it was "
                                 f"healthy. Its last lines ({self.log}):\n{self.tail()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if healthy(base):
+                return True
             time.sleep(0.5)
         self.close()
         raise UserError(f"The server `{command}` was not healthy within {timeout:.0f} s (raise --serve-timeout for a "

@@ -17,7 +17,6 @@ from tasks.grading.equivalence import answer_key
 from tasks.refine import latest_answers
 from tasks.store.models import SAMPLING_STATUSES, STATUSES, Item
 
-PROVENANCE = ("engine", "model", "prompt", "sampling")
 FINISHED = ("done", "failed")
 
 
@@ -53,7 +52,7 @@ def made_with(item: Item) -> str | None:
     result = item.result
     if result is None or result.engine is None:
         return None
-    return json.dumps({key: getattr(result, key) for key in PROVENANCE}, sort_keys=True)
+    return json.dumps(result.provenance(), sort_keys=True)
 
 
 def check_one_way_per_stage(run: str, items: list[Item]) -> dict[str, Any] | None:
@@ -72,7 +71,8 @@ def check_one_way_per_stage(run: str, items: list[Item]) -> dict[str, Any] | Non
     return json.loads(next(iter(ways[0]))) if ways.get(0) else None
 
 
-def _ks(samples: int) -> list[int]:
+def ks_to_report(samples: int) -> list[int]:
+    """The k for pass@k and maj@k of questions with this many samples: powers of two below it, and itself."""
     return [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k < samples] + [samples]
 
 
@@ -83,7 +83,7 @@ def sample_metrics(questions: list[list[Item]]) -> dict[str, Any]:
     if not counts:
         return {}
     result: dict[str, Any] = {"samples": max(counts), "samples_min": min(counts)}
-    for k in _ks(max(counts)):
+    for k in ks_to_report(max(counts)):
         eligible = [samples for samples in answered if len(samples) >= k]
         result[f"pass@{k}"] = sum(pass_at_k(len(s), sum(map(_correct, s)), k) for s in eligible) / len(eligible)
         result[f"maj@{k}"] = sum(majority_score([(_predicted(i), _correct(i)) for i in s[:k]])

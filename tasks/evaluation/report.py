@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 
-def _ks(metrics: dict[str, Any]) -> list[int]:
+def reported_ks(metrics: dict[str, Any]) -> list[int]:
+    """The k of every pass@k and maj@k the metrics hold."""
     return sorted(int(key[4:]) for key in metrics if key.startswith("maj@"))
 
 
@@ -30,7 +31,7 @@ def format_report(metrics: dict[str, Any]) -> str:
                      f"cumulative {stage['cumulative_correct']}/{metrics['total']} = {stage['cumulative_accuracy']:.1%}")
     if metrics.get("samples", 1) > 1:
         lines.append(", ".join(f"pass@{k} {metrics[f'pass@{k}']:.1%}, maj@{k} {metrics[f'maj@{k}']:.1%}"
-                               for k in _ks(metrics)))
+                               for k in reported_ks(metrics)))
         if note := _samples_note(metrics):
             lines.append(note)
     for field, table in metrics["by"].items():
@@ -105,7 +106,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
     rows = [("accuracy at the first attempt", f"{metrics['accuracy']:.1%} ({metrics['correct']}/{metrics['total']})")]
     rows += [(f"stage {stage['stage']}", f"{stage['accuracy']:.1%} right ({stage['correct']}/{stage['total']}), "
               f"cumulative {stage['cumulative_accuracy']:.1%}") for stage in metrics["stages"]]
-    rows += [(name, f"{metrics[name]:.1%}") for k in _ks(metrics) for name in (f"pass@{k}", f"maj@{k}")]
+    rows += [(name, f"{metrics[name]:.1%}") for k in reported_ks(metrics) for name in (f"pass@{k}", f"maj@{k}")]
     rows += [(f"by {field}: {value}", f"{row['accuracy']:.1%} ({row['correct']}/{row['questions']})")
              for field, table in metrics["by"].items() for value, row in table.items()]
     rows += [("no answer", f"{metrics['no_answer_rate']:.1%} of responses"),
@@ -122,7 +123,7 @@ def summary_rows(metrics: dict[str, Any]) -> list[dict[str, str]]:
 def suite_rows(suite: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per run: questions, accuracy at the first attempt, pass@k and maj@k for every k,
     no-answer rate (the table artifact's rows, and the text table's)."""
-    ks = sorted({k for metrics in suite for k in _ks(metrics)})
+    ks = sorted({k for metrics in suite for k in reported_ks(metrics)})
     rows = []
     for metrics in suite:
         row = {"run": metrics["run"], "questions": metrics["total"], "accuracy": round(metrics["accuracy"], 4)}

@@ -27,7 +27,7 @@ from tasks.store.models import SAMPLING_STATUSES, STATUSES, Claim, Clock, Item, 
 
 DEFAULT_SQLITE_FILE = "fleetgen.db"
 SCHEMES = ("mongodb://", "mongodb+srv://", "sqlite:///")
-MASKED = "**********"  # how Prefect shows a secret parameter
+PREFECT_HIDDEN_SECRET = "**********"  # how Prefect shows a secret parameter
 
 
 class Store(Protocol):
@@ -100,7 +100,7 @@ class Store(Protocol):
 def check_store_url(url: str) -> str:
     """`url` if its scheme is one we open (its password registered for redaction); else ValueError."""
     register_url(url)
-    if url == MASKED:
+    if url == PREFECT_HIDDEN_SECRET:
         raise ValueError("the store URL arrived masked ('**********'): Prefect never hands a secret back, so set "
                          "MONGODB_URI in the environment where the flow runs instead of passing the URL")
     if not url.startswith(SCHEMES):

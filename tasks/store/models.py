@@ -10,6 +10,7 @@ SAMPLING_STATUSES = ("waiting", "cancelled")  # runs seeded with --until-correct
 Clock = Callable[[], float]  # what leases are timed with: time.time, or a test's clock
 LEASE_EXPIRED = "gave up after %d attempts: the lease expired (the worker died while holding it)"
 MIN_LEASE_SECONDS = 10.0  # shorter leases expire under live workers (a batch takes seconds to write)
+PROVENANCE = ("engine", "model", "prompt", "prompt_hash", "sampling")  # how an answer was made (Result fields)
 
 
 @dataclass(kw_only=True)
@@ -40,6 +41,10 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def provenance(self) -> dict[str, Any]:
+        """How the answer was made: the fields that must agree for answers to be compared or mixed."""
+        return {key: getattr(self, key) for key in PROVENANCE}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

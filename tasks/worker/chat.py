@@ -20,7 +20,13 @@ def item_messages(item: Item, template: str) -> Prompt:
     fields = {"question": item.question}
     if shows_solution(template):
         fields["solution"] = mask_solution((item.metadata or {}).get("solution") or "", item.reference)
-    messages = [{"role": "user", "content": render(template, **fields)}]
+    return conversation(item, render(template, **fields))
+
+
+def conversation(item: Item, asked: str) -> list[dict[str, str]]:
+    """The turns an item is answered after: `asked` (the question as put to the model); for a
+    refine round, then the previous response and the retry prompt."""
+    messages = [{"role": "user", "content": asked}]
     if item.stage > 0 and item.previous:
         messages += [{"role": "assistant", "content": item.previous},
                      {"role": "user", "content": render(RETRY_TEMPLATE)}]
