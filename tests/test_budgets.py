@@ -47,6 +47,19 @@ def count_http(monkeypatch) -> Counter[str]:
     return requests
 
 
+def settled_events_since(since: datetime, *, quiet_seconds: float = 2.0, timeout: float = 60.0) -> Counter[str]:
+    """`events_since` once it has stopped changing for `quiet_seconds`: the server writes the
+    events it received in the background."""
+    deadline, last, steady_since = time.monotonic() + timeout, None, time.monotonic()
+    while True:
+        events = events_since(since)
+        if events != last:
+            last, steady_since = events, time.monotonic()
+        elif time.monotonic() - steady_since >= quiet_seconds or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
 def events_since(since: datetime) -> Counter[str]:
     """The events the server holds that occurred since `since`, by name."""
     names: Counter[str] = Counter()
@@ -76,8 +89,7 @@ def test_a_run_of_1000_items_stays_within_the_free_tier_budgets(prefect_env, mon
     APILogWorker.drain_all()
     EventsWorker.drain_all()
     sent = Counter(requests)  # before this test's own queries below
-    time.sleep(8)  # the server writes the events it received in the background
-    events = events_since(since)
+    events = settled_events_since(since)
     per_thousand = {"events": sum(events.values()) * 1000 / ITEMS, "requests": sum(sent.values()) * 1000 / ITEMS}
     round_trips = sum(counter.calls.values()) * 32 / ITEMS
     assert {i.status for i in store.items("budget")} == {"done"}
@@ -106,8 +118,7 @@ def test_counting_sees_what_it_counts(prefect_env, monkeypatch) -> None:
     since = datetime.now(timezone.utc)
     three()
     EventsWorker.drain_all()
-    time.sleep(8)
-    assert events_since(since)["prefect.task-run.Completed"] >= 3 and requests["flow_runs/"] >= 1
+    assert settled_events_since(since)["prefect.task-run.Completed"] >= 3 and requests["flow_runs/"] >= 1
 
 
 def test_a_prefect_outage_does_not_stop_the_work(prefect_env, monkeypatch) -> None:

@@ -17,18 +17,14 @@ from prefect.runner import Runner
 from flows.generate import generate
 from flows.refine import refine
 from flows.seed import seed
-from tasks.cli import command_parser
-from tasks.config import (DecontaminateConfig, EvaluateConfig, ExportConfig, JudgeConfig, ModelConfig, RefineConfig,
-                          SeedConfig, ServeConfig, StatusConfig, WorkerConfig)
+from tasks.cli import command_parser, parse_command
+from tasks.config import ModelConfig, RefineConfig, SeedConfig, WorkerConfig
 from tasks.config.base import Config, ConfigError, nested_config
+from tasks.flag_reference import COMMANDS, reference
 from tasks.sandbox import LAYERS
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, run_script
 
-COMMANDS = {"flows/seed.py": SeedConfig, "flows/generate.py": WorkerConfig, "flows/refine.py": RefineConfig,
-            "flows/evaluate.py": EvaluateConfig, "flows/export.py": ExportConfig, "flows/status.py": StatusConfig,
-            "flows/judge.py": JudgeConfig, "flows/decontaminate.py": DecontaminateConfig,
-            "deployments/serve.py": ServeConfig}
 
 
 def setting_paths(config_class: type[Config], prefix: tuple[str, ...] = ()) -> Iterator[str]:
@@ -49,11 +45,26 @@ def test_help_lists_every_setting_of_the_config(tmp_path: Path, script: str) -> 
         assert action.option_strings[0] in result.stdout and action.help, action.dest
 
 
+def test_the_flag_reference_is_made_from_the_configs() -> None:
+    """docs/flags.md is what `python -m tasks.flag_reference` makes now: a changed setting without
+    the reference made again fails here."""
+    assert (ROOT / "docs" / "flags.md").read_text() == reference(), "run: python -m tasks.flag_reference > docs/flags.md"
+    assert set(COMMANDS) == {str(path.relative_to(ROOT)) for folder in ("flows", "deployments")
+                             for path in (ROOT / folder).glob("*.py") if "parse_command(" in path.read_text()}
+
+
 def test_flags_reach_the_config(tmp_path: Path) -> None:
-    parsed = command_parser(WorkerConfig, "flows/generate.py", "").parse_args(
-        ["--quantization", "4bit", "--max-new-tokens", "7", "--merge-adapter", "--devices", "cpu,cpu"])
-    assert vars(parsed) == {"model.quantization": "4bit", "sampling.max_new_tokens": "7", "model.merge_adapter": True,
-                            "devices": "cpu,cpu"}
+    flags = ["--quantization", "4bit", "--max-new-tokens", "7", "--temperature", "0.5", "--devices", "cpu,cpu",
+             "--sandbox-layers", "seccomp, landlock"]
+    parsed = command_parser(WorkerConfig, "flows/generate.py", "").parse_args(flags)
+    assert vars(parsed) == {"model.quantization": "4bit", "sampling.max_new_tokens": "7", "sampling.temperature": "0.5",
+                            "devices": "cpu,cpu", "sandbox_layers": "seccomp, landlock"}
+    config = parse_command(WorkerConfig, flags, "flows/generate.py", "")  # what the worker is then given
+    assert (config.model.quantization, config.sampling.max_new_tokens, config.sampling.temperature, config.devices,
+            config.required_sandbox_layers) == ("4bit", 7, 0.5, "cpu,cpu", ("seccomp", "landlock"))
+    assert config.model.model == ModelConfig().model and not config.model.merge_adapter  # the rest as defaults
+    with pytest.raises(ConfigError, match="--merge-adapter cannot merge into a quantized model"):
+        parse_command(WorkerConfig, [*flags, "--merge-adapter"], "flows/generate.py", "")  # checked as a whole
 
 
 def error_of(result) -> str:

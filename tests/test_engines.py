@@ -200,5 +200,12 @@ def test_a_dead_batching_thread_fails_its_requests_instead_of_hanging(tiny_model
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (4-bit bitsandbytes)")
 def test_4bit_on_cuda(tiny_model: Path) -> None:
+    import bitsandbytes
+
     model = HFStaticEngine(ModelConfig(model=str(tiny_model), quantization="4bit"), device="cuda:0")
+    modules = dict(model.model.named_modules())
+    linear = {name for name, module in modules.items() if isinstance(module, torch.nn.Linear)}
+    quantized = {name for name, module in modules.items() if isinstance(module, bitsandbytes.nn.Linear4bit)}
+    assert quantized and linear - quantized <= {"lm_head"}  # every layer but the head really is 4-bit
+    assert next(model.model.parameters()).device.type == "cuda"
     assert model.generate(["How many?"], GREEDY)[0].tokens >= 1

@@ -65,13 +65,40 @@ def test_two_devices_in_threads_finish_the_run(prefect_env, tmp_path: Path, tiny
     assert all(item.result.model == ModelConfig(model=str(tiny_model)).model_dump() for item in items)
 
 
-def test_adapter_and_llm_extraction_paths(prefect_env, tmp_path: Path, tiny_model: Path, tiny_adapter: Path) -> None:
+def test_adapter_and_llm_extraction_paths(prefect_env, tmp_path: Path, tiny_model: Path, tiny_adapter: Path,
+                                         monkeypatch) -> None:
+    """A merged adapter through the worker with `--extract llm`; and the second pass on the real
+    model: asked for exactly the answers the rules cannot read, its find kept as the prediction."""
+    from tasks.engines import Generation, Request
+    from tasks.engines.hf_static import HFStaticEngine
+    from tasks.grading.extract import extract_answer
+    from tasks.worker import results
+
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="r", limit=6))
     worker(url, "r", tiny_model, model={"adapter": str(tiny_adapter), "merge_adapter": True}, devices="cpu",
            batch_size=3, extract="llm")
     items = assert_all_done_once(SqliteStore(tmp_path / "w.db"), "r", 6)
     assert items[0].result.model["adapter"] == str(tiny_adapter) and items[0].result.model["merge_adapter"]
+
+    asked: list[list[Request]] = []
+    real_answer_all = results.answer_all
+
+    def counted(engine, requests, sampling):  # the real second pass, what it was asked recorded
+        asked.append(requests)
+        return real_answer_all(engine, requests, sampling)
+
+    monkeypatch.setattr(results, "answer_all", counted)
+    engine = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu")
+    readable = Generation("So it is 12.", tokens=5, finish_reason="stop")
+    unreadable = Generation("I would rather not say what it is.", tokens=9, finish_reason="stop")
+    assert extract_answer(readable.text) == "12" and extract_answer(unreadable.text) is None
+    results.extract_with_llm(engine, [(Request(key="a", prompt="q"), readable), (Request(key="b", prompt="q"), unreadable)])
+    (requests,) = asked
+    assert len(requests) == 1 and unreadable.text in str(requests[0].prompt)  # only the unreadable one
+    assert readable.extracted is None  # the rules' reading stands
+    reply = real_answer_all(engine, requests, results.EXTRACT_SAMPLING)[0]
+    assert unreadable.extracted == extract_answer(reply.text)  # greedy: the same reply the pass read
 
 
 def test_continuous_batching_on_two_devices_with_an_adapter(prefect_env, tmp_path: Path, tiny_model: Path,

@@ -1,5 +1,5 @@
 """Runs model-written Python, which is hostile input, in a fresh process locked down in layers that
-each hold on their own (`child.py` applies them; the README's sandbox table says what each blocks
+each hold on their own (`child.py` applies them; docs/code-execution.md's table says what each blocks
 and which machines lack it). A layer the kernel offers that fails to turn on refuses the
 execution; `SandboxPolicy.required` names the layers without which no code runs.
 
@@ -93,9 +93,9 @@ def check_sandbox(required: tuple[str, ...]) -> str:
 
         raise UserError(f"Code execution cannot start: {probe.error} ({describe_layers(probe.layers)}). A root worker "
                         "needs user namespaces or a Python that the user nobody can read (e.g. a venv made from "
-                        "/usr/bin/python3) to run code as nobody; the README's sandbox table says what each layer "
-                        "needs. To run with fewer layers, name the ones you require with --sandbox-layers (none "
-                        "requires none).")
+                        "/usr/bin/python3) to run code as nobody; the sandbox table in docs/code-execution.md says "
+                        "what each layer needs. To run with fewer layers, name the ones you require with "
+                        "--sandbox-layers (none requires none).")
     return describe_layers(probe.layers)
 
 
