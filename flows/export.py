@@ -31,7 +31,7 @@ from prefect.logging import get_run_logger
 from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import DecontaminateConfig, ExportConfig
-from tasks.decontamination import card_lines, check_run, contaminated_ids, seeded_from_a_test_split
+from tasks.decontamination import card_lines, check_run, refuse_a_test_split, without_contaminated
 from tasks.errors import UserError
 from tasks.evaluation.metrics import check_one_way_per_stage, evaluate_items
 from tasks.export import (SftFilters, card_path, dataset_card, dropped_text, preference_rows, push_to_hub, result_rows,
@@ -51,7 +51,8 @@ def export(config: ExportConfig) -> dict[str, Any]:
                     f"{store.url}")
         items = read_items(store, config.run)
         if config.format != "rows":
-            check_training_run(config, store.run_config(config.run))
+            refuse_a_test_split(config.run, store.run_config(config.run), kind=config.format,
+                                allowed=config.allow_test_split)
             if config.decontaminate:
                 store.set_contamination(config.run, check_run(items, DecontaminateConfig(run=config.run)))
             contamination = store.contamination(config.run)
@@ -59,12 +60,10 @@ def export(config: ExportConfig) -> dict[str, Any]:
     if config.format == "rows":  # each row says how its answer was made
         rows = result_rows(items, only_correct=config.only_correct, stage=config.stage)
     else:  # chats carry no provenance: never mix answers made different ways
-        leave_out = set() if config.keep_contaminated else contaminated_ids(contamination)
-        answered = sum(item.status == "done" for item in items if item.question_id in leave_out)
-        if leave_out:
-            logger.info(f"left out {len(leave_out):,} questions found in a test set ({answered:,} answers); "
+        items, left_out, answered = without_contaminated(items, contamination, keep=config.keep_contaminated)
+        if left_out:
+            logger.info(f"left out {left_out:,} questions found in a test set ({answered:,} answers); "
                         "--keep-contaminated keeps them")
-        items = [item for item in items if item.question_id not in leave_out]
         way = check_one_way_per_stage(config.run, items)
         filters = SftFilters(max_chars=config.max_chars, max_repeated_lines=config.max_repeated_lines,
                              similarity=config.similarity)
@@ -78,8 +77,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
                             accuracy=evaluate_items(config.run, items)["accuracy"], per_question=config.per_question,
                             max_rows=config.max_rows, decontamination=card_lines(contamination, answered))
         if selection.dropped:
-            logger.info(f"filters dropped {sum(selection.dropped.values())} answers: "
-                                  + dropped_text(selection.dropped))
+            logger.info(f"filters dropped {sum(selection.dropped.values())} answers: " + dropped_text(selection.dropped))
     if not rows:
         raise UserError(f"Nothing to export from run {config.run!r} with these filters (no answered items match).")
     written = write_rows(rows, Path(config.out))
@@ -89,17 +87,6 @@ def export(config: ExportConfig) -> dict[str, Any]:
         push_to_hub(rows, config.push_to_hub_repo, card)
     logger.info(f"exported {counted(len(rows), config.format)} of run {config.run!r} to {config.out} ({written})")
     return {"run": config.run, "rows": len(rows), "out": config.out, "format": written, "kind": config.format}
-
-
-def check_training_run(config: ExportConfig, seeded: dict[str, Any]) -> None:
-    """Training data from a test split makes that benchmark's scores meaningless: refused unless asked."""
-    if seeded_from_a_test_split(seeded) and not config.allow_test_split:
-        raise UserError(
-            f"Run {config.run!r} was seeded from the test split of {seeded.get('dataset')}: exporting it as "
-            f"{config.format} training data would train on the questions that benchmark is scored on, so its scores "
-            "(and those of every model trained on it) would mean nothing. Seed a training run from a train split "
-            "(e.g. --dataset gsm8k --split train), export this one as --format rows for analysis, or pass "
-            "--allow-test-split if you really mean it.")
 
 
 def counted(rows: int, kind: str) -> str:

@@ -215,11 +215,31 @@ def contaminated_ids(stored: dict[str, Any] | None) -> set[str]:
     return {match["question_id"] for match in (stored or {}).get("matches", [])}
 
 
+def without_contaminated(items: list[Item], stored: dict[str, Any] | None, *,
+                         keep: bool = False) -> tuple[list[Item], int, int]:
+    """The items of the questions a check did not find in a test set (all of them with `keep`),
+    and how many questions and answers were left out."""
+    left_out = set() if keep else contaminated_ids(stored)
+    answers = sum(item.status == "done" for item in items if item.question_id in left_out)
+    return [item for item in items if item.question_id not in left_out], len(left_out), answers
+
+
 def seeded_from_a_test_split(run_config: dict[str, Any]) -> bool:
     """A run seeded from a benchmark's or a hub dataset's test split (a user's own file is not)."""
     dataset = str(run_config.get("dataset", ""))
     from_hub = "/" in dataset and not dataset.endswith((".jsonl", ".json"))
     return run_config.get("split") == "test" and (dataset in ADAPTERS or from_hub)
+
+
+def refuse_a_test_split(run: str, run_config: dict[str, Any], *, kind: str, allowed: bool) -> None:
+    """Training data from a test split makes that benchmark's scores meaningless: UserError unless allowed."""
+    if seeded_from_a_test_split(run_config) and not allowed:
+        raise UserError(
+            f"Run {run!r} was seeded from the test split of {run_config.get('dataset')}: exporting it as {kind} "
+            "training data would train on the questions that benchmark is scored on, so its scores (and those of "
+            "every model trained on it) would mean nothing. Seed a training run from a train split (e.g. --dataset "
+            "gsm8k --split train), export this one as --format rows for analysis, or pass --allow-test-split if "
+            "you really mean it.")
 
 
 def card_lines(stored: dict[str, Any] | None, dropped_answers: int) -> list[str]:

@@ -21,6 +21,16 @@ from tests.support import FakeClock, build_adapter, build_model, mongomock_store
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "mongomock", "mongodb"]
+UNIT = {"test_grading.py", "test_store.py", "test_worker_loop.py", "test_config.py", "test_docs.py"}  # `-m unit`
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The unit tier (`python -m pytest -m unit`, under 2 minutes): the grader, the store's
+    conformance suite on SQLite and mongomock, the device's exchange with the store, the configs
+    and their command lines, the docs."""
+    for item in items:
+        if item.path.name in UNIT:
+            item.add_marker(pytest.mark.unit)
 
 
 def make_store(backend: str, tmp_path: Path, clock: FakeClock) -> Store:

@@ -11,7 +11,7 @@ import tasks.judge
 from flows.seed import seed
 from tasks.benchmarks import load_rows, resolve_source
 from tasks.config import DecontaminateConfig, SeedConfig
-from tasks.decontamination import NgramIndex, HeldOutQuestion, check_run, contaminated_ids, ngram_matches, words
+from tasks.decontamination import HeldOutQuestion, NgramIndex, check_run, contaminated_ids, ngram_matches, words
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, run_flow_cli
 from tests.support import ScriptedEngine, build_encoder, mongomock_store
