@@ -25,6 +25,11 @@ def run_status(store: Store, run: str) -> dict[str, Any]:
     return {"run": run, **summarize(store.counts(run))}
 
 
+def done_share(summary: dict[str, Any]) -> float:
+    """The share of a run's items done (cancelled samples count: they are never to be made)."""
+    return (summary["done"] + summary.get("cancelled", 0)) / summary["total"] if summary["total"] else 0.0
+
+
 def all_runs(store: Store) -> list[dict[str, Any]]:
     """Every run's totals, oldest first."""
     return [{"run": run, **summarize(store.counts(run))} for run in store.runs()]
@@ -38,9 +43,8 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
     width = max(len(run["run"]) for run in runs)
     lines = [f"{'run':<{width}}" + "".join(f"{column:>10}" for column in columns) + f"{'% done':>10}"]
     for run in runs:
-        done = (run["done"] + run.get("cancelled", 0)) / run["total"] if run["total"] else 0.0
         lines.append(f"{run['run']:<{width}}" + "".join(f"{run.get(column, 0):>10}" for column in columns)
-                     + f"{done:>10.1%}")
+                     + f"{done_share(run):>10.1%}")
     return "\n".join(lines)
 
 
@@ -51,9 +55,8 @@ def format_table(status: dict[str, Any]) -> str:
     lines += [(f"stage {stage}", *(counts.get(c, 0) for c in columns)) for stage, counts in status["stages"].items()]
     lines += [(f"worker {name}", *(counts.get(c, 0) for c in columns)) for name, counts in status["workers"].items()]
     width = max(len(str(line[0])) for line in lines)
-    done = (status["done"] + status.get("cancelled", 0)) / status["total"] if status["total"] else 0.0
     table = [f"{line[0]:<{width}}" + "".join(f"{value:>9}" for value in line[1:]) for line in lines]
-    return "\n".join([f"run {status['run']}: {done:.1%} done", *table])
+    return "\n".join([f"run {status['run']}: {done_share(status):.1%} done", *table])
 
 
 def main(argv: list[str] | None = None) -> None:

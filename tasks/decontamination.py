@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -202,10 +203,7 @@ def report(*, method: dict[str, Any], tests: list[HeldOutQuestion], missing: lis
            matches: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
     """What the store keeps for a run: the method, the test sets checked (questions in each), the
     ones not available, and every contaminated question with its match."""
-    sizes: dict[str, int] = {}
-    for test in tests:
-        sizes[test.test_set] = sizes.get(test.test_set, 0) + 1
-    test_sets = [{"name": name, "questions": count} for name, count in sizes.items()]
+    test_sets = [{"name": name, "questions": count} for name, count in Counter(t.test_set for t in tests).items()]
     return {"method": method, "test_sets": test_sets, "not_checked": missing, "checked": checked,
             "contaminated": len(matches), "seconds": round(seconds, 2), "checked_at": time.time(),
             "matches": [{"question_id": question_id, **match} for question_id, match in sorted(matches.items())]}

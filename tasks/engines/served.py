@@ -41,6 +41,7 @@ class ServedEngine(OpenAIEngine):
         env = {**os.environ}
         if device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
+        atexit.register(self.close)
         for _ in range(PORT_TRIES):
             port = free_port()
             command = settings.serve_command.format(model=model.model, port=port, dtype=model.dtype, device=device)
@@ -62,7 +63,6 @@ class ServedEngine(OpenAIEngine):
         with self.log.open("w") as output:
             self.process = subprocess.Popen(launched(argv), env=env, stdout=output, stderr=subprocess.STDOUT,
                                             start_new_session=True)
-        atexit.register(self.close)
 
     def _wait_healthy(self, base: str, command: str, timeout: float) -> bool:
         """True once healthy; False when it stopped because its port was taken (try another)."""
@@ -88,7 +88,7 @@ class ServedEngine(OpenAIEngine):
         """Stop the server and everything it started (its process group): SIGTERM, then SIGKILL."""
         if getattr(self, "client", None) is not None:
             super().close()
-        if self.process.poll() is None:
+        if getattr(self, "process", None) is not None and self.process.poll() is None:  # none before the first start
             try:
                 os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=20)

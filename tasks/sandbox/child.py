@@ -24,6 +24,7 @@ REFUSED = 125  # the exit code of a child that would not run the code
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, \
     0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME, ST_RELATIME = 1024, 2048, 1 << 21, 4096  # statvfs says relatime as 4096
 PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine)
 
 
@@ -168,8 +169,7 @@ def _lock_down(job: dict[str, Any], pyseccomp: Any, *, as_root: bool, namespaces
     sources = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path, kind in job["visible"]
                if not kind.startswith("->")} if namespaces else {}
     if as_root and mapped:  # still root outside until here: now `nobody`, with capabilities inside only
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
+        _become_nobody()
     layers["mount-namespace"] = False
     if namespaces:
         if PIVOT_ROOT is None:
@@ -187,14 +187,18 @@ def _lock_down(job: dict[str, Any], pyseccomp: Any, *, as_root: bool, namespaces
     rules = _landlock_rules(job["visible"], home, own_proc=layers["mount-namespace"])
     if as_root and not mapped and (layers["mount-namespace"] or job["python_readable"]):
         os.setgroups([])
-        os.setresgid(NOBODY, NOBODY, NOBODY)
-        os.setresuid(NOBODY, NOBODY, NOBODY)
+        _become_nobody()
     layers["unprivileged-user"] = os.getuid() != 0 and "user-namespace" not in failed
     _check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")
     layers["landlock"] = _landlock(rules, failed)
     _drop_capabilities(libc)
     layers["resource-limits"] = _resource_limits(policy, failed)
     layers["seccomp"] = pyseccomp is not None and _seccomp(pyseccomp, failed)
+
+
+def _become_nobody() -> None:
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)
 
 
 def _private_root(job: dict[str, Any], sources: dict[str, int], *, owner: tuple[int, int],
@@ -231,11 +235,12 @@ def _private_root(job: dict[str, Any], sources: dict[str, int], *, owner: tuple[
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
         mount(f"/proc/self/fd/{sources[path]}", target, None, MS_BIND | MS_REC)
         locked = os.statvfs(target).f_flag
-        flags = (locked & (MS_NOSUID | MS_NODEV | MS_NOEXEC | 1024 | 2048)) | ((1 << 21) if locked & 4096 else 0)
+        flags = (locked & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)) | (
+            MS_RELATIME if locked & ST_RELATIME else 0)  # a remount keeps the flags a namespace may not clear
         flags |= MS_NOSUID | (0 if kind == "device" else MS_RDONLY | MS_NODEV)
         mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
-    if libc.mount(b"proc", (new + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
-        pass  # a container that masks parts of /proc refuses a new one: the code then sees an empty /proc
+    # A container that masks parts of /proc refuses a new one: the code then sees an empty /proc.
+    libc.mount(b"proc", (new + "/proc").encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     os.chdir(new)
     _check(libc.syscall(PIVOT_ROOT, b".", b"."), "pivot_root")
     _check(libc.umount2(b".", 2), "detach the host's root")  # MNT_DETACH
@@ -246,7 +251,7 @@ def _private_root(job: dict[str, Any], sources: dict[str, int], *, owner: tuple[
 
 def _landlock_rules(visible: list[list[str]], home: str, *, own_proc: bool) -> list[tuple[int, str]]:
     """Descriptors for Landlock's rules, opened now (before any drop of privileges): [fd, what]."""
-    rules = [(os.open(path, os.O_PATH | os.O_CLOEXEC), "device" if kind == "device" else kind)
+    rules = [(os.open(path, os.O_PATH | os.O_CLOEXEC), kind)
              for path, kind in visible if not kind.startswith("->") and os.path.exists(path)]
     rules.append((os.open(home, os.O_PATH | os.O_CLOEXEC), "home"))
     if own_proc:
