@@ -195,12 +195,13 @@ def main() -> None:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    from tests.support import build_model
+    from bench.standins import build_model
 
     with tempfile.TemporaryDirectory() as scratch, prefect_test_harness(server_startup_timeout=180):
         tmp = args.keep or scratch
         model = build_model(Path(tmp) / "model", chat=True)
-        env = {**{k: v for k, v in os.environ.items() if k != "MONGODB_URI"}, "PREFECT_API_URL": PREFECT_API_URL.value()}
+        env = {**{k: v for k, v in os.environ.items() if k != "MONGODB_URI"},
+               "PREFECT_API_URL": PREFECT_API_URL.value()}
         common = dict(model=model, env=env, items=args.items, workers=args.workers, timeout=4 * 3600,
                       worker_args=worker_flags(args.batch_size, args.max_new_tokens))
         chaos = drain(folder=Path(tmp) / "chaos", every=args.every, **common)

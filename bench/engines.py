@@ -37,6 +37,7 @@ from typing import Any, Callable
 import httpx
 import torch
 
+from bench.standins import ARCHITECTURES, build_model
 from tasks.benchmarks import build_items, load_rows, resolve_source
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig, WorkerConfig
 from tasks.engines import Generation, Request, answer_all
@@ -48,7 +49,6 @@ from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import work_on_run
-from tests.support import ARCHITECTURES, build_model
 
 
 def lengths_from_gsm8k(model: HFStaticEngine, count: int, cap: int, seed: int = 0) -> list[int]:
@@ -88,7 +88,7 @@ def pipeline(engine: HFContinuousEngine, rows: list[Any], lengths: list[int], sa
             work_on_run(store=store, engine=engine, config=config, keeper=keeper, request=lambda item: Request(
                 key=item.id, prompt=item_messages(item, "step_by_step"), max_new_tokens=length_of[item.id]))
         seconds = time.perf_counter() - started
-        tokens = sum(min(item.result.tokens, length_of[item.id]) for item in store.items("bench"))
+        tokens = sum(min(item.result.tokens or 0, length_of[item.id]) for item in store.items("bench") if item.result)
     return tokens / seconds
 
 
@@ -166,18 +166,21 @@ def main() -> None:
                                             lengths))
             rates["hf"].append(timed(lambda: answer_all(continuous, requests_for(prompts, lengths), sampling), lengths))
             rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling))
-            for name, seeded in (("seeded", True), ("generator", False)):
-                rates[name].append(timed(lambda: answer_all(static, requests_for(prompts, lengths, seeded), hot), lengths))
+            for name, with_seeds in (("seeded", True), ("generator", False)):
+                rates[name].append(timed(lambda: answer_all(static, requests_for(prompts, lengths, with_seeds), hot),
+                                         lengths))
         median = {name: statistics.median(values) for name, values in rates.items()}
         print(f"  {in_flight:>2} in flight: hf-static {median['hf-static']:7.1f}, hf {median['hf']:7.1f}, worker "
               f"pipeline with hf {median['pipeline']:7.1f} useful tokens/s | (a) hf / hf-static = "
-              f"{median['hf'] / median['hf-static']:.2f}, (b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}, "
+              f"{median['hf'] / median['hf-static']:.2f}, "
+              f"(b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}, "
               f"(d) hf-static seeded {median['seeded']:.1f} / from the generator {median['generator']:.1f} = "
               f"{median['seeded'] / median['generator']:.2f}")
     seeded = requests_for(prompts, lengths, seeded=True)
     batched = answer_all(static, seeded, hot)[:8]
     alone = [answer_all(static, [request], hot)[0] for request in seeded[:8]]
-    same = sum(isinstance(a, Generation) and isinstance(b, Generation) and a.text == b.text for a, b in zip(batched, alone))
+    same = sum(isinstance(a, Generation) and isinstance(b, Generation) and a.text == b.text
+               for a, b in zip(batched, alone))
     print(f"  (d) seeded answers the same alone as in a batch of {static.batch_size}: {same} of {len(alone)}")
     if args.no_server:
         return
@@ -193,7 +196,8 @@ def main() -> None:
             plain.append(direct(api, str(folder), prompts[:count], short, concurrency))
         print(f"  (c) openai engine {statistics.median(through):.1f} / the server driven directly "
               f"{statistics.median(plain):.1f} completion tokens/s = "
-              f"{statistics.median(through) / statistics.median(plain):.2f} (transformers serve, {concurrency} at a time, "
+              f"{statistics.median(through) / statistics.median(plain):.2f} "
+              f"(transformers serve, {concurrency} at a time, "
               f"{count} prompts)")
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -31,12 +31,12 @@ import types
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from bench.standins import mongomock_store
 from tasks.store.models import Claim, Item, Result
 from tasks.store.mongo import MongoStore
-from tasks.worker.steps import REPORT_SECONDS
-from tests.support import mongomock_store
+from tasks.worker.writes import REPORT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE_COMMIT = "77d376e"  # the engines issue: the store and worker before the fleet changes
@@ -107,14 +107,21 @@ class RemoteCollection:
         return command
 
 
-class Listed(list):
+class Listed:
     """A find's documents, already fetched, with the cursor methods the store calls on them."""
 
+    def __init__(self, docs: list[dict[str, Any]]):
+        self.docs = docs
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.docs)
+
     def sort(self, key: str, direction: int = 1) -> Listed:
-        return Listed(sorted(self, key=lambda doc: (doc.get(key) is not None, doc.get(key) or 0), reverse=direction < 0))
+        return Listed(sorted(self.docs, key=lambda doc: (doc.get(key) is not None, doc.get(key) or 0),
+                             reverse=direction < 0))
 
     def limit(self, count: int) -> Listed:
-        return Listed(self[:count])
+        return Listed(self.docs[:count])
 
 
 def old_store_class() -> type:
@@ -168,7 +175,8 @@ class Fleet:
 
     def write(self, claim: Claim) -> None:
         if claim.items:
-            self.store.complete(claim, {i.id: Result(response="#### 7", predicted="7", correct=True) for i in claim.items})
+            right = Result(response="#### 7", predicted="7", correct=True)
+            self.store.complete(claim, {item.id: right for item in claim.items})
             self.done += len(claim.items)
 
     def finished(self) -> bool:
@@ -222,7 +230,7 @@ class Fleet:
 
 
 def simulate(*, before: bool, workers: int, items: int, batch: int, batch_seconds: float, latency: float,
-             start_spread: float, seed: int = 0) -> dict[str, float]:
+             start_spread: float, seed: int = 0) -> dict[str, Any]:
     random.seed(seed)
     devices = 2 * workers
     progress_threads = 0 if before else workers

@@ -26,18 +26,18 @@ from typing import Any
 
 import torch
 
+from bench.standins import ARCHITECTURES, build_model
 from tasks.benchmarks import Row, build_items, load_rows, resolve_source
 from tasks.config import ModelConfig, SamplingConfig, WorkerConfig
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.grading import grade
 from tasks.prompts import render
-from tasks.store import summarize
+from tasks.store.counts import summarize
 from tasks.store.models import Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import work_on_run
-from tests.support import ARCHITECTURES, build_model
 
 
 def batches(values: list, size: int) -> list[list]:

@@ -54,12 +54,12 @@ def _call_options(function: ast.FunctionDef) -> dict[str, Any]:
     """The keyword arguments the test passes to its grader call (literals, or a parameter's name)."""
     for node in ast.walk(function):
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("compare_strings", "verify"):
-            options = {}
+            options: dict[str, Any] = {}
             for keyword in node.keywords:
                 try:
-                    options[keyword.arg] = ast.literal_eval(keyword.value)
+                    options[str(keyword.arg)] = ast.literal_eval(keyword.value)
                 except ValueError:
-                    options[keyword.arg] = f"${ast.unparse(keyword.value)}"  # a parameter: per row
+                    options[str(keyword.arg)] = f"${ast.unparse(keyword.value)}"  # a parameter: per row
             return options
     return {}
 
@@ -101,7 +101,8 @@ def hendrycks_cases(folder: Path) -> Iterator[dict[str, Any]]:
         check = next(n for n in ast.walk(node) if isinstance(n, ast.Call) and getattr(n.func, "attr", "").startswith(
             "assert"))
         yield {"suite": "hendrycks", "source": f"modeling/math_equivalence_test.py::{node.name}",
-               "gold": values["test_in"], "prediction": values["test_out"], "expected": check.func.attr == "assertTrue",
+               "gold": values["test_in"], "prediction": values["test_out"],
+               "expected": getattr(check.func, "attr") == "assertTrue",
                "kind": "answers", "options": {}}
 
 

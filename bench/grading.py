@@ -57,8 +57,9 @@ def math_verify(case: dict[str, Any]) -> bool:
 
 def _module(path: Path, name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
 
 
@@ -114,12 +115,14 @@ def inspect_ai() -> Grader:
 
 def graders(peers: Path | None) -> dict[str, Grader]:
     found: dict[str, Grader] = {"fleetgen": fleetgen, "math-verify": math_verify}
-    for name, make in (("nemo-skills", lambda: nemo_skills(peers)), ("hendrycks", lambda: hendrycks(peers)),
-                       ("inspect-ai", inspect_ai)):
+    for name, make in (("nemo-skills", nemo_skills), ("hendrycks", hendrycks), ("inspect-ai", None)):
         try:
-            if peers is None and name != "inspect-ai":
+            if make is None:
+                found[name] = inspect_ai()
+            elif peers is None:
                 raise FileNotFoundError("no --peers folder")
-            found[name] = make()
+            else:
+                found[name] = make(peers)
         except (ImportError, FileNotFoundError, OSError) as error:
             print(f"skipped {name}: {error}", file=sys.stderr)
     return found

@@ -35,7 +35,7 @@ def main() -> None:
                "PREFECT_HOME": str(folder / "prefect-home")}
         model = args.model
         if model is None:
-            from tests.support import build_model
+            from bench.standins import build_model
 
             model = str(build_model(folder / "tiny-model", chat=True))
         commands = [

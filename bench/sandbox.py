@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.config import SamplingConfig  # noqa: E402
 from tasks.engines import Generation, ListFeeder, Request  # noqa: E402
 from tasks.engines.code_loop import CodeLoopEngine  # noqa: E402
-from tasks.sandbox import describe_layers, active_layers, execute_many  # noqa: E402
+from tasks.sandbox import active_layers, describe_layers, execute_many  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,8 @@ PROGRAM = "import math\nprint(sum(math.comb(20, k) for k in range(21)))"
 
 def bare(codes: list[str]) -> None:
     with ThreadPoolExecutor() as pool:
-        list(pool.map(lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30), codes))
+        list(pool.map(lambda code: subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30),
+                      codes))
 
 
 def sandbox_at(revision: str, folder: Path):
@@ -49,6 +50,7 @@ def sandbox_at(revision: str, folder: Path):
     path = folder / "sandbox_before.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("sandbox_before", path)
+    assert spec is not None and spec.loader is not None
     module = sys.modules["sandbox_before"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -115,7 +117,8 @@ def main() -> None:
         print(f"    sandbox at {args.before} {median['before']:.1f} executions/s: now ÷ then "
               f"{median['sandbox'] / median['before']:.2f}; per execution {1000 * cores / median['sandbox']:.0f} ms "
               f"now, {1000 * cores / median['before']:.0f} ms then ({cores} at a time)")
-    print(f"(b) device busy {device_busy(args.items):.3f} of the wall time, {args.items} items each executing code once")
+    print(f"(b) device busy {device_busy(args.items):.3f} of the wall time, "
+          f"{args.items} items each executing code once")
 
 
 if __name__ == "__main__":

@@ -17,15 +17,16 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pymongo import monitoring
+from pymongo.collection import Collection
 
+from bench.standins import mongomock_store
 from tasks.store import Store
 from tasks.store.models import Item, Result
 from tasks.store.mongo import MongoStore
 from tasks.store.sqlite import SqliteStore
-from tests.support import mongomock_store
 
 BATCH = 32
 
@@ -66,7 +67,7 @@ class OperationCounter:
     """Counts the operations sent to a collection (mongomock: one call = one round trip)."""
 
     def __init__(self, collection: Any):
-        self._collection, self.calls = collection, Counter()
+        self._collection, self.calls = collection, Counter[str]()
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._collection, name)
@@ -115,7 +116,7 @@ def round_trips(store: Store, counter: Any) -> dict[str, int]:
 def mongomock_round_trips() -> dict[str, int]:
     store = mongomock_store()
     counter = OperationCounter(store._items)
-    store._items = counter
+    store._items = cast(Collection, counter)  # counts what passes through to the collection
     return round_trips(store, counter)
 
 
@@ -140,7 +141,8 @@ def main() -> None:
           f"(4/1 = {four / one:.2f})")
     print(f"SQLite 4 processes, batch 1: {single:,.0f} items/s (batch {BATCH} / batch 1 = {four / single:.1f}x)")
     trips = mongomock_round_trips()
-    print(f"MongoDB operations per batch of {BATCH} (mongomock, counted): " + ", ".join(f"{k} {v}" for k, v in trips.items()))
+    print(f"MongoDB operations per batch of {BATCH} (mongomock, counted): "
+          + ", ".join(f"{k} {v}" for k, v in trips.items()))
     uri = os.environ.get("MONGODB_URI")
     if uri:
         trips = real_mongodb_round_trips(uri)

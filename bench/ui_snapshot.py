@@ -66,7 +66,7 @@ def main() -> None:
                 raise SystemExit(f"{script} {' '.join(flags)} failed")
             return process
 
-        from tests.support import build_model
+        from bench.standins import build_model
 
         model = str(build_model(folder / "tiny-model", chat=True))
         try:
@@ -75,6 +75,7 @@ def main() -> None:
                                "--worker", f"notebook-{n}", "--batch-size", "4", "--max-new-tokens", "200",
                                background=True) for n in (1, 2)]
             state = read_state(home / "fleetgen-server")
+            assert state is not None, "the local Prefect server did not start"
             time.sleep(75)  # both workers at work; the dashboard refreshes every 30 s
             latest = latest_ids(state["url"])
             shoot(browser, f"{state['ui']}/artifacts/artifact/{latest['dashboard-demo']}", out / "dashboard.png")

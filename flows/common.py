@@ -11,7 +11,7 @@ from tasks.config import DEFAULT_RUN, RunConfig
 from tasks.config.base import Config
 from tasks.logs import setup_logging
 from tasks.prefect_server import local_server_url
-from tasks.store import check_store
+from tasks.store.urls import check_store
 
 ConfigT = TypeVar("ConfigT", bound=Config)
 RunConfigT = TypeVar("RunConfigT", bound=RunConfig)

@@ -29,7 +29,8 @@ from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import DecontaminateConfig
 from tasks.decontamination import check_run
-from tasks.store import open_store, require_run
+from tasks.store import open_store
+from tasks.store.runs import require_run
 from tasks.store.steps import read_items
 
 
@@ -46,7 +47,8 @@ def decontaminate(config: DecontaminateConfig) -> dict[str, Any]:
         f"run {config.run!r}: {found['contaminated']} of {found['checked']} questions found in test sets "
         f"({', '.join(f'{name} {n}' for name, n in by_test_set.items()) or 'none'}), checked against "
         f"{sum(test_set['questions'] for test_set in found['test_sets']):,} test questions in {found['seconds']} s"
-        + (f"; not checked (not shipped, no --data-dir): {', '.join(found['not_checked'])}" if found["not_checked"] else ""))
+        + (f"; not checked (not shipped, no --data-dir): {', '.join(found['not_checked'])}"
+           if found["not_checked"] else ""))
     return {"run": config.run, "checked": found["checked"], "contaminated": found["contaminated"],
             "by_test_set": by_test_set, "not_checked": found["not_checked"]}
 

@@ -27,7 +27,8 @@ from tasks.config import EvaluateConfig
 from tasks.evaluation.metrics import evaluate_items
 from tasks.evaluation.report import format_report, format_suite, suite_rows
 from tasks.evaluation.steps import publish_metrics
-from tasks.store import match_runs, open_store
+from tasks.store import open_store
+from tasks.store.runs import match_runs
 from tasks.store.steps import read_items
 
 

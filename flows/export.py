@@ -34,9 +34,20 @@ from tasks.config import DecontaminateConfig, ExportConfig
 from tasks.decontamination import card_lines, check_run, refuse_a_test_split, without_contaminated
 from tasks.errors import UserError
 from tasks.evaluation.metrics import check_one_way_per_stage, evaluate_items
-from tasks.export import (SftFilters, card_path, dataset_card, dropped_text, preference_rows, push_to_hub, result_rows,
-                          sft_rows, write_rows)
-from tasks.store import open_store, require_run, summarize
+from tasks.export import (
+    SftFilters,
+    card_path,
+    dataset_card,
+    dropped_text,
+    preference_rows,
+    push_to_hub,
+    result_rows,
+    sft_rows,
+    write_rows,
+)
+from tasks.store import open_store
+from tasks.store.counts import summarize
+from tasks.store.runs import require_run
 from tasks.store.steps import read_items
 
 
@@ -70,14 +81,16 @@ def export(config: ExportConfig) -> dict[str, Any]:
         selection = (sft_rows(items, per_question=config.per_question, stage=config.stage, filters=filters,
                               refine_conversations=config.refine_conversations, max_rows=config.max_rows)
                      if config.format == "sft" else
-                     preference_rows(items, per_question=config.per_question, filters=filters, max_rows=config.max_rows))
+                     preference_rows(items, per_question=config.per_question, filters=filters,
+                                     max_rows=config.max_rows))
         rows = selection.rows
         card = dataset_card(run=config.run, kind=config.format, rows=len(rows), way=way, filters=filters,
                             questions=len({row["question_id"] for row in rows}), dropped=selection.dropped,
                             accuracy=evaluate_items(config.run, items)["accuracy"], per_question=config.per_question,
                             max_rows=config.max_rows, decontamination=card_lines(contamination, answered))
         if selection.dropped:
-            logger.info(f"filters dropped {sum(selection.dropped.values())} answers: " + dropped_text(selection.dropped))
+            logger.info(f"filters dropped {sum(selection.dropped.values())} answers: "
+                        + dropped_text(selection.dropped))
     if not rows:
         raise UserError(f"Nothing to export from run {config.run!r} with these filters (no answered items match).")
     written = write_rows(rows, Path(config.out))
@@ -99,7 +112,8 @@ ROW_NAMES = {"rows": "row", "sft": "SFT chat", "dpo": "DPO pair"}
 
 def main(argv: list[str] | None = None) -> None:
     result = run_from_command_line(export, parse_command(ExportConfig, argv, "flows/export.py", __doc__))
-    print(f"exported {counted(result['rows'], result['kind'])} of run {result['run']!r} to {result['out']} ({result['format']})")
+    print(f"exported {counted(result['rows'], result['kind'])} of run {result['run']!r} to {result['out']} "
+          f"({result['format']})")
 
 
 if __name__ == "__main__":

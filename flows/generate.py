@@ -29,17 +29,19 @@ from flows.common import config_values, run_from_command_line, run_name, start_f
 from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
+from tasks.dashboard import RunDashboard
 from tasks.engines.devices import engine_devices, share_cores
-from tasks.errors import UserError
 from tasks.engines.openai_api import OpenAIEngine
-from tasks.progress import RunDashboard, TerminalProgress
+from tasks.errors import UserError
+from tasks.progress import TerminalProgress
 from tasks.sandbox import check_sandbox
-from tasks.store import match_runs, open_store
-from tasks.worker.results import BatchReport, summarize_reports
-from tasks.worker.leases import LeaseKeeper
+from tasks.store import open_store
+from tasks.store.runs import match_runs
+from tasks.throughput import BatchReport, summarize_reports
 from tasks.worker.chat import check_solutions
-from tasks.worker.exchange import DeviceBroken
+from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import run_finished, sampling_warnings
+from tasks.worker.outbox import DeviceBroken
 from tasks.worker.shutdown import Shutdown
 from tasks.worker.steps import load_engine, run_device
 
@@ -108,7 +110,8 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
             for engine in engines:
                 engine.close()
     if broken and len(broken) == len(engines):
-        raise UserError(f"Every device of this worker stopped: {'; '.join(f'{d}: {why}' for d, why in broken.items())}. "
+        stopped = "; ".join(f"{device}: {why}" for device, why in broken.items())
+        raise UserError(f"Every device of this worker stopped: {stopped}. "
                         "Restart the machine (a GPU in this state rarely recovers in the same process); the items it "
                         "held are back in the store for the other workers.")
     result = worker_result(config, runs, reports, devices_loaded=[engine.label for engine in engines],
@@ -119,8 +122,8 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     return result
 
 
-def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *, devices_loaded: Sequence[str] = (),
-                  stopped: str | None = None, broken: dict[str, str] | None = None,
+def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchReport], *,
+                  devices_loaded: Sequence[str] = (), stopped: str | None = None, broken: dict[str, str] | None = None,
                   nothing_to_do: bool = False) -> dict[str, Any]:
     """What the worker's flow run returns (and its command line prints): throughput per device, and how it ended."""
     return {"runs": runs, "worker": config.worker_name, "model": config.model.model_dump(),
@@ -148,4 +151,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main, stopped_early="worker stopped (SIGTERM) while starting or ending; it held no claims"))
+    raise SystemExit(run_cli(main,
+                             stopped_early="worker stopped (SIGTERM) while starting or ending; it held no claims"))

@@ -27,7 +27,8 @@ from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import JudgeConfig
 from tasks.judge import judge_engine, judge_items, to_judge
-from tasks.store import open_store, require_run
+from tasks.store import open_store
+from tasks.store.runs import require_run
 from tasks.store.steps import read_items
 
 

@@ -25,7 +25,8 @@ from flows.common import run_from_command_line, run_name, start_flow
 from tasks.cli import parse_command, run_cli
 from tasks.config import RefineConfig
 from tasks.refine import retry_items
-from tasks.store import open_store, require_run
+from tasks.store import open_store
+from tasks.store.runs import require_run
 from tasks.store.steps import insert_items, read_items
 
 

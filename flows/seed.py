@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_command(SeedConfig, argv, "flows/seed.py", __doc__)
     for _, dataset in config.planned_runs():  # fail fast, before Prefect starts and before anything is written
         resolve_source(dataset, config.split, config.data_dir)
-    result = run_from_command_line(seed, config, runs=None, tags=tuple(f"run:{run}" for run, _ in config.planned_runs()))
+    tags = tuple(f"run:{run}" for run, _ in config.planned_runs())
+    result = run_from_command_line(seed, config, runs=None, tags=tags)
     for run, counts in result["runs"].items():
         print(f"seeded run {run!r}: {counts['inserted']} new items, {counts['items'] - counts['inserted']} already "
               f"there, {counts['questions']} questions")

@@ -3,7 +3,8 @@
 Counts items by status (pending, running, done, failed; `expired` = running under a lease that
 ran out, i.e. a worker that died): without --run a line per run, with it one run overall, per
 stage and per worker; and warns when a MongoDB database nears the Atlas free tier's 512 MB. A
-plain read: it starts no Prefect server, so it answers in about a second.
+plain read: it starts no Prefect server, so it answers in about a second (the one command here
+that is not a Prefect flow; its tables are `tasks/status.py`).
 """
 
 from __future__ import annotations
@@ -15,48 +16,9 @@ from typing import Any
 
 from tasks.cli import parse_command, run_cli
 from tasks.config import StatusConfig
-from tasks.store import Store, count_columns, open_store, quota_warning, require_run, summarize
-from tasks.store.models import SAMPLING_STATUSES
-
-
-def run_status(store: Store, run: str) -> dict[str, Any]:
-    """The run's summary; UserError naming the runs there are when `run` is unknown."""
-    require_run(store, run)
-    return {"run": run, **summarize(store.counts(run))}
-
-
-def done_share(summary: dict[str, Any]) -> float:
-    """The share of a run's items done (cancelled samples count: they are never to be made)."""
-    return (summary["done"] + summary.get("cancelled", 0)) / summary["total"] if summary["total"] else 0.0
-
-
-def all_runs(store: Store) -> list[dict[str, Any]]:
-    """Every run's totals, oldest first."""
-    return [{"run": run, **summarize(store.counts(run))} for run in store.runs()]
-
-
-def runs_table(runs: list[dict[str, Any]]) -> str:
-    """One line per run: its counts and the share done."""
-    if not runs:
-        return "no runs in this store yet: seed one with python flows/seed.py"
-    columns = count_columns({status: sum(run.get(status, 0) for run in runs) for status in SAMPLING_STATUSES})
-    width = max(len(run["run"]) for run in runs)
-    lines = [f"{'run':<{width}}" + "".join(f"{column:>10}" for column in columns) + f"{'% done':>10}"]
-    for run in runs:
-        lines.append(f"{run['run']:<{width}}" + "".join(f"{run.get(column, 0):>10}" for column in columns)
-                     + f"{done_share(run):>10.1%}")
-    return "\n".join(lines)
-
-
-def format_table(status: dict[str, Any]) -> str:
-    """A readable table: one line overall, one per stage, one per worker."""
-    columns = count_columns(status)
-    lines = [("", *columns), ("all", *(status.get(c, 0) for c in columns))]
-    lines += [(f"stage {stage}", *(counts.get(c, 0) for c in columns)) for stage, counts in status["stages"].items()]
-    lines += [(f"worker {name}", *(counts.get(c, 0) for c in columns)) for name, counts in status["workers"].items()]
-    width = max(len(str(line[0])) for line in lines)
-    table = [f"{line[0]:<{width}}" + "".join(f"{value:>9}" for value in line[1:]) for line in lines]
-    return "\n".join([f"run {status['run']}: {done_share(status):.1%} done", *table])
+from tasks.status import all_runs, format_table, run_status, runs_table
+from tasks.store import open_store
+from tasks.store.quota import quota_warning
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -64,9 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     log = logging.getLogger("fleetgen")
     with closing(open_store(config.store)) as store:
         log.info(f"store: {store.url}")
-        status = run_status(store, config.run) if config.run else {"runs": all_runs(store)}
-        status["storage"] = store.storage()
-    if warning := quota_warning(status["storage"]):
+        status: dict[str, Any] = run_status(store, config.run) if config.run else {"runs": all_runs(store)}
+        storage = status["storage"] = store.storage()
+    if warning := quota_warning(storage):
         log.warning(warning)
     if config.json_output:
         print(json.dumps(status))

@@ -5,9 +5,7 @@ values validated by the config itself, so a command line fails exactly as a depl
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from typing import Any, Callable, Literal, get_args, get_origin
 
 from pydantic.fields import FieldInfo
@@ -17,6 +15,7 @@ from tasks.config.base import Config, extra_of, flag_name, nested_config
 from tasks.errors import UserError
 from tasks.logs import setup_logging
 from tasks.secrets import redact
+from tasks.signals import TERMINATED, raise_on_sigterm
 
 
 def _help(info: FieldInfo) -> str:
@@ -79,19 +78,6 @@ def answer_early(config_class: type[Config], script: str, doc: str) -> None:
         raise SystemExit(2) from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM where no stop was planned for: it unwinds like Ctrl-C (whatever the command
-    opened is closed on the way), and the command says so."""
-
-
-TERMINATED = threading.Event()  # set by the first SIGTERM, wherever the exception it raised ends up
-
-
-def _terminate(number: int, frame: Any) -> None:
-    TERMINATED.set()
-    raise Terminated()
-
-
 def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None, *,
             stopped_early: str | None = None) -> int:
     """Run a command's main: exit code 0; a UserError becomes one clear paragraph on stderr and exit
@@ -99,7 +85,7 @@ def run_cli(main: Callable[[list[str] | None], None], argv: list[str] | None = N
     cleanly by itself once it works). A SIGTERM can land in any library's code, which may wrap
     the exception it raises: the flag it sets decides."""
     setup_logging()
-    signal.signal(signal.SIGTERM, _terminate)
+    raise_on_sigterm()
     try:
         main(argv)
         return 0

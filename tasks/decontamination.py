@@ -138,7 +138,8 @@ def embed(texts: list[str], model_path: str, *, batch_size: int = 64) -> Any:
     return torch.cat(vectors) if vectors else torch.empty(0)
 
 
-def nearest(questions: dict[str, str], tests: list[HeldOutQuestion], model_path: str, top_k: int) -> dict[str, list[int]]:
+def nearest(questions: dict[str, str], tests: list[HeldOutQuestion], model_path: str,
+            top_k: int) -> dict[str, list[int]]:
     """question_id -> the indexes of its `top_k` nearest test questions by embedding."""
     ids = list(questions)
     if not ids or not tests:

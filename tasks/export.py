@@ -28,7 +28,8 @@ def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | N
             continue
         rows.append({"question_id": item.question_id, "sample": item.sample, "stage": item.stage,
                      "question": item.question, "reference": item.reference, "response": result.response,
-                     "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens, "seed": result.seed,
+                     "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens,
+                     "seed": result.seed,
                      "worker": result.worker or item.worker, **result.provenance()})
     return rows
 
@@ -75,7 +76,8 @@ def best_correct(items: list[Item], *, per_question: int, stage: int | None, ref
         if len(chosen) >= per_question:
             continue
         reason = filters.reason_to_drop(result.response) or next(
-            ("near-duplicate" for _, kept in chosen if similar(kept.response, result.response, filters.similarity)), None)
+            ("near-duplicate" for _, kept in chosen if similar(kept.response, result.response, filters.similarity)),
+            None)
         if reason:
             dropped[reason] += 1
         else:
@@ -117,7 +119,8 @@ def preference_rows(items: list[Item], *, per_question: int = 1, filters: SftFil
     best, dropped = best_correct(items, per_question=per_question, stage=0, refine_conversations=False, filters=filters)
     wrong: dict[str, list[Result]] = {}
     for item in items:
-        if item.stage == 0 and item.status == "done" and item.result and not item.result.correct and item.result.response:
+        wrong_answer = item.result and not item.result.correct and item.result.response
+        if item.stage == 0 and item.status == "done" and item.result and wrong_answer:
             wrong.setdefault(item.question_id, []).append(item.result)
     groups = [[{"question_id": item.question_id, "prompt": [{"role": "user", "content": item.question}],
                 "chosen": [{"role": "assistant", "content": result.response}],

@@ -7,8 +7,17 @@ import argparse
 import functools
 
 from tasks.cli import command_parser
-from tasks.config import (DecontaminateConfig, EvaluateConfig, ExportConfig, JudgeConfig, RefineConfig, SeedConfig,
-                          ServeConfig, StatusConfig, WorkerConfig)
+from tasks.config import (
+    DecontaminateConfig,
+    EvaluateConfig,
+    ExportConfig,
+    JudgeConfig,
+    RefineConfig,
+    SeedConfig,
+    ServeConfig,
+    StatusConfig,
+    WorkerConfig,
+)
 from tasks.config.base import Config
 
 COMMANDS: dict[str, type[Config]] = {
@@ -25,7 +34,8 @@ def reference() -> str:
     for script, config_class in COMMANDS.items():
         parser = command_parser(config_class, script, "")
         parser.formatter_class = functools.partial(argparse.HelpFormatter, width=110)
-        usage = parser.format_usage().strip().replace("usage: ", "", 1).replace("\n       ", "\n")  # the indent is for "usage: "
+        usage = parser.format_usage().strip().replace("usage: ", "", 1)
+        usage = usage.replace("\n       ", "\n")  # the indent is for "usage: "
         parts += [f"## `python {script}`", "", "```", usage, "```", "",
                   "| flag | what it sets |", "| --- | --- |"]
         for action in parser._actions:

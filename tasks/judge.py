@@ -37,9 +37,15 @@ def verdict(reply: str) -> bool | None:
 def judge_items(engine: Engine, items: list[Item], sampling: SamplingConfig, model: str) -> dict[str, dict[str, Any]]:
     """Each answered item's judgement: {correct (None: undecided), model, reply}."""
     requests = [Request(key=item.id, prompt=render("judge", question=item.question, reference=item.reference,
-                                                   response=item.result.response[-RESPONSE_CHARS:]))
+                                                   response=response_end(item)))
                 for item in items]
     replies = answer_all(engine, requests, sampling)
     return {item.id: {"correct": verdict(reply.text) if isinstance(reply, Generation) else None, "model": model,
-                      "reply": (reply.text if isinstance(reply, Generation) else f"{type(reply).__name__}: {reply}")[:200]}
+                      "reply": reply.text[:200] if isinstance(reply, Generation) else
+                      f"{type(reply).__name__}: {reply}"[:200]}
             for item, reply in zip(items, replies)}
+
+
+def response_end(item: Item) -> str:
+    """The end of the item's response, where its final answer is (what the judge reads)."""
+    return (item.result.response if item.result else "")[-RESPONSE_CHARS:]

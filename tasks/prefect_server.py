@@ -173,7 +173,8 @@ def main(argv: list[str]) -> int:
     if command == "stop":
         print("stopped the local Prefect server" if stop_server(home) else "no local Prefect server was running")
     elif state := running_server(home):
-        print(f"local Prefect server up: UI at {state['ui']}, API {state['url']}, pid {state['pid']}, log {state['log']}")
+        print(f"local Prefect server up: UI at {state['ui']}, API {state['url']}, pid {state['pid']}, "
+              f"log {state['log']}")
     else:
         print(f"no local Prefect server running (the next fleetgen command starts one; home {home})")
     return 0

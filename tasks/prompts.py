@@ -37,44 +37,6 @@ def render(name: str, **fields: str) -> str:
     template = template_text(name)
     missing = set(re.findall(r"\{(\w+)\}", template)) - set(fields)
     if missing:
-        raise UserError(f"Prompt template {name!r} needs {', '.join(sorted(missing))}, which this flow does not provide.")
+        raise UserError(f"Prompt template {name!r} needs {', '.join(sorted(missing))}, which this flow does not "
+                        "provide.")
     return re.sub(r"\{(\w+)\}", lambda match: fields[match.group(1)], template)
-
-
-CALCULATOR = re.compile(r"<<[^>]*>>")  # GSM8K's calculator annotations, e.g. <<48/2=24>>
-ANSWER_LINE = re.compile(r"\n?####[^\n]*")
-NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?")
-HIDDEN_ANSWER = "M"  # what a masked solution shows where it held the answer
-
-
-def _value(text: str) -> float | None:
-    try:
-        return float(text.replace(",", "").replace("$", "").strip())
-    except ValueError:
-        return None
-
-
-def unboxed(text: str) -> str:
-    """`\\boxed{x}` replaced by `x` everywhere."""
-    from tasks.grading.extract import BOXED, _braced
-
-    while match := BOXED.search(text):
-        content = _braced(text, match.end() - 1)
-        if content is None:
-            return text[:match.start()] + text[match.end():]
-        text = text[:match.start()] + content + text[match.end() + len(content) + 1:]
-    return text
-
-
-def mask_solution(solution: str, answer: str) -> str:
-    """A reference solution that does not give its answer away (OpenMathInstruct's masked
-    solutions): GSM8K's calculator notes and `####` line dropped, boxes opened, and every number
-    equal to the answer (or, for a non-numeric answer, every occurrence of it) replaced by `M`."""
-    text = unboxed(ANSWER_LINE.sub("", CALCULATOR.sub("", solution)))
-    text = re.sub(r"\\[dt]frac", r"\\frac", text)
-    answer = re.sub(r"\\[dt]frac", r"\\frac", answer.strip())
-    value = _value(answer)
-    if value is not None:
-        return NUMBER.sub(lambda match: HIDDEN_ANSWER if _value(match.group()) == value else match.group(), text).strip()
-    pattern = r"\s*".join(re.escape(char) for char in answer if not char.isspace())
-    return re.sub(pattern, HIDDEN_ANSWER, text).strip() if pattern else text.strip()

@@ -13,15 +13,17 @@ from typing import Iterator
 
 import pytest
 
+from bench.standins import build_adapter, build_model, mongomock_store
 from tasks.prefect_server import stop_server
 from tasks.store import Store
 from tasks.store.mongo import MongoStore
 from tasks.store.sqlite import SqliteStore
-from tests.support import FakeClock, build_adapter, build_model, mongomock_store
+from tests.support import FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["sqlite", "mongomock", "mongodb"]
-UNIT = {"test_grading.py", "test_store.py", "test_worker_loop.py", "test_config.py", "test_docs.py"}  # `-m unit`
+UNIT = {"test_grading.py", "test_store.py", "test_worker_loop.py", "test_exchange_parts.py", "test_config.py",
+        "test_docs.py"}  # `-m unit`
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -34,7 +34,7 @@ SERVE = "transformers serve {model} --port {port} --device cpu --host 127.0.0.1"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real OpenAI-compatible server process serving the tiny model's folder, offline."""
-    from tests.support import build_model
+    from bench.standins import build_model
 
     model = build_model(tmp_path_factory.mktemp("served-model"), chat=True)
     port = free_port()
@@ -106,7 +106,8 @@ def test_faults_are_retried_or_given_back_and_the_key_never_shows(prefect_env, t
 def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env, tmp_path: Path) -> None:
     server = ScriptedServer([], poison="POISON")  # one question's three attempts all fail
     dataset = tmp_path / "three.jsonl"
-    dataset.write_text("".join(f'{{"question": "{q}", "answer": "7"}}\n' for q in ("Apples?", "POISON pears?", "Figs?")))
+    questions = ("Apples?", "POISON pears?", "Figs?")
+    dataset.write_text("".join(f'{{"question": "{q}", "answer": "7"}}\n' for q in questions))
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="r", dataset=str(dataset)))
     store = SqliteStore(tmp_path / "w.db")
@@ -123,7 +124,8 @@ def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env,
 
 @pytest.mark.parametrize("settings, message", [
     (["--engine", "openai", "--api-base", "http://127.0.0.1:9/v1"], "Cannot reach the OpenAI-compatible server"),
-    (["--engine", "openai", "--api-base", "{scripted}", "--model", "wrong-model"], "answered 404 for model 'wrong-model'"),
+    (["--engine", "openai", "--api-base", "{scripted}", "--model", "wrong-model"],
+     "answered 404 for model 'wrong-model'"),
     (["--engine", "openai", "--api-base", "{scripted}", "--model", "scripted-model", "--api-key-env", "NO_SUCH_KEY"],
      "--api-key-env names NO_SUCH_KEY, but that environment variable is not set"),
     (["--engine", "openai", "--api-base", "{plain}", "--model", "m"], "did not answer a chat completion"),

@@ -53,7 +53,8 @@ def test_shipped_benchmarks_need_no_folder_and_the_others_say_where_to_find_them
     for name in ("gsm8k", "math", "svamp"):
         assert resolve_source(name, "test").path.is_relative_to(ROOT / "data")
     for name, licence in (("asdiv", "CC BY-NC 4.0"), ("gsm-hard", "none stated"), ("mawps", "none stated")):
-        with pytest.raises(UserError, match=f"{name} is not shipped with fleetgen \\(its licence: {licence}.*--data-dir"):
+        not_shipped = f"{name} is not shipped with fleetgen \\(its licence: {licence}.*--data-dir"
+        with pytest.raises(UserError, match=not_shipped):
             resolve_source(name, "test")
 
 

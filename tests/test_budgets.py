@@ -12,19 +12,20 @@ from typing import Any
 
 import httpx
 from prefect.client.base import PrefectHttpxAsyncClient, PrefectHttpxSyncClient
-from prefect.client.orchestration import get_client
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 
 import flows.generate
+from bench.standins import mongomock_store
 from bench.store import OperationCounter
 from flows.generate import generate
 from tasks.config import WorkerConfig
-from tasks.progress import RunDashboard
+from tasks.dashboard import RunDashboard
 from tasks.store.models import Item
 from tasks.store.mongo import MongoStore
 from tasks.worker import steps
-from tests.support import ScriptedEngine, SerializedStore, mongomock_store
+from tasks.worker.writes import StoreCalls
+from tests.support import ScriptedEngine, SerializedStore, settled_events_since
 
 ITEMS, BATCH = 1000, 32
 
@@ -45,32 +46,6 @@ def count_http(monkeypatch) -> Counter[str]:
                 return _send(self, request, *args, **kwargs)
         monkeypatch.setattr(client, "send", counted)
     return requests
-
-
-def settled_events_since(since: datetime, *, quiet_seconds: float = 2.0, timeout: float = 60.0) -> Counter[str]:
-    """`events_since` once it has stopped changing for `quiet_seconds`: the server writes the
-    events it received in the background."""
-    deadline, last, steady_since = time.monotonic() + timeout, None, time.monotonic()
-    while True:
-        events = events_since(since)
-        if events != last:
-            last, steady_since = events, time.monotonic()
-        elif time.monotonic() - steady_since >= quiet_seconds or time.monotonic() > deadline:
-            return events
-        time.sleep(0.5)
-
-
-def events_since(since: datetime) -> Counter[str]:
-    """The events the server holds that occurred since `since`, by name."""
-    names: Counter[str] = Counter()
-    with get_client(sync_client=True) as client:
-        page = client._client.post("/events/filter", json={
-            "filter": {"occurred": {"since": since.isoformat()}}, "limit": 50}).json()
-        while True:
-            names.update(event["event"] for event in page["events"])
-            if not page.get("next_page"):
-                return names
-            page = client._client.get(page["next_page"]).json()
 
 
 def test_a_run_of_1000_items_stays_within_the_free_tier_budgets(prefect_env, monkeypatch) -> None:
@@ -132,13 +107,13 @@ def test_a_prefect_outage_does_not_stop_the_work(prefect_env, monkeypatch) -> No
     monkeypatch.setattr(steps, "create_engine", lambda **kwargs: ScriptedEngine({"": "#### 7"}, batch_size=8))
     monkeypatch.setattr(RunDashboard, "REFRESH_SECONDS", 0.2)  # Prefect requests all along
     outage, refused = {"on": False}, Counter()
-    store_and_claim = steps.store_and_claim
+    write_and_claim = StoreCalls.write_and_claim
 
     def first_call_starts_the_outage(*args, **kwargs):
         outage["on"] = True
-        return store_and_claim(*args, **kwargs)
+        return write_and_claim(*args, **kwargs)
 
-    monkeypatch.setattr(steps, "store_and_claim", first_call_starts_the_outage)
+    monkeypatch.setattr(StoreCalls, "write_and_claim", first_call_starts_the_outage)
     for client in (httpx.AsyncClient, httpx.Client):  # under Prefect's client, so its own retries run
         send = client.send
 

@@ -26,7 +26,6 @@ from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, run_script
 
 
-
 def setting_paths(config_class: type[Config], prefix: tuple[str, ...] = ()) -> Iterator[str]:
     for name, info in config_class.model_fields.items():
         nested = nested_config(info)
@@ -48,7 +47,8 @@ def test_help_lists_every_setting_of_the_config(tmp_path: Path, script: str) -> 
 def test_the_flag_reference_is_made_from_the_configs() -> None:
     """docs/flags.md is what `python -m tasks.flag_reference` makes now: a changed setting without
     the reference made again fails here."""
-    assert (ROOT / "docs" / "flags.md").read_text() == reference(), "run: python -m tasks.flag_reference > docs/flags.md"
+    assert (ROOT / "docs" / "flags.md").read_text() == reference(), (
+        "run: python -m tasks.flag_reference > docs/flags.md")
     assert set(COMMANDS) == {str(path.relative_to(ROOT)) for folder in ("flows", "deployments")
                              for path in (ROOT / folder).glob("*.py") if "parse_command(" in path.read_text()}
 

@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 
 import tasks.judge
+from bench.standins import build_encoder, mongomock_store
 from flows.seed import seed
 from tasks.benchmarks import load_rows, resolve_source
 from tasks.config import DecontaminateConfig, SeedConfig
 from tasks.decontamination import HeldOutQuestion, NgramIndex, check_run, contaminated_ids, ngram_matches, words
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, run_flow_cli
-from tests.support import ScriptedEngine, build_encoder, mongomock_store
+from tests.support import ScriptedEngine
 
 GSM8K_TEST = {row.question_id: row.question for row in load_rows(resolve_source("gsm8k", "test"))}
 MATH_TEST = {row.question_id: row.question for row in load_rows(resolve_source("math", "test"))}
@@ -24,7 +25,8 @@ FRESH = ["A baker fills 14 trays with 9 rolls each and sells all but 17 rolls. H
 
 
 def test_normalisation_and_ngrams_catch_copies_not_near_misses() -> None:
-    tests = [HeldOutQuestion("t", "t/0", "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning."),
+    tests = [HeldOutQuestion("t", "t/0",
+                             "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning."),
              HeldOutQuestion("t", "t/1", "What is 2 + 2?")]
     index = NgramIndex(tests, n=8)
     assert words("Janet’s  DUCKS\nlay 16-eggs!") == ["janet’s", "ducks", "lay", "16-eggs!"]  # open-r1's, after NFKC
@@ -62,7 +64,8 @@ def mixed_run(tmp_path: Path, run: str = "mixed") -> str:
     and three fresh ones, each answered correctly."""
     url = f"sqlite:///{tmp_path / 'fleetgen.db'}"
     questions = [GSM8K_TEST["gsm8k/test/3"], GSM8K_TEST["gsm8k/test/9"], MATH_TEST["math/17"], *FRESH]
-    rows = [{"id": f"q{n}", "question": q, "answer": "7", "output": "Step by step.\n#### 7"} for n, q in enumerate(questions)]
+    rows = [{"id": f"q{n}", "question": q, "answer": "7", "output": "Step by step.\n#### 7"}
+            for n, q in enumerate(questions)]
     dataset = tmp_path / "mine.jsonl"
     dataset.write_text("".join(json.dumps(row) + "\n" for row in rows))
     seed(SeedConfig(store=url, run=run, dataset=str(dataset), response_field="output"))
@@ -104,7 +107,8 @@ def test_export_decontaminates_by_itself_when_asked(prefect_env, tmp_path: Path)
                           cwd=tmp_path, env=prefect_env)
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 3
-    assert contaminated_ids(SqliteStore(Path(url.removeprefix("sqlite:///"))).contamination("fresh")) == {"q0", "q1", "q2"}
+    report = SqliteStore(Path(url.removeprefix("sqlite:///"))).contamination("fresh")
+    assert contaminated_ids(report) == {"q0", "q1", "q2"}
 
 
 def test_training_data_from_a_test_split_is_refused_unless_allowed(prefect_env, tmp_path: Path) -> None:
@@ -118,7 +122,8 @@ def test_training_data_from_a_test_split_is_refused_unless_allowed(prefect_env, 
     allowed = run_flow_cli("export.py", "--run", "bench", "--out", str(tmp_path / "x.jsonl"), "--format", "dpo",
                            "--allow-test-split", cwd=tmp_path, env=prefect_env)
     assert "seeded from the test split" not in allowed.stderr  # allowed: it gets past the check (nothing answered yet)
-    rows = run_flow_cli("export.py", "--run", "bench", "--out", str(tmp_path / "r.jsonl"), cwd=tmp_path, env=prefect_env)
+    rows = run_flow_cli("export.py", "--run", "bench", "--out", str(tmp_path / "r.jsonl"), cwd=tmp_path,
+                        env=prefect_env)
     assert "seeded from the test split" not in rows.stderr  # rows are for analysis: never refused
 
 
@@ -156,15 +161,19 @@ def test_embedding_neighbours_are_confirmed_by_the_judge_both_ways(tmp_path: Pat
                                  top_k=3, model={"model": "judge-model"}, devices="cpu")
     found = check_run(items, config)
     matches = {m["question_id"]: m for m in found["matches"]}
-    assert matches["r0"]["test_id"] == "gsm8k/test/0" and matches["r0"]["check"] == "embedding, confirmed by judge-model"
+    assert matches["r0"]["test_id"] == "gsm8k/test/0"
+    assert matches["r0"]["check"] == "embedding, confirmed by judge-model"
     assert matches["r1"]["check"] == "8-gram" and "r2" not in matches
     assert len(asked) == 2 * 3 * 2  # r0 and r2, three candidates each, both orders
-    assert found["method"]["embedding_model"] == str(encoder) and found["test_sets"] == [{"name": "tests", "questions": 3}]
+    assert found["method"]["embedding_model"] == str(encoder)
+    assert found["test_sets"] == [{"name": "tests", "questions": 3}]
 
 
 def test_bad_settings_read_as_one_paragraph(prefect_env, tmp_path: Path) -> None:
     result = run_flow_cli("decontaminate.py", "--run", "x", "--test-sets", "gsm9k", cwd=tmp_path, env=prefect_env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "test_sets (--test-sets) = 'gsm9k': unknown benchmark(s) gsm9k: use all, none, or a comma list of" in result.stderr
-    missing = run_flow_cli("decontaminate.py", "--run", "x", "--against", "nowhere.jsonl", cwd=tmp_path, env=prefect_env)
+    assert ("test_sets (--test-sets) = 'gsm9k': unknown benchmark(s) gsm9k: use all, none, or a comma list of"
+            in result.stderr)
+    missing = run_flow_cli("decontaminate.py", "--run", "x", "--against", "nowhere.jsonl", cwd=tmp_path,
+                           env=prefect_env)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr

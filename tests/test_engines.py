@@ -75,7 +75,7 @@ def test_adapter_changes_outputs_and_merges(tiny_model: Path, tiny_adapter: Path
 
 
 def test_load_errors_are_user_errors(tmp_path: Path, tiny_model: Path) -> None:
-    from tests.support import build_adapter, build_model
+    from bench.standins import build_adapter, build_model
 
     with pytest.raises(UserError, match="Cannot load model .*local folder holding config.json"):
         engine(tmp_path / "nowhere")
@@ -98,7 +98,8 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
         return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
-    requests = [Request(key=text, prompt=text, seed=n) for n, text in enumerate(["a", "b", "c", "poison", "e", "f", "g", "h"])]
+    texts = ["a", "b", "c", "poison", "e", "f", "g", "h"]
+    requests = [Request(key=text, prompt=text, seed=n) for n, text in enumerate(texts)]
     results = generate_splitting(model, requests, SamplingConfig(max_new_tokens=8, temperature=1.0))
     assert sizes[0] == 8 and 4 in sizes and 1 in sizes
     assert [type(r) for r in results] == [Generation] * 3 + [RuntimeError] + [Generation] * 4

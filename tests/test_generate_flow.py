@@ -15,12 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-
-from flows.generate import generate
-from flows.seed import seed
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.generate import generate
+from flows.seed import seed
 from tasks.config import ModelConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.evaluation.metrics import evaluate_items
@@ -93,7 +92,8 @@ def test_adapter_and_llm_extraction_paths(prefect_env, tmp_path: Path, tiny_mode
     readable = Generation("So it is 12.", tokens=5, finish_reason="stop")
     unreadable = Generation("I would rather not say what it is.", tokens=9, finish_reason="stop")
     assert extract_answer(readable.text) == "12" and extract_answer(unreadable.text) is None
-    results.extract_with_llm(engine, [(Request(key="a", prompt="q"), readable), (Request(key="b", prompt="q"), unreadable)])
+    results.extract_with_llm(engine, [(Request(key="a", prompt="q"), readable),
+                                      (Request(key="b", prompt="q"), unreadable)])
     (requests,) = asked
     assert len(requests) == 1 and unreadable.text in str(requests[0].prompt)  # only the unreadable one
     assert readable.extracted is None  # the rules' reading stands
@@ -178,7 +178,8 @@ def test_default_run_is_seeded_from_gsm8k_test(prefect_env, tmp_path: Path, tiny
     assert_all_done_once(SqliteStore(tmp_path / "w.db"), "gsm8k-test", 1319)
 
 
-def start_worker(tmp_path: Path, model: Path, name: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def start_worker(tmp_path: Path, model: Path, name: str, *extra: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
     """A worker process with no Prefect API configured, as on a bare machine (the session's shared local server)."""
     args = [sys.executable, str(ROOT / "flows/generate.py"), "--run", "r", "--model", str(model), "--devices", "cpu",
             "--worker", name, *extra]
@@ -266,8 +267,10 @@ def test_a_worker_on_a_finished_run_says_what_to_do_next_without_loading_a_model
     (["--devices", "tpu"], "devices (--devices) = 'tpu': unknown device 'tpu'"),
     (["--prompt", "nope"], "prompt (--prompt) = 'nope': not a question template"),
     (["--prompt", "retry"], "prompt (--prompt) = 'retry': not a question template"),
-    (["--temperature", "-1"], "sampling.temperature (--temperature) = '-1': Input should be greater than or equal to 0"),
-    (["--quantization", "nf4"], "model.quantization (--quantization) = 'nf4': Input should be 'none', '4bit' or '8bit'"),
+    (["--temperature", "-1"],
+     "sampling.temperature (--temperature) = '-1': Input should be greater than or equal to 0"),
+    (["--quantization", "nf4"],
+     "model.quantization (--quantization) = 'nf4': Input should be 'none', '4bit' or '8bit'"),
     (["--batch-size", "many"], "batch_size (--batch-size) = 'many': Input should be a valid integer"),
 ])
 def test_bad_worker_arguments_fail_before_prefect_starts(tmp_path: Path, args: list[str], message: str) -> None:

@@ -12,31 +12,32 @@ from pathlib import Path
 import pytest
 
 import tasks.judge
+from bench.standins import mongomock_store
 from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.judge import judge
 from flows.seed import seed
-from tasks.config import EvaluateConfig, JudgeConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.benchmarks import build_items, load_rows, resolve_source
+from tasks.config import EvaluateConfig, JudgeConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.errors import UserError
 from tasks.evaluation.metrics import evaluate_items
 from tasks.grading.extract import reference_answer
 from tasks.judge import judge_items
-from tasks.prompts import NUMBER, _value, mask_solution
+from tasks.masking import NUMBER, mask_solution, numeric_value
 from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tasks.worker import steps
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import draw_seed, work_on_run
 from tests.conftest import ROOT, run_flow_cli
-from tests.support import ScriptedEngine, SerializedStore, mongomock_store
+from tests.support import ScriptedEngine, SerializedStore
 
 
 def leaks(masked: str, answer: str) -> bool:
     """Whether the masked text still shows the answer: a number of its value, or its text."""
-    value = _value(answer)
+    value = numeric_value(answer)
     if value is not None:
-        return any(_value(token) == value for token in NUMBER.findall(masked))
+        return any(numeric_value(token) == value for token in NUMBER.findall(masked))
     squeeze = lambda text: re.sub(r"\s", "", re.sub(r"\\[dt]frac", r"\\frac", text))  # noqa: E731
     return squeeze(answer) in squeeze(masked)
 
@@ -44,7 +45,8 @@ def leaks(masked: str, answer: str) -> bool:
 @pytest.mark.parametrize("path, field", [("data/gsm8k/train.jsonl", "answer"), ("data/math/test.jsonl", "solution")])
 def test_no_masked_solution_leaks_its_answer(path: str, field: str) -> None:
     solutions = [json.loads(line)[field] for line in (ROOT / path).read_text().splitlines()]
-    masked = [(mask_solution(solution, reference_answer(solution)), reference_answer(solution)) for solution in solutions]
+    masked = [(mask_solution(solution, reference_answer(solution)), reference_answer(solution))
+              for solution in solutions]
     assert len(masked) in (7_473, 5_000)
     assert [answer for text, answer in masked if leaks(text, answer)] == []
     assert sum("M" in text for text, _ in masked) > 0.9 * len(masked)  # the answer's value shows up along the way
@@ -85,7 +87,8 @@ def test_the_masked_prompt_needs_a_run_seeded_with_solutions(prefect_env, tmp_pa
     seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="bare", limit=2))
     result = run_flow_cli("generate.py", "--run", "bare", "--prompt", "masked", "--model", str(tmp_path / "unused"),
                           cwd=tmp_path, env=prefect_env)
-    assert result.returncode == 2 and "seed a run with --solutions" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "seed a run with --solutions" in result.stderr
+    assert "Traceback" not in result.stderr
     with pytest.raises(UserError, match="were seeded without them"):
         generate(WorkerConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="bare", prompt="masked"))
 
@@ -98,8 +101,8 @@ JUDGED = [("q0", "5", "#### 5"), ("q1", "5", "Two and three together make five a
 def judged_run(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'fleetgen.db'}"
     dataset = tmp_path / "answered.jsonl"
-    dataset.write_text("".join(json.dumps({"id": q, "question": f"{q}: two plus three?", "answer": a, "output": r}) + "\n"
-                               for q, a, r in JUDGED))
+    dataset.write_text("".join(json.dumps({"id": q, "question": f"{q}: two plus three?", "answer": a, "output": r})
+                               + "\n" for q, a, r in JUDGED))
     seed(SeedConfig(store=url, run="judged", dataset=str(dataset), response_field="output"))
     return url
 
@@ -141,8 +144,8 @@ class RightOnTheThirdSample(ScriptedEngine):
 
         while (requests := feeder.take(self.batch_size, wait=True)) is not None:
             time.sleep(0.01)
-            yield share_time([(r, Generation("#### 42" if r.seed in self.responses else "#### 7", tokens=3, finish_reason="stop"))
-                              for r in requests], 0.01)
+            yield share_time([(r, Generation("#### 42" if r.seed in self.responses else "#### 7", tokens=3,
+                                             finish_reason="stop")) for r in requests], 0.01)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mongomock"])
@@ -158,7 +161,8 @@ def test_until_correct_generates_exactly_the_samples_needed_with_two_workers(tmp
     stores[0].ensure_run("u", {"samples": 8, "until_correct": 1})
     stores[0].seed("u", build_items(rows, 8, until_correct=1))
     config = WorkerConfig(run="u", batch_size=4, lease_seconds=60)
-    third_samples = {draw_seed(0, Item(question_id=row.question_id, question="", reference="", sample=2)) for row in rows}
+    third_samples = {draw_seed(0, Item(question_id=row.question_id, question="", reference="", sample=2))
+                     for row in rows}
 
     def work(store, name: str) -> None:
         with LeaseKeeper(store, config.lease_seconds) as keeper:
@@ -184,8 +188,9 @@ def test_until_correct_generates_exactly_the_samples_needed_with_two_workers(tmp
 
 def test_the_judge_reads_real_math_text_verbatim() -> None:
     rows = [json.loads(line) for line in (ROOT / "data/math/test.jsonl").read_text().splitlines()[:3]]
-    items = [Item(id=str(n), question_id=f"math/{n}", question=row["problem"], reference=reference_answer(row["solution"]),
-                  status="done", result=Result(response=row["solution"])) for n, row in enumerate(rows)]
+    items = [Item(id=str(n), question_id=f"math/{n}", question=row["problem"],
+                  reference=reference_answer(row["solution"]), status="done", result=Result(response=row["solution"]))
+             for n, row in enumerate(rows)]
     seen: list[str] = []
 
     class Judge(ScriptedEngine):

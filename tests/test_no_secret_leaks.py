@@ -8,7 +8,7 @@ real path up to it: the config, the flow parameters, logs, messages, Prefect's A
 from __future__ import annotations
 
 import json
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_DATABASE_CONNECTION_URL
 
+from bench.standins import mongomock_store
 from flows.evaluate import evaluate
 from flows.export import export
 from flows.generate import generate
@@ -26,7 +27,7 @@ from tasks.config import EvaluateConfig, ExportConfig, RefineConfig, SeedConfig,
 from tasks.store.mongo import MongoStore
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import run_flow_cli
-from tests.support import SerializedStore, mongomock_store
+from tests.support import SerializedStore, settled_events_since
 
 PASSWORD = "Sup3r-Secret-Pw"
 URL = f"mongodb://alice:{PASSWORD}@db.example:27017/fleet"
@@ -67,6 +68,7 @@ def test_no_secret_reaches_prefect_outputs_or_the_store(prefect_env, tmp_path: P
     monkeypatch.setattr(MongoStore, "connect", classmethod(
         lambda cls, url, **options: SerializedStore(MongoStore(shared._db, url))))
     outputs: list[str] = []
+    since = datetime.now(timezone.utc)
 
     # 1. Every flow as a Python call, the URL in the config.
     seed(SeedConfig(store=URL, run="py", limit=4))
@@ -99,10 +101,10 @@ def test_no_secret_reaches_prefect_outputs_or_the_store(prefect_env, tmp_path: P
     assert from_env.returncode == 0, from_env.stderr
     outputs += [from_env.stdout, from_env.stderr]
 
-    # Everything Prefect was sent reaches its database before we look.
+    # Everything Prefect was sent reaches its database before we look: the 11 flow runs' ends too.
     APILogWorker.drain_all()
     EventsWorker.drain_all()
-    time.sleep(6)
+    settled_events_since(since, until=lambda events: events["prefect.flow-run.Completed"] >= 11)
     captured = capsys.readouterr()
     outputs += [captured.out, captured.err, caplog.text]
 

@@ -19,18 +19,27 @@ from flows.export import export
 from flows.generate import generate
 from flows.refine import refine
 from flows.seed import seed
-from tasks.config import (EvaluateConfig, ExportConfig, ModelConfig, RefineConfig, SeedConfig, ServeConfig,
-                          WorkerConfig, default_worker_name)
+from tasks.config import (
+    EvaluateConfig,
+    ExportConfig,
+    ModelConfig,
+    RefineConfig,
+    SeedConfig,
+    ServeConfig,
+    WorkerConfig,
+    default_worker_name,
+)
+from tasks.dashboard import RunDashboard
 from tasks.engines.hf_static import HFStaticEngine
-from tasks.evaluation.metrics import evaluate_items, majority_score, pass_at_k
 from tasks.errors import UserError
+from tasks.evaluation.metrics import evaluate_items, majority_score, pass_at_k
 from tasks.export import SftFilters, preference_rows, sft_rows
 from tasks.grading import grade
-from tasks.progress import FleetProgress, RunDashboard, TerminalProgress, describe
+from tasks.progress import FleetProgress, TerminalProgress, describe
 from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
+from tasks.throughput import BatchReport
 from tasks.worker.chat import item_messages
-from tasks.worker.results import BatchReport
 from tests.conftest import ROOT, run_flow_cli
 
 BYO = [  # question, reference answer, a response generated elsewhere
@@ -74,7 +83,8 @@ def test_bring_your_own_responses_are_graded_with_known_accuracy(byo_run: str, t
     assert written["runs"][0]["accuracy"] == 0.75 and written["table"][0]["accuracy"] == 0.75
     assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with get_client(sync_client=True) as client:
-        latest = {artifact.key: artifact for artifact in client.read_latest_artifacts() if artifact.key.endswith("-byo")}
+        latest = {artifact.key: artifact for artifact in client.read_latest_artifacts()
+                  if artifact.key.endswith("-byo")}
     assert latest["accuracy-byo"].type == "table" and latest["stages-byo"].type == "table"
     rows = json.loads(latest["accuracy-byo"].data)
     assert rows[0] == {"figure": "accuracy at the first attempt", "value": "75.0% (3/4)"}
@@ -165,7 +175,8 @@ def test_export_rows_and_sft(byo_run: str, tmp_path: Path) -> None:
     assert export_byo(byo_run, all_rows)["rows"] == 4
     rows = [json.loads(line) for line in all_rows.read_text().splitlines()]
     assert set(rows[0]) == {"question_id", "sample", "stage", "question", "reference", "response", "predicted",
-                            "correct", "tokens", "seed", "worker", "engine", "model", "prompt", "prompt_hash", "sampling"}
+                            "correct", "tokens", "seed", "worker", "engine", "model", "prompt", "prompt_hash",
+                            "sampling"}
     assert export_byo(byo_run, tmp_path / "right.parquet", only_correct=True)["rows"] == 3
     assert len(datasets.Dataset.from_parquet(str(tmp_path / "right.parquet"))) == 3
     export_byo(byo_run, tmp_path / "sft", format="sft")
@@ -236,7 +247,8 @@ def test_worker_publishes_fleet_progress_and_shows_it(prefect_env, tmp_path: Pat
     assert latest["progress-progress-run"].data == 100.0
     assert "8/8 items finished fleet-wide" in latest["progress-progress-run"].description
     table = latest["dashboard-progress-run"].data
-    assert "| all | 8 | 0 | 0 | 8 | 0 | 0 |" in table and re.search(rf"\| {default_worker_name()} \| cpu \| 8 \| \d+ \| \d+ \| ", table)
+    assert "| all | 8 | 0 | 0 | 8 | 0 | 0 |" in table
+    assert re.search(rf"\| {default_worker_name()} \| cpu \| 8 \| \d+ \| \d+ \| ", table)
     lines = [record.getMessage() for record in shown.buffer if "items finished fleet-wide" in record.getMessage()]
     assert lines and "progress-run: 8 items finished fleet-wide (100.0%); this worker 8 done, 0 failed | cpu " \
         in lines[-1] and "tok/s | fleet ETA" in lines[-1], lines  # no terminal here: plain lines
@@ -261,7 +273,8 @@ def test_every_worker_of_a_run_updates_the_same_dashboard(prefect_env, tmp_path:
         versions = [a for a in client.read_artifacts() if a.key in ("progress-dash", "dashboard-dash")]
         latest = {a.key: a for a in client.read_latest_artifacts() if a.key in ("progress-dash", "dashboard-dash")}
     assert len(versions) == 2  # one of each, updated in place
-    assert latest["progress-dash"].data == 100.0 and "4/4 items finished fleet-wide" in latest["progress-dash"].description
+    assert latest["progress-dash"].data == 100.0
+    assert "4/4 items finished fleet-wide" in latest["progress-dash"].description
     table = latest["dashboard-dash"].data
     assert "by worker `w2`" in table and "| 0 | 4 | 0 | 0 | 4 | 0 | 0 |" in table
     assert "| w1 | cpu | 2 | 40 | 40 |" in table and "| w2 | cpu | 2 | 40 | 40 |" in table
@@ -346,7 +359,8 @@ def test_the_dataset_card_goes_to_the_hub_with_the_data(byo_run: str, tmp_path: 
     monkeypatch.setattr(datasets.Dataset, "push_to_hub", lambda data, repo: hub.update(
         {"rows": str(len(data)), "README.md": "---\nconfigs:\n- config_name: default\n---\n# generated by datasets\n"}))
     monkeypatch.setattr(DatasetCard, "load", classmethod(lambda cls, repo: cls(hub["README.md"])))
-    monkeypatch.setattr(DatasetCard, "push_to_hub", lambda card, repo, **options: hub.update({"README.md": card.content}))
+    monkeypatch.setattr(DatasetCard, "push_to_hub",
+                        lambda card, repo, **options: hub.update({"README.md": card.content}))
     export_byo(byo_run, tmp_path / "sft.jsonl", format="sft", push_to_hub_repo="me/byo-sft")
     assert hub["rows"] == "3" and hub["README.md"].startswith("---\nconfigs:\n- config_name: default\n---\n")
     assert "# fleetgen export of run `byo`" in hub["README.md"] and "generated by datasets" not in hub["README.md"]
@@ -363,7 +377,8 @@ def real_solutions() -> list[tuple[str, str]]:
 def test_sft_filters_keep_real_solutions_and_drop_broken_ones() -> None:
     solutions = real_solutions()
     kept = [SftFilters().reason_to_drop(solution) for _, solution in solutions]
-    assert len(solutions) == 12_473 and kept.count(None) >= len(solutions) - 1  # one MATH diagram repeats a line 5 times
+    assert len(solutions) == 12_473
+    assert kept.count(None) >= len(solutions) - 1  # one MATH diagram repeats a line 5 times
     question, solution = solutions[0]
     no_answer = solution.rsplit("####", 1)[0]
     looping = solution.replace("\n", "\n" + "Natalia sold 48/2 = 24 clips in May.\n" * 5, 1)
@@ -381,15 +396,16 @@ def test_sft_filters_keep_real_solutions_and_drop_broken_ones() -> None:
 
 def test_rows_are_shared_fairly_across_questions_and_dpo_pairs_a_right_and_a_wrong_answer() -> None:
     items = [Item(question_id=f"q{q}", question=f"question {q}", reference="1", sample=s, status="done",
-                  result=Result(response=f"Answer {s} for q{q} with a different wording {'x' * s}\n#### 1", correct=True,
-                                tokens=10 + s)) for q in range(3) for s in range(4)]
+                  result=Result(response=f"Answer {s} for q{q} with a different wording {'x' * s}\n#### 1",
+                                correct=True, tokens=10 + s)) for q in range(3) for s in range(4)]
     spread = sft_rows(items, per_question=4, max_rows=7, filters=SftFilters(similarity=1.0)).rows
     assert Counter(row["question_id"] for row in spread) == {"q0": 3, "q1": 2, "q2": 2}
     items.append(Item(question_id="q0", question="question 0", reference="1", sample=9, status="done",
                       result=Result(response="It is 2.\n#### 2", correct=False, tokens=5)))
     (pair,) = preference_rows(items, per_question=2).rows  # q1 and q2 have no wrong answer to pair
     assert pair["prompt"] == [{"role": "user", "content": "question 0"}]
-    assert pair["chosen"][0]["content"].startswith("Answer 0 for q0") and pair["rejected"][0]["content"] == "It is 2.\n#### 2"
+    assert pair["chosen"][0]["content"].startswith("Answer 0 for q0")
+    assert pair["rejected"][0]["content"] == "It is 2.\n#### 2"
 
 
 def test_sft_and_dpo_exports_write_a_dataset_card(byo_run: str, tmp_path: Path) -> None:

@@ -53,8 +53,11 @@ def test_clean_logs_drops_user_error_tracebacks_and_redacts() -> None:
 
 
 def test_clean_logs_drops_routine_task_run_lines_only() -> None:
-    routine = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "Finished in state Completed()", (), None)
-    failed = logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, "Finished in state Failed('x')", (), None)
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", level, __file__, 1, message, (), None)
+
+    routine = record(logging.INFO, "Finished in state Completed()")
+    failed = record(logging.ERROR, "Finished in state Failed('x')")
     mine = logging.LogRecord("prefect.task_runs", logging.INFO, __file__, 1, "cpu: 16 items, 900 tokens", (), None)
     assert not CleanLogs().filter(routine)
     assert CleanLogs().filter(failed) and CleanLogs().filter(mine)

@@ -13,8 +13,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.seed import seed
-from flows.status import format_table, run_status
 from tasks.config import SeedConfig
+from tasks.status import format_table, run_status
 from tasks.store.models import Result
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import run_flow_cli
@@ -62,7 +62,8 @@ def test_seed_and_status_command_lines(prefect_env, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "seeded run 'cli': 2400 new items" in result.stdout
     assert f"store: sqlite:///{tmp_path / 'fleetgen.db'}" in result.stderr
-    assert "seeding run cli: 2,000/2,400 items" in result.stderr and "seeding run cli: 2,400/2,400 items" in result.stderr
+    assert "seeding run cli: 2,000/2,400 items" in result.stderr
+    assert "seeding run cli: 2,400/2,400 items" in result.stderr
     status = status_json(tmp_path, "--run", "cli")
     assert {k: status[k] for k in ("total", "pending", "running", "done", "failed")} == {
         "total": 2400, "pending": 2400, "running": 0, "done": 0, "failed": 0}
@@ -72,7 +73,8 @@ def test_seed_and_status_command_lines(prefect_env, tmp_path: Path) -> None:
                           cwd=tmp_path, env=prefect_env)
     assert result.returncode == 0, result.stderr
     status = status_json(tmp_path, "--run", "hard")
-    assert (status["total"], status["pending"], status["waiting"]) == (12, 3, 9)  # one sample of each question at a time
+    # one sample of each question at a time
+    assert (status["total"], status["pending"], status["waiting"]) == (12, 3, 9)
 
 
 @pytest.mark.parametrize("content, message", [
@@ -137,4 +139,5 @@ def test_status_without_a_run_lists_every_run(prefect_env, tmp_path: Path) -> No
     assert lines[1].split() == ["first", "3", "2", "0", "1", "0", "0", "33.3%"]
     assert lines[2].split() == ["second-run", "4", "4", "0", "0", "0", "0", "0.0%"]
     listed = status_json(tmp_path)
-    assert [(run["run"], run["total"], run["done"]) for run in listed["runs"]] == [("first", 3, 1), ("second-run", 4, 0)]
+    totals = [(run["run"], run["total"], run["done"]) for run in listed["runs"]]
+    assert totals == [("first", 3, 1), ("second-run", 4, 0)]

@@ -8,13 +8,16 @@ import time
 
 import pytest
 
+from bench.standins import mongomock_store
 from bench.store import mongomock_round_trips, real_mongodb_round_trips
 from tasks.errors import UserError
-from tasks.store import Store, open_store, quota_warning, summarize
+from tasks.store import Store, open_store
+from tasks.store.counts import summarize
 from tasks.store.models import Item, Result
 from tasks.store.mongo import MongoStore, claimable
+from tasks.store.quota import quota_warning
 from tasks.store.sqlite import SqliteStore
-from tests.support import FakeClock, mongomock_store
+from tests.support import FakeClock
 
 
 def items(n: int, stage: int = 0) -> list[Item]:
@@ -185,7 +188,8 @@ def test_devices_sums_each_workers_device_answers(store: Store) -> None:
     seeded = store.claim("r", "w3", 1, 60)
     store.complete(seeded, answers(seeded.ids))  # an answer brought from elsewhere: no device, not counted
     claim = store.claim("other", "w1", 2, 60)
-    store.complete(claim, {id_: Result(response="x", tokens=5, seconds=1, worker="w1", device="cuda:0") for id_ in claim.ids})
+    store.complete(claim, {id_: Result(response="x", tokens=5, seconds=1, worker="w1", device="cuda:0")
+                           for id_ in claim.ids})
     assert store.devices("r") == [
         {"worker": "w1", "device": "cuda:0", "done": 2, "tokens": 30, "seconds": 1.0, "last": 101.0},
         {"worker": "w1", "device": "cuda:1", "done": 1, "tokens": 10, "seconds": 0.5, "last": 50.0},
@@ -343,7 +347,8 @@ def test_claims_use_the_claim_index_on_a_real_server() -> None:
     store = MongoStore(store._db.client[f"fleetgen_test_{os.getpid()}"], store.url)
     try:
         store.seed("r", items(300))
-        plan = str(store._items.find(claimable("r", store.now(), 0.5)).sort("r", 1).limit(16).explain()["queryPlanner"]["winningPlan"])
+        cursor = store._items.find(claimable("r", store.now(), 0.5)).sort("r", 1).limit(16)
+        plan = str(cursor.explain()["queryPlanner"]["winningPlan"])
         assert "IXSCAN" in plan and "COLLSCAN" not in plan
     finally:
         store._db.client.drop_database(store._db.name)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.store import summarize
+from tasks.store.counts import summarize
 from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 

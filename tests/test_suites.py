@@ -138,7 +138,8 @@ def test_an_edited_template_of_the_same_name_is_told_apart_by_evaluate_and_expor
     store.ensure_run("r", {})
     store.seed("r", items)
     with pytest.raises(UserError, match="made in 2 different ways"):
-        export(ExportConfig(store=f"sqlite:///{tmp_path / 'w.db'}", run="r", out=str(tmp_path / "x.jsonl"), format="sft"))
+        export(ExportConfig(store=f"sqlite:///{tmp_path / 'w.db'}", run="r", out=str(tmp_path / "x.jsonl"),
+                            format="sft"))
 
 
 def test_the_evaluate_table_says_what_was_measured() -> None:

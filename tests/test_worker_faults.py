@@ -20,10 +20,10 @@ from tasks.prefect_server import local_server_url, stop_server
 from tasks.store.models import Item
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.leases import LeaseKeeper
-from tasks.worker.exchange import DeviceBroken
 from tasks.worker.loop import work_on_run
+from tasks.worker.outbox import DeviceBroken
 from tasks.worker.shutdown import Shutdown
-from tests.support import ScriptedEngine
+from tests.support import ScriptedEngine, wait_until
 from tests.test_generate_flow import start_worker
 
 
@@ -76,8 +76,8 @@ def test_after_the_grace_period_what_is_still_generating_goes_back_too(tmp_path:
         worker = threading.Thread(target=work_on_run, kwargs=dict(store=store, engine=engine, config=config,
                                                                   keeper=keeper, shutdown=shutdown))
         worker.start()
-        time.sleep(1.5)  # the grace period is over; the batch is still being generated
-        assert statuses(store) == {"pending": 8}  # another worker could take them now
+        # the grace period over, the batch still being generated: its items are back for another worker
+        assert wait_until(lambda: statuses(store) == {"pending": 8}, timeout=10)
         worker.join(timeout=30)
     assert statuses(store) == {"pending": 8}  # the late answers were refused: the items are no longer ours
 
@@ -85,12 +85,12 @@ def test_after_the_grace_period_what_is_still_generating_goes_back_too(tmp_path:
 def test_max_runtime_stops_claiming_when_less_time_is_left_than_a_batch_takes(tmp_path: Path) -> None:
     store, config = seeded(tmp_path, 40)
     shutdown = Shutdown(grace_seconds=30, max_runtime=1.5)
-    started = time.monotonic()
     with LeaseKeeper(store, config.lease_seconds) as keeper:
         work_on_run(store=store, engine=TimedEngine(0.4), config=config, keeper=keeper, shutdown=shutdown)
-    assert time.monotonic() - started < 3.0 and "--max-runtime" in shutdown.reason
+    assert "--max-runtime" in shutdown.reason
     done = statuses(store)
-    assert 4 <= done["done"] <= 16 and done.get("running", 0) == 0 and sum(done.values()) == 40
+    assert 4 <= done["done"] <= 16  # it stopped claiming early: 40 items would take 4 s
+    assert done.get("running", 0) == 0 and sum(done.values()) == 40
 
 
 def test_idle_exit_picks_up_work_queued_after_the_run_finished(tmp_path: Path) -> None:
@@ -118,8 +118,7 @@ def test_sigterm_ends_a_worker_cleanly_with_exit_0(tmp_path: Path, tiny_model: P
     assert "stopped (SIGTERM)" in output and "Traceback" not in output, output
     counts = statuses(store)
     assert counts.get("running", 0) == 0 and counts["done"] >= 1 and counts["done"] + counts.get("pending", 0) == 60
-    time.sleep(2)
-    assert running_in_group(worker.pid) == []  # nothing of the worker's own is left running
+    assert wait_until(lambda: running_in_group(worker.pid) == [], timeout=10)  # nothing of the worker's own left
 
 
 def running_in_group(pgid: int) -> list[int]:
@@ -146,7 +145,8 @@ def test_sigterm_while_waiting_for_the_local_prefect_server_ends_the_worker_with
                 worker.send_signal(signal.SIGTERM)
                 break
         output = worker.communicate(timeout=120)[0]
-        assert worker.returncode == 0 and "stopped (SIGTERM) while starting or ending; it held no claims" in output, output
+        assert worker.returncode == 0, output
+        assert "stopped (SIGTERM) while starting or ending; it held no claims" in output
         assert "Traceback" not in output
         assert statuses(SqliteStore(tmp_path / "fleetgen.db")) == {"pending": 8}
         assert local_server_url(home / "fleetgen-server")  # the shared server started on, for the next command
@@ -204,8 +204,11 @@ def test_a_worker_goes_on_without_its_broken_device_and_says_so(prefect_env, tmp
 
     store, config = seeded(tmp_path, 40)
     store.ensure_run("r", {})
-    monkeypatch.setattr(steps, "create_engine", lambda **kwargs: (BrokenEngine if kwargs["label"] == "cpu#1" else
-                                                                   ScriptedEngine)({"": "#### 1"}, label=kwargs["label"]))
+    def engine(**kwargs):
+        kind = BrokenEngine if kwargs["label"] == "cpu#1" else ScriptedEngine
+        return kind({"": "#### 1"}, label=kwargs["label"])
+
+    monkeypatch.setattr(steps, "create_engine", engine)
     result = generate(config.model_copy(update={"devices": "cpu,cpu"}))
     assert list(result["broken"]) == ["cpu#1"] and "illegal memory access" in result["broken"]["cpu#1"]
     assert statuses(store) == {"done": 40} and result["devices"]["all"]["done"] == 40

@@ -17,10 +17,11 @@ from tasks.engines import Generation, Request
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.store.models import Claim, Item
 from tasks.store.sqlite import SqliteStore
+from tasks.throughput import BatchReport, summarize_reports
 from tasks.worker.exchange import Exchange
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import device_loop
-from tasks.worker.results import BatchReport, Outcome, extract_with_llm, store_outcomes, summarize_reports
+from tasks.worker.results import Outcome, extract_with_llm, store_outcomes
 from tests.support import ScriptedEngine
 
 SAMPLING = SamplingConfig(max_new_tokens=4)
@@ -197,14 +198,14 @@ def test_throughput_adds_up_over_devices_running_in_parallel() -> None:
     assert (idle["batches"], idle["done"], idle["tokens_per_second"]) == (0, 0, 0.0)
 
 
-def test_store_calls_outside_prefect_keep_the_task_runs_retries(monkeypatch) -> None:
+def test_store_calls_retry_on_any_error_but_a_user_error(monkeypatch) -> None:
     import pytest
 
     from tasks.errors import UserError
-    from tasks.worker import steps
+    from tasks.worker import writes
 
     slept: list[float] = []  # this module's sleeps only (other threads of the test process may sleep too)
-    monkeypatch.setattr(steps, "time", types.SimpleNamespace(sleep=slept.append, monotonic=time.monotonic))
+    monkeypatch.setattr(writes, "time", types.SimpleNamespace(sleep=slept.append, monotonic=time.monotonic))
     attempts = iter([ConnectionError("reset"), ConnectionError("reset"), "written"])
 
     def flaky() -> str:
@@ -213,11 +214,11 @@ def test_store_calls_outside_prefect_keep_the_task_runs_retries(monkeypatch) -> 
             raise outcome
         return outcome
 
-    assert steps.retried(flaky) == "written" and slept == [2, 10]
+    assert writes.with_retries(flaky) == "written" and slept == [2, 10]
     slept.clear()
     with pytest.raises(ConnectionError):
-        steps.retried(lambda: (_ for _ in ()).throw(ConnectionError("down")))
-    assert slept == steps.STORE_RETRY_DELAYS == [2, 10, 30]  # four attempts, as the task run makes
+        writes.with_retries(lambda: (_ for _ in ()).throw(ConnectionError("down")))
+    assert slept == writes.STORE_RETRY_DELAYS == [2, 10, 30]  # four attempts
     with pytest.raises(UserError):
-        steps.retried(lambda: (_ for _ in ()).throw(UserError("disk full")))
+        writes.with_retries(lambda: (_ for _ in ()).throw(UserError("disk full")))
     assert slept == [2, 10, 30]  # a user error is not retried

@@ -11,6 +11,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from tasks.benchmarks import asdiv, gsm8k, gsm_hard, hendrycks_math, mawps, svamp
 from tasks.benchmarks.files import Source, read_rows
@@ -102,8 +103,10 @@ def take_subset(rows: list[Row], size: int, benchmark: str | None = None) -> lis
     by_remainder = sorted(strata, key=lambda key: -(size * len(strata[key]) % len(rows)))
     for key in by_remainder[:size - sum(quotas.values())]:  # largest remainders get the rows left over
         quotas[key] += 1
-    chosen = {row.question_id for key, members in strata.items()
-              for row in sorted(members, key=lambda r: hashlib.sha256(r.question_id.encode()).hexdigest())[:quotas[key]]}
+    def shuffled(rows: list[Row]) -> list[Row]:  # the same order on every machine
+        return sorted(rows, key=lambda row: hashlib.sha256(row.question_id.encode()).hexdigest())
+
+    chosen = {row.question_id for key, members in strata.items() for row in shuffled(members)[:quotas[key]]}
     return [row for row in rows if row.question_id in chosen]
 
 
@@ -121,8 +124,8 @@ def build_items(rows: list[Row], samples: int, *, solutions: bool = False,
     for row in rows:
         metadata = {**(row.metadata or {}), **({"solution": row.solution} if solutions and row.solution else {}),
                     **({"until_correct": until_correct} if until_correct else {})} or None
-        question = {"question_id": row.question_id, "question": row.question, "reference": row.reference,
-                    "metadata": metadata}
+        question: dict[str, Any] = {"question_id": row.question_id, "question": row.question,
+                                    "reference": row.reference, "metadata": metadata}
         if row.response is not None:
             graded = grades[id(row)]
             result = Result(response=row.response, predicted=graded.predicted, correct=graded.correct)

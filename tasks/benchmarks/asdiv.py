@@ -16,5 +16,6 @@ SHIPPED, LICENCE = False, "CC BY-NC 4.0"
 
 def to_row(index: int, raw: dict[str, Any], split: str) -> Row:
     answer = re.sub(r"\s*\([^()]*\)\s*$", "", str(raw["answer"])).strip()  # `9 (apples)` -> `9`
-    return Row(question_id=f"asdiv/{raw.get('idx', index)}", question=f"{raw['body'].strip()} {raw['question'].strip()}",
-               reference=answer, metadata={"type": raw.get("solution_type")})
+    return Row(question_id=f"asdiv/{raw.get('idx', index)}",
+               question=f"{raw['body'].strip()} {raw['question'].strip()}", reference=answer,
+               metadata={"type": raw.get("solution_type")})

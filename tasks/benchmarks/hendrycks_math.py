@@ -17,7 +17,8 @@ NAMED_SUBSETS = {500: "math/math500.txt"}
 
 
 def to_row(index: int, raw: dict[str, Any], split: str) -> Row:
-    level = int(str(raw["level"]).removeprefix("Level ")) if str(raw["level"]).removeprefix("Level ").isdigit() else None
+    level_text = str(raw["level"]).removeprefix("Level ")
+    level = int(level_text) if level_text.isdigit() else None
     return Row(question_id=f"math/{raw.get('idx', index)}", question=raw["problem"],
                reference=reference_answer(raw["solution"]), metadata={"level": level, "subject": raw["type"]},
                solution=raw["solution"])

@@ -11,15 +11,15 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
 
 from tasks.config.base import Config, setting
 from tasks.prompts import question_templates
 from tasks.sandbox import LAYERS
-from tasks.store import check_store_url
 from tasks.store.models import MIN_LEASE_SECONDS
+from tasks.store.urls import check_store_url
 
 DEFAULT_RUN = "gsm8k-test"
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -30,17 +30,21 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+# Settings several configs share; each config gives the default (`store: StoreUrl = None`).
 StoreUrl = Annotated[SecretStr | None, setting(
-    None, "work store: mongodb://..., mongodb+srv://... or sqlite:///PATH (default: env MONGODB_URI, else "
+    help="work store: mongodb://..., mongodb+srv://... or sqlite:///PATH (default: env MONGODB_URI, else "
     "sqlite:///./fleetgen.db); a secret, shown masked", metavar="URL")]
-RunName = Annotated[str, setting(DEFAULT_RUN, "run name", metavar="NAME", min_length=1)]
-MaxRounds = Annotated[int, setting(2, "refine rounds at most: stages 1..R after the first attempt", metavar="R",
+RunName = Annotated[str, setting(help="run name", metavar="NAME", min_length=1)]
+MaxRounds = Annotated[int, setting(help="refine rounds at most: stages 1..R after the first attempt", metavar="R",
                                    ge=0)]
-JsonPath = Annotated[str | None, setting(None, "write the metrics as JSON here, and a PNG chart beside it",
+JsonPath = Annotated[str | None, setting(help="write the metrics as JSON here, and a PNG chart beside it",
                                          flag="json", metavar="PATH")]
 
 
-def _folder_exists(path: str | None) -> str | None:
+MaybePath = TypeVar("MaybePath", str, str | None)
+
+
+def _folder_exists(path: MaybePath) -> MaybePath:
     if path is not None and not Path(path).expanduser().resolve().parent.is_dir():
         raise ValueError(f"cannot write {path}: its folder does not exist")
     return path
@@ -64,7 +68,7 @@ def named(value: str, known: tuple[str, ...]) -> tuple[str, ...]:
 class StoreConfig(Config):
     """Where the work is."""
 
-    store: StoreUrl
+    store: StoreUrl = None
 
     @field_validator("store")
     @classmethod
@@ -77,7 +81,7 @@ class StoreConfig(Config):
 class RunConfig(StoreConfig):
     """What every flow takes: where the work is, and which run."""
 
-    run: RunName
+    run: RunName = DEFAULT_RUN
 
 
 class ModelConfig(Config):
@@ -123,8 +127,9 @@ class EngineConfig(Config):
         "hf-static", "hf-static: transformers' model.generate on length-sorted batches; hf: transformers' continuous "
                      "batching; openai: any OpenAI-compatible server (--api-base); vllm: one server per GPU started "
                      "by the worker (--serve-command)", flag="engine")
-    max_in_flight: PositiveInt | None = setting(None, "hf, openai, vllm: answers generated at once per device "
-                                                      "(default: hf 8 on a CPU, 64 on a GPU; --concurrency for the servers)", metavar="N")
+    max_in_flight: PositiveInt | None = setting(
+        None, "hf, openai, vllm: answers generated at once per device (default: hf 8 on a CPU, 64 on a GPU; "
+        "--concurrency for the servers)", metavar="N")
     api_base: str | None = setting(None, "openai: the server's base URL, several comma-separated (one device "
                                          "thread each), e.g. http://127.0.0.1:8000/v1", metavar="URL[,URL]")
     api_key_env: str = setting("OPENAI_API_KEY", "openai, vllm: the environment variable holding the API key (never "
@@ -326,7 +331,7 @@ class SeedConfig(RunConfig):
 
 class RefineConfig(RunConfig):
     title: ClassVar[str] = "refine settings"
-    max_rounds: MaxRounds
+    max_rounds: MaxRounds = 2
 
 
 class JudgeConfig(RunConfig):
@@ -384,7 +389,7 @@ class EvaluateConfig(RunConfig):
     title: ClassVar[str] = "evaluate settings"
     runs: str | None = setting(None, "several runs in one table, one row per run (benchmark): a,b,c or a pattern "
                                      "such as 'suite-*' (instead of --run)", metavar="RUNS")
-    json_path: JsonPath
+    json_path: JsonPath = None
 
     @field_validator("json_path")
     @classmethod
@@ -428,7 +433,7 @@ class ExportConfig(RunConfig):
         if Path(out).suffix not in EXPORT_SUFFIXES:
             raise ValueError("cannot tell the format: use a .jsonl or .parquet file, or a folder name (no extension) "
                              "for a Hugging Face datasets folder")
-        return _folder_exists(out)  # type: ignore[return-value]
+        return _folder_exists(out)
 
 
 class StatusConfig(StoreConfig):
@@ -442,11 +447,11 @@ class ServeConfig(Config):
     """Refine and evaluate on a schedule; the store comes from each run's MONGODB_URI, never from Prefect."""
 
     title: ClassVar[str] = "serve settings"
-    run: RunName
-    max_rounds: MaxRounds
+    run: RunName = DEFAULT_RUN
+    max_rounds: MaxRounds = 2
     refine_cron: str = setting("*/30 * * * *", "when refine runs (cron; default every 30 minutes)", metavar="CRON")
     evaluate_cron: str = setting("15 * * * *", "when evaluate runs (cron; default hourly at :15)", metavar="CRON")
-    json_path: JsonPath
+    json_path: JsonPath = None
 
     @field_validator("refine_cron", "evaluate_cron")
     @classmethod

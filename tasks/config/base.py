@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic.json_schema import JsonDict
 
 from tasks.errors import UserError
 
@@ -24,7 +25,7 @@ def setting(default: Any = ..., help: str = "", *, flag: str | None = None, meta
     """A config field: `help` is its `--help` text and its description in the Prefect UI; `flag`
     names its command-line flag when that is not the field's name with dashes, `also` a second
     flag for it."""
-    extra = {key: value for key, value in (("flag", flag), ("metavar", metavar), ("also", also)) if value}
+    extra: JsonDict = {key: value for key, value in (("flag", flag), ("metavar", metavar), ("also", also)) if value}
     return Field(default, description=help, json_schema_extra=extra or None, **constraints)
 
 
@@ -73,12 +74,13 @@ def nested_config(info: FieldInfo) -> type[Config] | None:
 
 
 def _field_at(config_class: type[Config], path: tuple[str, ...]) -> FieldInfo | None:
-    info = None
+    info: FieldInfo | None = None
+    current: type[Config] | None = config_class
     for part in path:
-        info = config_class.model_fields.get(part) if config_class else None
+        info = current.model_fields.get(part) if current else None
         if info is None:
             return None
-        config_class = nested_config(info)  # type: ignore[assignment]
+        current = nested_config(info)
     return info
 
 
@@ -89,8 +91,8 @@ def describe_errors(config_class: type[Config], error: ValidationError) -> str:
         path = tuple(str(part) for part in problem["loc"])
         info = _field_at(config_class, path)
         leaf = info is not None and nested_config(info) is None
-        where = ".".join(path) + (f" (--{flag_name(path[-1], info)})" if leaf else "")  # type: ignore[arg-type]
-        secret = leaf and SecretStr in (info.annotation, *get_args(info.annotation))  # type: ignore[union-attr]
+        where = ".".join(path) + (f" (--{flag_name(path[-1], info)})" if info is not None and leaf else "")
+        secret = info is not None and leaf and SecretStr in (info.annotation, *get_args(info.annotation))
         shown = (f" = {problem['input']!r:.80}" if (leaf or info is None) and path and not secret
                  and problem["type"] != "missing" else "")
         reason = {"extra_forbidden": "not a known setting", "missing": "required, none given"}.get(

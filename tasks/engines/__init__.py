@@ -10,12 +10,14 @@ worker starts itself, one per GPU: `vllm serve`); `create_engine` picks one.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 
 Prompt = str | list[dict[str, str]]  # a text (one user turn) or chat messages
+IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
 
 
 class UnanswerableItem(ValueError):
@@ -93,6 +95,29 @@ def share_time(group: list[Finished], seconds: float) -> list[Finished]:
     for answer in answers:
         answer.seconds = round(seconds * answer.tokens / tokens if tokens else seconds / len(answers), 4)
     return group
+
+
+def keep_in_flight(feeder: Feeder, *, capacity: int, in_flight: Callable[[], int],
+                   start: Callable[[Request], Finished | None],
+                   collect: Callable[[bool], list[Finished]]) -> Iterator[list[Finished]]:
+    """The loop of engines that answer up to `capacity` requests at once, each ending on its own:
+    take requests while there is room (waiting only when none is in flight), `start` each (a
+    request refused at once comes back as finished), `collect` what ended (told whether there is
+    room, so it waits briefly rather than long), and yield it with its share of the time; an empty
+    group every IDLE_YIELD_SECONDS while answers are still being written. Until the feeder is
+    done and nothing is in flight."""
+    exhausted, last = False, time.perf_counter()
+    while not exhausted or in_flight():
+        group: list[Finished] = []
+        if not exhausted and in_flight() < capacity:
+            taken = feeder.take(capacity - in_flight(), wait=not in_flight())
+            exhausted = taken is None
+            group += [refused for request in taken or [] if (refused := start(request)) is not None]
+        group += collect(not exhausted and in_flight() < capacity)
+        if group or time.perf_counter() - last > IDLE_YIELD_SECONDS:
+            now = time.perf_counter()
+            yield share_time(group, now - last)
+            last = now
 
 
 class ListFeeder:

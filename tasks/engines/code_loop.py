@@ -39,7 +39,8 @@ class Transcript:
         messages = ([{"role": "user", "content": self.request.prompt}] if isinstance(self.request.prompt, str)
                     else list(self.request.prompt))
         seed = None if self.request.seed is None else (self.request.seed + self.executions) % 2**31  # a new draw
-        return replace(self.request, prompt=[*messages, {"role": "assistant", "content": self.text}], stop=STOP, seed=seed)
+        return replace(self.request, prompt=[*messages, {"role": "assistant", "content": self.text}], stop=STOP,
+                       seed=seed)
 
     def generation(self, last: Generation) -> Generation:
         """The whole answer, once `last` (its final round) ended without code to run."""

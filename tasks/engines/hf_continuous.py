@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from typing import Any, Iterator
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
-from tasks.engines import Feeder, Finished, Request, share_time
+from tasks.engines import Feeder, Finished, Request, keep_in_flight
 from tasks.engines.hf_model import HFModel
 from tasks.engines.hf_static import run_static
 
@@ -23,7 +22,6 @@ log = logging.getLogger("fleetgen")
 DEFAULT_IN_FLIGHT = {"cpu": 8, "cuda": 64}  # bench/engines.py: CPU the best of 8, 16, 32; H100 64 beat 32
 PAGE_SIZE = 64
 PROMPT_TOKENS = 1024  # the CPU cache holds this much prompt per request (a longer one waits for room)
-IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
 
 
 class HFContinuousEngine(HFModel):
@@ -53,26 +51,19 @@ class HFContinuousEngine(HFModel):
                                                       continuous_batching_config=self._cache_config(sampling))
         manager.start()
         in_flight: dict[str, Request] = {}
-        exhausted, last = False, time.perf_counter()
+
+        def start(request: Request) -> Finished | None:
+            tokens = self.encode(request.prompt)
+            if error := self.too_long(tokens):
+                return request, error
+            in_flight[request.key] = request
+            manager.add_request(tokens, request_id=request.key,
+                                max_new_tokens=request.max_new_tokens or sampling.max_new_tokens)
+            return None
+
         try:
-            while not exhausted or in_flight:
-                unreadable: list[Finished] = []
-                if not exhausted and len(in_flight) < self.max_in_flight:
-                    taken = feeder.take(self.max_in_flight - len(in_flight), wait=not in_flight)
-                    exhausted = taken is None
-                    for request in taken or []:
-                        tokens = self.encode(request.prompt)
-                        if error := self.too_long(tokens):
-                            unreadable.append((request, error))
-                            continue
-                        in_flight[request.key] = request
-                        manager.add_request(tokens, request_id=request.key,
-                                            max_new_tokens=request.max_new_tokens or sampling.max_new_tokens)
-                group = unreadable + self._collect(manager, in_flight)
-                if group or time.perf_counter() - last > IDLE_YIELD_SECONDS:
-                    now = time.perf_counter()
-                    yield share_time(group, now - last)
-                    last = now
+            yield from keep_in_flight(feeder, capacity=self.max_in_flight, in_flight=in_flight.__len__, start=start,
+                                      collect=lambda room: self._collect(manager, in_flight))
         finally:
             manager.stop(block=True)
 
@@ -91,7 +82,8 @@ class HFContinuousEngine(HFModel):
             if not output.is_finished() or output.request_id not in in_flight:
                 continue
             request = in_flight.pop(output.request_id)
-            group.append((request, RuntimeError(output.error) if output.error else self.answer(output.generated_tokens)))
+            answer = RuntimeError(output.error) if output.error else self.answer(output.generated_tokens)
+            group.append((request, answer))
         return group
 
     def close(self) -> None:

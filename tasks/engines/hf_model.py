@@ -4,7 +4,7 @@ engines: dtype per device, bitsandbytes quantization, a PEFT adapter, the chat t
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -66,7 +66,7 @@ class HFModel:
                 if config.quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-            model = AutoModelForCausalLM.from_pretrained(config.model, **options)
+            model: Any = AutoModelForCausalLM.from_pretrained(config.model, **options)
         except (OSError, ValueError) as error:
             raise UserError(
                 f"Cannot load model {config.model!r}: {str(error).splitlines()[0][:300]} Pass --model with a local "
@@ -76,7 +76,7 @@ class HFModel:
         if config.quantization == "none":
             model = model.to(device)
         if config.adapter:
-            model = self._with_adapter(model, config)
+            model = self._with_adapter(model, config, config.adapter)
         self.model = model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
@@ -87,11 +87,11 @@ class HFModel:
         self.eos = eos
 
     @staticmethod
-    def _with_adapter(model: Any, config: ModelConfig) -> Any:
+    def _with_adapter(model: Any, config: ModelConfig, adapter: str) -> Any:
         from peft import PeftModel
 
         try:
-            model = PeftModel.from_pretrained(model, config.adapter)
+            model = PeftModel.from_pretrained(model, adapter)
         except (OSError, ValueError, RuntimeError, KeyError) as error:
             raise UserError(
                 f"Cannot apply the adapter {config.adapter!r} to {config.model!r}: {str(error).splitlines()[0][:300]} "
@@ -106,8 +106,8 @@ class HFModel:
         if not self.chat:
             return "\n\n".join(message["content"] for message in messages)
         go_on = messages[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
-                                                  continue_final_message=go_on)
+        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
+                                                      continue_final_message=go_on))
 
     def encode(self, prompt: Prompt) -> list[int]:
         return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
@@ -117,15 +117,15 @@ class HFModel:
         fails with it, instead of taking the machine's memory (a likely poison item)."""
         context = getattr(self.model.config, "max_position_embeddings", None)
         if context and len(tokens) >= context:
-            return UnanswerableItem(f"the prompt is {len(tokens):,} tokens, but {self.config.model} reads at most {context:,}: "
-                              "shorten the question or use a model with a longer context")
+            return UnanswerableItem(f"the prompt is {len(tokens):,} tokens, but {self.config.model} reads at most "
+                                    f"{context:,}: shorten the question or use a model with a longer context")
         return None
 
     def answer(self, tokens: list[int]) -> Generation:
         """The text of newly generated tokens, cut after the first end of sequence."""
         end = next((index for index, token in enumerate(tokens) if token in self.stop_ids), None)
         kept = tokens if end is None else tokens[:end + 1]
-        return Generation(self.tokenizer.decode(kept, skip_special_tokens=True).strip(), tokens=len(kept),
+        return Generation(str(self.tokenizer.decode(kept, skip_special_tokens=True)).strip(), tokens=len(kept),
                           finish_reason="length" if end is None else "stop")
 
     def generation_config(self, sampling: SamplingConfig, *, seeded: bool = False) -> Any:
@@ -139,7 +139,7 @@ class HFModel:
             top_k=None, repetition_penalty=sampling.repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
-    def generate(self, prompts: list[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
                  stop: tuple[str, ...] = (), seeds: list[int | None] | None = None) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
         `limits`, each answer stops at its own length (the batch runs to the longest); with
@@ -150,7 +150,8 @@ class HFModel:
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
         texts = [self.prompt_text(prompt) for prompt in prompts]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.chat).to(self.device)
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True,
+                               add_special_tokens=not self.chat).to(self.device)
         try:
             with torch.inference_mode():
                 output = self.model.generate(

@@ -44,7 +44,8 @@ def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_s
         yield share_time(list(zip(requests, outputs)), time.perf_counter() - started)
 
 
-def generate_splitting(model: HFModel, requests: list[Request], sampling: SamplingConfig) -> list[Generation | Exception]:
+def generate_splitting(model: HFModel, requests: list[Request],
+                       sampling: SamplingConfig) -> list[Generation | Exception]:
     """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own
     (each request keeps its own length, stop texts and seed). A single request that still fails
     yields its exception instead of a generation."""
@@ -57,4 +58,5 @@ def generate_splitting(model: HFModel, requests: list[Request], sampling: Sampli
         if len(requests) == 1:
             return [error]
         half = len(requests) // 2
-        return generate_splitting(model, requests[:half], sampling) + generate_splitting(model, requests[half:], sampling)
+        return (generate_splitting(model, requests[:half], sampling)
+                + generate_splitting(model, requests[half:], sampling))

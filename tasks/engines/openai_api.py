@@ -8,18 +8,16 @@ The key comes from an environment variable, is registered as a secret and is nev
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from tasks.config import EngineConfig, SamplingConfig
-from tasks.engines import Feeder, Finished, Generation, Request, share_time
+from tasks.engines import IDLE_YIELD_SECONDS, Feeder, Finished, Generation, Request, keep_in_flight
 from tasks.errors import UserError
 from tasks.secrets import register_secret
 
 MAX_RETRIES = 5
-IDLE_YIELD_SECONDS = 1.0
 
 
 def endpoint_label(api_base: str) -> str:
@@ -71,25 +69,21 @@ class OpenAIEngine:
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
         in_flight: dict[Future[Generation], Request] = {}
-        exhausted, last = False, time.perf_counter()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"requests-{self.label}") as pool:
-            while not exhausted or in_flight:
-                if not exhausted and len(in_flight) < self.concurrency:
-                    taken = feeder.take(self.concurrency - len(in_flight), wait=not in_flight)
-                    exhausted = taken is None
-                    for request in taken or []:
-                        in_flight[pool.submit(self._ask, request, sampling)] = request
-                room = not exhausted and len(in_flight) < self.concurrency
+
+            def start(request: Request) -> None:
+                in_flight[pool.submit(self._ask, request, sampling)] = request
+
+            def collect(room: bool) -> list[Finished]:
                 done, _ = wait(in_flight, timeout=0.05 if room else IDLE_YIELD_SECONDS, return_when=FIRST_COMPLETED)
-                group: list[Finished] = [(in_flight.pop(future), future.exception() or future.result())
-                                         for future in done]
-                if group or time.perf_counter() - last > IDLE_YIELD_SECONDS:
-                    now = time.perf_counter()
-                    yield share_time(group, now - last)
-                    last = now
+                return [(in_flight.pop(future), answer_or_error(future)) for future in done]
+
+            yield from keep_in_flight(feeder, capacity=self.concurrency, in_flight=in_flight.__len__, start=start,
+                                      collect=collect)
 
     def _ask(self, request: Request, sampling: SamplingConfig) -> Generation:
-        messages = [{"role": "user", "content": request.prompt}] if isinstance(request.prompt, str) else request.prompt
+        prompt = request.prompt
+        messages: Any = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if request.seed is not None:
             options["seed"] = request.seed
@@ -108,6 +102,11 @@ class OpenAIEngine:
 
     def close(self) -> None:
         self.client.close()
+
+
+def answer_or_error(future: Future[Generation]) -> Generation | Exception:
+    error = future.exception()
+    return error if isinstance(error, Exception) else future.result()
 
 
 def _gist(error: Exception) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 from tasks.errors import UserError
 from tasks.grading.equivalence import answer_key
 from tasks.refine import latest_answers
-from tasks.store.models import SAMPLING_STATUSES, STATUSES, Item
+from tasks.store.models import SAMPLING_STATUSES, STATUSES, Item, Result
+from tasks.throughput import combined_rate
 
 FINISHED = ("done", "failed")
 
@@ -131,7 +132,8 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
         "made_with": way, "stages": stages, **sample_metrics(list(by_question.values())),
         "no_answer_rate": sum(_predicted(i) is None for i in done) / len(done) if done else 0.0,
         "counts": {**{status: sum(item.status == status for item in items) for status in STATUSES},
-                   **{status: n for status in SAMPLING_STATUSES if (n := sum(item.status == status for item in items))}},
+                   **{status: n for status in SAMPLING_STATUSES
+                      if (n := sum(item.status == status for item in items))}},
         "unfinished": sum(item.status in ("pending", "running") for item in latest_answers(items).values()),
         "by": {field: table for field in ("level", "subject") if (table := breakdown(first, field))},
         "throughput": {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")},
@@ -146,7 +148,8 @@ def sampling_metrics(by_question: dict[str, list[Item]]) -> dict[str, Any] | Non
     how many questions got 0, 1, 2, ... correct answers, and the compute spent (None: one sample each)."""
     if all(len(samples) <= 1 for samples in by_question.values()):
         return None
-    made = {question: [item for item in samples if item.status in FINISHED] for question, samples in by_question.items()}
+    made = {question: [item for item in samples if item.status in FINISHED]
+            for question, samples in by_question.items()}
     right = {question: sum(map(_correct, samples)) for question, samples in made.items()}
     tokens = [sum(item.result.tokens or 0 for item in samples if item.result) for samples in made.values()]
     return {"hard": sorted(question for question, n in right.items() if n == 0 and made[question]),
@@ -159,51 +162,48 @@ def sampling_metrics(by_question: dict[str, list[Item]]) -> dict[str, Any] | Non
 def judge_metrics(first: list[Item], correct: int, total: int) -> dict[str, Any] | None:
     """Accuracy at the first attempt with an LLM judge's verdicts added where the rules could not
     read the answer (None: nothing judged); the rules' own accuracy stays as it is."""
-    judged = [item for item in first if item.result is not None and item.result.judge]
+    judged = [(item.result, item.result.judge) for item in first if item.result is not None and item.result.judge]
     if not judged:
         return None
-    added = sum(1 for item in judged if not item.result.correct and item.result.judge.get("correct"))
+    added = sum(1 for result, judge in judged if not result.correct and judge.get("correct"))
     return {"judged": len(judged), "judged_correct": added, "accuracy_with_judge": (correct + added) / total,
-            "models": sorted({str(item.result.judge.get("model")) for item in judged})}
+            "models": sorted({str(judge.get("model")) for _, judge in judged})}
 
 
 def code_metrics(done: list[Item]) -> dict[str, Any] | None:
     """For answers made with code execution: the share that ran code, executions per answer, the
     share of executions that failed, and accuracy with code and without (None: no such answers)."""
-    tooled = [item for item in done if item.result is not None and item.result.code_executions is not None]
+    tooled = [item.result for item in done if item.result is not None and item.result.code_executions is not None]
     if not tooled:
         return None
-    used = [item for item in tooled if item.result.code_executions]
-    unused = [item for item in tooled if not item.result.code_executions]
-    executions = sum(item.result.code_executions for item in tooled)
-    errors = sum(item.result.code_errors or 0 for item in tooled)
+    used = [result for result in tooled if result.code_executions]
+    unused = [result for result in tooled if not result.code_executions]
+    executions = sum(result.code_executions or 0 for result in tooled)
+    errors = sum(result.code_errors or 0 for result in tooled)
 
-    def accuracy(items: list[Item]) -> float | None:
-        return sum(item.result.correct for item in items) / len(items) if items else None
+    def accuracy(results: list[Result]) -> float | None:
+        return sum(bool(result.correct) for result in results) / len(results) if results else None
 
-    return {"answers": len(tooled), "used_code": len(used) / len(tooled), "executions_per_answer": executions / len(tooled),
+    return {"answers": len(tooled), "used_code": len(used) / len(tooled),
+            "executions_per_answer": executions / len(tooled),
             "error_rate": errors / executions if executions else 0.0, "accuracy_with_code": accuracy(used),
             "accuracy_without_code": accuracy(unused)}
 
 
 def _throughput(done: list[Item], key: str) -> dict[str, dict[str, float]]:
-    """Items, generated tokens and tokens/s per worker (or worker/device), from generated items.
-    A device's rate is its tokens over its generation seconds; a worker's is the sum of its
-    devices' rates, since its devices run in parallel."""
-    devices: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    """Items, generated tokens and tokens/s per worker (or worker/device), from generated items
+    (tasks/throughput.py: a worker's rate is its devices' added up)."""
+    devices: dict[tuple[str, str], dict[str, Any]] = defaultdict(lambda: {"items": 0, "tokens": 0, "seconds": 0.0})
     for item in done:
         result = item.result
         if result is None or result.seconds is None:
             continue  # brought-your-own responses carry no timing
         sums = devices[(result.worker or "?", result.device or "?")]
-        sums[0] += 1
-        sums[1] += result.tokens or 0
-        sums[2] += result.seconds
-    table: dict[str, dict[str, float]] = {}
-    for (worker, device), (n, tokens, seconds) in sorted(devices.items()):
-        row = table.setdefault(worker if key == "worker" else f"{worker}/{device}",
-                               {"items": 0, "tokens": 0, "tokens_per_second": 0.0})
-        row["items"] += int(n)
-        row["tokens"] += int(tokens)
-        row["tokens_per_second"] = round(row["tokens_per_second"] + (tokens / seconds if seconds else 0.0), 1)
-    return table
+        sums["items"] += 1
+        sums["tokens"] += result.tokens or 0
+        sums["seconds"] += result.seconds
+    rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for (worker, device), sums in sorted(devices.items()):
+        rows[worker if key == "worker" else f"{worker}/{device}"].append(sums)
+    return {name: {"items": sum(d["items"] for d in group), "tokens": sum(d["tokens"] for d in group),
+                   "tokens_per_second": round(combined_rate(group), 1)} for name, group in rows.items()}

@@ -28,7 +28,8 @@ def format_report(metrics: dict[str, Any]) -> str:
         lines.append(f"(not finished: {metrics['unfinished']} answers still pending or running count as wrong)")
     for stage in metrics["stages"]:
         lines.append(f"stage {stage['stage']}: {stage['correct']}/{stage['total']} right ({stage['accuracy']:.1%}), "
-                     f"cumulative {stage['cumulative_correct']}/{metrics['total']} = {stage['cumulative_accuracy']:.1%}")
+                     f"cumulative {stage['cumulative_correct']}/{metrics['total']} = "
+                     f"{stage['cumulative_accuracy']:.1%}")
     if metrics.get("samples", 1) > 1:
         lines.append(", ".join(f"pass@{k} {metrics[f'pass@{k}']:.1%}, maj@{k} {metrics[f'maj@{k}']:.1%}"
                                for k in reported_ks(metrics)))
@@ -88,7 +89,8 @@ def model_text(metrics: dict[str, Any]) -> str:
     if not way:
         return "responses brought from elsewhere"
     model = way["model"]
-    extras = ", ".join(f"{key} {value}" for key, value in model.items() if key != "model" and value not in (None, "none", False))
+    extras = ", ".join(f"{key} {value}" for key, value in model.items()
+                       if key != "model" and value not in (None, "none", False))
     return f"model {model['model']}{f' ({extras})' if extras else ''}"
 
 

@@ -10,8 +10,8 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.dashboard import artifact_key
 from tasks.evaluation.report import made_with_text, save_chart, suite_rows, summary_rows
-from tasks.progress import artifact_key
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -30,8 +30,8 @@ def grade_many(pairs: list[tuple[str, str]]) -> list[Grade]:
     # Where our reading of the answer is not decisive and not equal, math-verify reads the
     # whole response its own way (the answer it finds equal becomes the predicted one).
     second = [i for i, verdict in enumerate(verdicts) if not verdict and _undecided(predicted[i], pairs[i][1])]
-    calls = [(symbolic.compare_response, (pairs[i][1], pairs[i][0])) for i in second]
-    for index, found in zip(second, symbolic.run_all(calls)):
+    readings = [(symbolic.compare_response, (pairs[i][1], pairs[i][0])) for i in second]
+    for index, found in zip(second, symbolic.run_all(readings)):
         if found is not None:
             verdicts[index], predicted[index] = True, found
     return [Grade(answer, bool(verdict)) for answer, verdict in zip(predicted, verdicts)]

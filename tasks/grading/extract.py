@@ -50,7 +50,8 @@ def _braced(text: str, open_at: int) -> str | None:
 def last_boxed(text: str) -> str | None:
     """The content of the last `\\boxed{...}` (or `\\fbox{...}`, `\\boxed 5`); boxes that end the
     text one after another (`\\boxed{-2} and \\boxed{1}`) are one answer, a list."""
-    end, found = None, []
+    end: int | None = None
+    found: list[str] = []
     for match in reversed(list(BOXED.finditer(text))):
         content = _braced(text, match.end() - 1)
         if content is None or not content.strip():
@@ -179,3 +180,13 @@ def reference_answer(solution: str) -> str:
     else:
         answer = extract_answer(solution) or solution.strip()
     return answer.replace(",", "") if THOUSANDS.fullmatch(answer) else answer
+
+
+def unboxed(text: str) -> str:
+    """`\\boxed{x}` replaced by `x` everywhere."""
+    while match := BOXED.search(text):
+        content = _braced(text, match.end() - 1)
+        if content is None:
+            return text[:match.start()] + text[match.end():]
+        text = text[:match.start()] + content + text[match.end() + len(content) + 1:]
+    return text

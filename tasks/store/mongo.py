@@ -170,7 +170,7 @@ class MongoStore:
         return docs
 
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
-        token, got = uuid.uuid4().hex, []
+        token, got = uuid.uuid4().hex, list[Item]()
         for round_ in range(CLAIM_ROUNDS):
             if round_:  # others took candidates first: again at once for the rest, a moment apart from them
                 time.sleep(random.uniform(0, 0.05))
@@ -220,7 +220,8 @@ class MongoStore:
     def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
         ops = [
             UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
-                      {"$set": {"status": "done", "result": result.to_dict()}, "$unset": {"lease_expires": "", "error": ""}})
+                      {"$set": {"status": "done", "result": result.to_dict()},
+                       "$unset": {"lease_expires": "", "error": ""}})
             for claim, results in parts for id_, result in results.items()
         ]
         if not ops:
@@ -288,7 +289,7 @@ class MongoStore:
     def counts(self, run: str) -> list[dict[str, Any]]:
         now = self.now()
         expired = {"$and": [{"$eq": ["$status", "running"]}, {"$lt": ["$lease_expires", now]}]}
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"run": run}},
             {"$group": {"_id": {"stage": "$stage", "status": "$status", "worker": "$worker"},
                         "n": {"$sum": 1}, "expired": {"$sum": {"$cond": [expired, 1, 0]}}}},
@@ -299,7 +300,7 @@ class MongoStore:
         return sorted(rows, key=lambda r: (r["stage"], r["status"], r["worker"] or ""))
 
     def devices(self, run: str) -> list[dict[str, Any]]:
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"run": run, "status": "done", "result.device": {"$exists": True}}},
             {"$group": {"_id": {"worker": "$result.worker", "device": "$result.device"}, "done": {"$sum": 1},
                         "tokens": {"$sum": "$result.tokens"}, "seconds": {"$sum": "$result.seconds"},

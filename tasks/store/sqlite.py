@@ -13,7 +13,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from tasks.errors import UserError
 from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, settling
@@ -103,18 +103,18 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
                 raise
 
-    def _write(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
+    def _write(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> int:
         """Run one statement in an immediate transaction; return the rows it changed."""
         with self._lock, self._transaction():
             return self._changes(sql, params, many)
 
-    def _changes(self, sql: str, params: Iterable[Any] = (), many: bool = False) -> int:
+    def _changes(self, sql: str, params: Sequence[Any] = (), many: bool = False) -> int:
         """Run one statement (the caller holds the lock, in a transaction); return the rows it changed."""
         before = self._db.total_changes
         (self._db.executemany if many else self._db.execute)(sql, params)
         return self._db.total_changes - before
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._lock, storage_faults(self.url):
             return self._db.execute(sql, params).fetchall()
 
@@ -146,7 +146,8 @@ class SqliteStore:
     def claim(self, run: str, worker: str, limit: int, lease_seconds: float, *, max_attempts: int = 3) -> Claim:
         token, now = uuid.uuid4().hex, self.clock()
         with self._lock, self._transaction():
-            poisoned = self._db.execute(  # an item whose worker died holding it, for the last time: failed (a poison item)
+            # an item whose worker died holding it, for the last time: failed (a poison item)
+            poisoned = self._db.execute(
                 f"""UPDATE items SET status = 'failed', attempts = attempts + 1, lease_expires = NULL,
                     error = printf(?, attempts + 1) WHERE run = ? AND status = 'running' AND lease_expires < ?
                     AND attempts + 1 >= ? RETURNING {SELECTED}""", (LEASE_EXPIRED, run, now, max_attempts)
@@ -234,7 +235,8 @@ class SqliteStore:
 
     def add_judgements(self, run: str, judgements: dict[str, dict[str, Any]]) -> int:
         rows = [(json.dumps(judgement), int(id_), run) for id_, judgement in judgements.items()]
-        sql = "UPDATE items SET result = json_set(result, '$.judge', json(?)) WHERE id = ? AND run = ? AND status = 'done'"
+        sql = ("UPDATE items SET result = json_set(result, '$.judge', json(?)) "
+               "WHERE id = ? AND run = ? AND status = 'done'")
         return self._write(sql, rows, many=True) if rows else 0
 
     def counts(self, run: str) -> list[dict[str, Any]]:

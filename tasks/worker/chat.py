@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from typing import TypedDict
 
 from tasks.engines import Prompt
 from tasks.errors import UserError
-from tasks.prompts import mask_solution, prompt_hash, render, template_text
+from tasks.masking import mask_solution
+from tasks.prompts import prompt_hash, render, template_text
 from tasks.store import Store
 from tasks.store.models import Item
 
@@ -49,7 +51,12 @@ def check_solutions(store: Store, runs: list[str], template: str) -> None:
                         "a file whose --answer-field holds whole solutions) and work on that one.")
 
 
-def prompt_provenance(item: Item, template: str) -> dict[str, str]:
+class PromptProvenance(TypedDict):
+    prompt: str  # the template's name (+retry for a refine round)
+    prompt_hash: str  # a hash of their texts: an edited template of the same name is told apart
+
+
+def prompt_provenance(item: Item, template: str) -> PromptProvenance:
     """The prompt's name and a hash of its text(s), as stored with the answer."""
     names = [template, RETRY_TEMPLATE] if item.stage > 0 and item.previous else [template]
     return {"prompt": "+".join(names), "prompt_hash": prompt_hash(*names)}

@@ -1,5 +1,5 @@
-"""One device's loop: its engine answers the requests its exchange hands out, and hands the
-answers back to be written; the store traffic happens in the exchange's background call."""
+"""One device's loop, one way: its engine answers the requests its exchange hands out and hands
+the answers back; the exchange's background store call (`writes.py`) grades and writes them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ from typing import Callable
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Engine, Finished, Request
 from tasks.errors import UserError
-from tasks.store import Store, summarize
-from tasks.store.models import Claim, Item
+from tasks.store import Store
+from tasks.store.counts import summarize
+from tasks.store.models import Item
+from tasks.throughput import BatchReport
 from tasks.worker.chat import item_messages
 from tasks.worker.exchange import Exchange, StoreCall
 from tasks.worker.leases import LeaseKeeper
-from tasks.worker.results import BatchReport, Outcome, extract_with_llm, store_outcomes
+from tasks.worker.results import extract_with_llm
 from tasks.worker.shutdown import Shutdown
+from tasks.worker.writes import StoreCalls
 
 log = logging.getLogger("fleetgen")
 FLUSH_SECONDS = 10.0  # answers wait at most this long to be written when a batch's worth is slow to gather
@@ -37,8 +40,8 @@ def draw_seed(base: int, item: Item) -> int:
 
 
 def run_finished(store: Store, run: str) -> bool:
-    """Nothing pending and nothing running (failed items stay failed). A store that cannot be
-    asked (a network hiccup) answers "not yet": an idle device asks again at its next poll."""
+    """Nothing pending, running or waiting (failed items stay failed); it only reads. A store that
+    cannot be asked (a network hiccup) answers "not yet": an idle device asks again at its next poll."""
     try:
         summary = summarize(store.counts(run))
     except UserError:
@@ -46,10 +49,7 @@ def run_finished(store: Store, run: str) -> bool:
     except Exception as error:
         log.warning(f"could not ask the store whether run {run!r} is finished ({error}); asking again")
         return False
-    if summary["pending"] == 0 and summary["running"] == 0 and summary.get("waiting"):
-        store.advance(run)  # a question left waiting by a write that failed halfway: settled now, asked again
-        return False
-    return summary["pending"] == 0 and summary["running"] == 0
+    return summary["pending"] == summary["running"] == summary.get("waiting", 0) == 0
 
 
 def device_loop(*, engine: Engine, exchange: Exchange, sampling: SamplingConfig,
@@ -66,26 +66,18 @@ def device_loop(*, engine: Engine, exchange: Exchange, sampling: SamplingConfig,
     return exchange.reports
 
 
-def store_and_claim(store: Store, config: WorkerConfig, engine: Engine, outcomes: list[Outcome],
-                    want: int) -> tuple[BatchReport | None, Claim | None]:
-    """One store call: write the answers that finished, claim up to `want` more."""
-    report = store_outcomes(store, outcomes, engine=engine.name, device=engine.label, config=config) if outcomes else None
-    claim = store.claim(config.run, config.worker_name, want, config.lease_seconds,
-                        max_attempts=config.max_attempts) if want else None
-    return report, claim
-
-
 def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper,
-                call: StoreCall | None = None, request: Callable[[Item], Request] | None = None,
+                calls: StoreCall | None = None, request: Callable[[Item], Request] | None = None,
                 shutdown: Shutdown | None = None, idle_exit: float = 0.0) -> list[BatchReport]:
     """One device works on `config.run` until it is finished (and `idle_exit` seconds more) or
-    the worker stops: `call` is the store call (by default `store_and_claim`; the worker's
-    Prefect step makes each one a task run)."""
+    the worker stops: `calls` are its store calls (by default `StoreCalls` without Prefect task
+    runs; the worker's Prefect step makes one a minute a task run)."""
 
     def ask(item: Item) -> Request:
-        return Request(key=item.id, prompt=item_messages(item, config.prompt), seed=draw_seed(config.sampling.seed, item))
+        return Request(key=item.id, prompt=item_messages(item, config.prompt),
+                       seed=draw_seed(config.sampling.seed, item))
 
-    exchange = Exchange(call=call or (lambda outcomes, want: store_and_claim(store, config, engine, outcomes, want)),
+    exchange = Exchange(call=calls or StoreCalls(store=store, config=config, engine=engine),
                         finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,
                         claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds,
                         shutdown=shutdown, idle_exit=idle_exit)

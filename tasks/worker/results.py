@@ -1,13 +1,13 @@
 """Finished answers turned into stored results: how each was made, graded off the device (the
 batch's symbolic comparisons in parallel), written through their claims' tokens in one round
-trip, errors failed back; and throughput figures that add up across devices."""
+trip, errors failed back."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Finished, Generation, Request, UnanswerableItem, answer_all
@@ -17,6 +17,7 @@ from tasks.grading.extract import extract_answer
 from tasks.prompts import render
 from tasks.store import Store
 from tasks.store.models import Claim, Item, Result
+from tasks.throughput import BatchReport
 from tasks.worker.chat import prompt_provenance
 
 log = logging.getLogger("fleetgen")
@@ -32,24 +33,13 @@ class Outcome:
     answer: Generation | Exception
 
 
-@dataclass(kw_only=True)
-class BatchReport:
-    device: str
-    items: int
-    tokens: int
-    seconds: float
-    done: int = 0
-    failed: int = 0
-    ids: list[str] = field(default_factory=list)  # the items written or failed back
-
-
 def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, config: WorkerConfig) -> Result:
     return Result(response=answer.text, tokens=answer.tokens, finish_reason=answer.finish_reason,
-                  seconds=answer.seconds, worker=outcome.claim.worker, device=device, finished=time.time(), engine=engine,
-                  model=config.model.model_dump(), sampling=config.sampling.model_dump(),
+                  seconds=answer.seconds, worker=outcome.claim.worker, device=device, finished=time.time(),
+                  engine=engine, model=config.model.model_dump(), sampling=config.sampling.model_dump(),
                   predicted=answer.extracted, extracted_by="llm" if answer.extracted else None,
-                  code_executions=answer.code_executions, code_errors=answer.code_errors, code_seconds=answer.code_seconds,
-                  seed=answer.seed, **prompt_provenance(outcome.item, config.prompt))
+                  code_executions=answer.code_executions, code_errors=answer.code_errors,
+                  code_seconds=answer.code_seconds, seed=answer.seed, **prompt_provenance(outcome.item, config.prompt))
 
 
 def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device: str,
@@ -76,7 +66,8 @@ def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device
         log.warning(f"{device}: {len(answered) - report.done} answers were not written: their items are no longer this "
                     "worker's (given back at shutdown, or their lease expired and another worker took them: raise "
                     "--lease-seconds if this worker was alive all along)")
-    report.failed = sum(store.fail(claim, ids, message, attempts) for (_, message, attempts), (claim, ids) in errors.items())
+    report.failed = sum(store.fail(claim, ids, message, attempts)
+                        for (_, message, attempts), (claim, ids) in errors.items())
     return report
 
 
@@ -99,24 +90,3 @@ def extract_with_llm(engine: Any, group: list[Finished]) -> None:
     for answer, extracted in zip(unparsed, answer_all(engine, requests, EXTRACT_SAMPLING) if requests else []):
         found = extract_answer(extracted.text) if isinstance(extracted, Generation) else None
         answer.extracted = found
-
-
-def summarize_reports(reports: list[BatchReport], devices_loaded: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Batches, items, tokens, seconds and tokens/s per device (a loaded device that got no work
-    shows zeros), then `all`: devices run in parallel, so the worker's rate is the sum of theirs."""
-    def zeros() -> dict[str, Any]:
-        return {"batches": 0, "items": 0, "done": 0, "failed": 0, "tokens": 0, "seconds": 0.0}
-
-    devices = {label: zeros() for label in devices_loaded}
-    for report in reports:
-        total = devices.setdefault(report.device, zeros())
-        total["batches"] += 1
-        for name in ("items", "done", "failed", "tokens", "seconds"):
-            total[name] += getattr(report, name)
-    for total in devices.values():
-        total["tokens_per_second"] = round(total["tokens"] / total["seconds"], 1) if total["seconds"] else 0.0
-        total["seconds"] = round(total["seconds"], 2)
-    overall = {name: sum(total[name] for total in devices.values())
-               for name in ("batches", "items", "done", "failed", "tokens")}
-    overall["tokens_per_second"] = round(sum(total["tokens_per_second"] for total in devices.values()), 1)
-    return {**dict(sorted(devices.items())), "all": overall}

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from tasks.cli import TERMINATED
+from tasks.signals import TERMINATED
 
 log = logging.getLogger("fleetgen")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
