@@ -30,7 +30,7 @@ from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
 from tasks.dashboard import RunDashboard
-from tasks.engines.devices import engine_devices, share_cores
+from tasks.engines.devices import choose_engine, engine_devices, share_cores
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.errors import UserError
 from tasks.progress import TerminalProgress
@@ -57,8 +57,10 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     import transformers
 
     config = start_flow(WorkerConfig, config)
-    devices = engine_devices(config.engine, config.devices)
     logger = get_run_logger()
+    engine, chosen = choose_engine(config.engine, devices=config.devices, static_only=config.extract == "llm")
+    config = config.model_copy(update={"engine": engine})
+    devices = engine_devices(config.engine, config.devices)
     reports: list[BatchReport] = []
     engines: list = []
     broken: dict[str, str] = {}  # device -> why it stopped
@@ -83,7 +85,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         try:
             engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
                                                        for device, label in devices]]
-            logger.info(f"worker {config.worker_name}: {config.model.model} with {config.engine.name} on "
+            logger.info(f"worker {config.worker_name}: {config.model.model} with {chosen} on "
                         f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, "
                         f"runs {', '.join(runs)}")
             for run in runs:  # one after another; each device leaves a run when it is finished

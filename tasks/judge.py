@@ -3,12 +3,13 @@ response's final answer equals the reference, and its verdict is kept beside the
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 from tasks.config import JudgeConfig, SamplingConfig
 from tasks.engines import Engine, Generation, Request, answer_all, create_engine
-from tasks.engines.devices import engine_devices
+from tasks.engines.devices import choose_engine, engine_devices
 from tasks.prompts import render
 from tasks.store.models import Item
 
@@ -17,8 +18,10 @@ RESPONSE_CHARS = 4000  # the end of a long response, where its answer is
 
 def judge_engine(config: JudgeConfig) -> Engine:
     """The judge's one model copy (or endpoint), on the first of its devices."""
-    device, label = engine_devices(config.engine, config.devices)[0]
-    return create_engine(engine=config.engine, model=config.model, device=device, label=label,
+    engine, chosen = choose_engine(config.engine, devices=config.devices)
+    device, label = engine_devices(engine, config.devices)[0]
+    logging.getLogger("fleetgen").info(f"judge: {config.model.model} with {chosen} on {label}")
+    return create_engine(engine=engine, model=config.model, device=device, label=label,
                          batch_size=config.batch_size)
 
 

@@ -80,13 +80,15 @@ class ScriptedServer:
     one step per request: `ok`, `429` (Retry-After: 1), `500`, `hang` (longer than any timeout),
     `malformed` (not JSON), `drop` (the connection closed without an answer). After the script it
     answers `ok`. Requests for another model than `model` get a 404, as real servers do; requests
-    mentioning `poison` always get malformed answers."""
+    mentioning `poison` always get malformed answers, those mentioning `too_long` vLLM's 400 for a
+    prompt longer than its context."""
 
     def __init__(self, script: list[str], model: str = "scripted-model", answer: str = "So it is 7.\n#### 7",
-                 poison: str | None = None):
+                 poison: str | None = None, too_long: str | None = None):
         import http.server
 
         self.script, self.model, self.answer, self.poison = list(script), model, answer, poison
+        self.too_long = too_long
         self.requests: list[dict[str, Any]] = []  # each request's body and Authorization header
         self.lock = threading.Lock()
         server = self
@@ -104,11 +106,18 @@ class ScriptedServer:
                     step = server.script.pop(0) if server.script else "ok"
                     if server.poison and server.poison in json.dumps(body.get("messages")):
                         step = "malformed"  # a question this server never answers
+                    if server.too_long and server.too_long in json.dumps(body.get("messages")):
+                        step = "400"
                 if body.get("model") != server.model:
                     return self._send(404, json.dumps({"error": {"message": f"model {body.get('model')} not found",
                                                                  "type": "not_found_error"}}).encode())
                 if step == "429":
                     return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
+                if step == "400":  # vLLM 0.32's words
+                    words = ("This model's maximum context length is 64 tokens. However, your request has 65 "
+                             "input tokens.")
+                    error = {"error": {"message": words, "type": "BadRequestError"}}
+                    return self._send(400, json.dumps(error).encode())
                 if step == "500":
                     return self._send(500, b'{"error": {"message": "boom"}}')
                 if step == "hang":

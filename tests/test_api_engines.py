@@ -5,6 +5,7 @@ gone when their worker is killed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -104,9 +105,10 @@ def test_faults_are_retried_or_given_back_and_the_key_never_shows(prefect_env, t
 
 
 def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env, tmp_path: Path) -> None:
-    server = ScriptedServer([], poison="POISON")  # one question's three attempts all fail
-    dataset = tmp_path / "three.jsonl"
-    questions = ("Apples?", "POISON pears?", "Figs?")
+    # one question's three attempts all fail; one is longer than the server's context: failed at once
+    server = ScriptedServer([], poison="POISON", too_long="LONG")
+    dataset = tmp_path / "four.jsonl"
+    questions = ("Apples?", "POISON pears?", "Figs?", "LONG plums?")
     dataset.write_text("".join(f'{{"question": "{q}", "answer": "7"}}\n' for q in questions))
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="r", dataset=str(dataset)))
@@ -116,9 +118,13 @@ def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env,
                                        engine={"name": "openai", "api_base": server.url, "concurrency": 1}))
     finally:
         server.close()
-    failed = [item for item in store.items("r") if item.status == "failed"]
-    assert len(failed) == 1 and failed[0].attempts == 3 and failed[0].question == "POISON pears?"
-    assert failed[0].error.startswith("APIResponseValidationError") or "JSON" in failed[0].error, failed[0].error
+    long, poisoned = sorted((item for item in store.items("r") if item.status == "failed"), key=lambda i: i.question)
+    assert poisoned.attempts == 3 and poisoned.question == "POISON pears?"
+    assert poisoned.error.startswith("APIResponseValidationError") or "JSON" in poisoned.error, poisoned.error
+    assert long.attempts == 1 and long.question == "LONG plums?"  # no retry: it cannot succeed
+    assert long.error.startswith("UnanswerableItem: the server refused the prompt as too long")
+    assert "maximum context length is 64 tokens" in long.error
+    assert sum("LONG" in json.dumps(request["body"]["messages"]) for request in server.requests) == 1
     assert result["devices"]["all"]["done"] == 2
 
 
@@ -130,7 +136,7 @@ def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env,
      "--api-key-env names NO_SUCH_KEY, but that environment variable is not set"),
     (["--engine", "openai", "--api-base", "{plain}", "--model", "m"], "did not answer a chat completion"),
     (["--engine", "openai"], "--engine openai needs --api-base"),
-    (["--engine", "nope"], "engine.name (--engine) = 'nope': Input should be 'hf-static', 'hf', 'openai' or 'vllm'"),
+    (["--engine", "nope"], "engine.name (--engine) = 'nope': Input should be 'auto', 'hf-static', 'hf', 'openai' or 'vllm'"),
 ])
 def test_bad_engine_settings_are_one_clear_paragraph(tmp_path: Path, settings: list[str], message: str) -> None:
     import http.server

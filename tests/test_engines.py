@@ -210,3 +210,29 @@ def test_4bit_on_cuda(tiny_model: Path) -> None:
     assert quantized and linear - quantized <= {"lm_head"}  # every layer but the head really is 4-bit
     assert next(model.model.parameters()).device.type == "cuda"
     assert model.generate(["How many?"], GREEDY)[0].tokens >= 1
+
+
+def test_engine_auto_picks_vllm_only_with_vllm_and_gpus_and_says_why(monkeypatch) -> None:
+    import importlib.util
+
+    import torch
+
+    from tasks.engines.devices import choose_engine
+
+    def chosen(devices: str = "auto", **settings) -> tuple[str, str]:
+        engine, why = choose_engine(EngineConfig(**settings), devices=devices)
+        return engine.name, why
+
+    assert chosen() == ("hf-static", "engine hf-static (--engine auto: no CUDA GPU among the devices)")
+    assert chosen(api_base="http://127.0.0.1:8000/v1")[0] == "openai"
+    assert chosen(serve_command="my-server --model {model} --port {port}")[0] == "vllm"
+    assert chosen(name="hf") == ("hf", "engine hf")  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    installed = {"vllm": None}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: installed.get(name, object()))
+    assert "vLLM is not installed here" in chosen()[1]
+    installed["vllm"] = object()
+    assert chosen() == ("vllm", "engine vllm (--engine auto: vLLM is installed and the devices are CUDA GPUs)")
+    assert chosen("cuda:0,cpu")[0] == "hf-static"  # a CPU copy among the devices
+    engine, why = choose_engine(EngineConfig(), devices="auto", static_only=True)
+    assert engine.name == "hf-static" and "--extract llm" in why

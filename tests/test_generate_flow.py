@@ -206,6 +206,8 @@ def test_two_workers_and_a_refine_at_once_share_one_local_prefect_server(tmp_pat
         for output in outputs:
             assert "database is locked" not in output and "Traceback" not in output
         assert "Loading weights" not in "".join(outputs[:2])  # no loading bar per model copy
+        assert all("with engine hf-static (--engine auto: no CUDA GPU among the devices) on cpu" in output
+                   for output in outputs[:2])  # the default engine, chosen and said in one line
         assert "".join(outputs).count("starting a local Prefect server in the background") == 1, outputs
         assert "1 retries queued" in outputs[2]
         assert_all_done_once(SqliteStore(tmp_path / "fleetgen.db"), "r", 40)

@@ -123,10 +123,11 @@ class EngineConfig(Config):
     """How answers are generated."""
 
     title: ClassVar[str] = "engine settings"
-    name: Literal["hf-static", "hf", "openai", "vllm"] = setting(
-        "hf-static", "hf-static: transformers' model.generate on length-sorted batches; hf: transformers' continuous "
-                     "batching; openai: any OpenAI-compatible server (--api-base); vllm: one server per GPU started "
-                     "by the worker (--serve-command)", flag="engine")
+    name: Literal["auto", "hf-static", "hf", "openai", "vllm"] = setting(
+        "auto", "auto: vllm where it is installed and the devices are CUDA GPUs (or --serve-command is given), openai "
+                "for --api-base, else hf-static; hf-static: transformers' model.generate on length-sorted batches; "
+                "hf: transformers' continuous batching; openai: any OpenAI-compatible server (--api-base); vllm: one "
+                "server per GPU started by the worker (--serve-command)", flag="engine")
     max_in_flight: PositiveInt | None = setting(
         None, "hf, openai, vllm: answers generated at once per device (default: hf 8 on a CPU, 64 on a GPU; "
         "--concurrency for the servers)", metavar="N")
@@ -146,7 +147,7 @@ class EngineConfig(Config):
     def _engine_needs(self) -> Self:
         if self.name == "openai" and not self.api_base:
             raise ValueError("--engine openai needs --api-base, the server's URL (e.g. http://127.0.0.1:8000/v1)")
-        if self.name != "openai" and self.api_base:
+        if self.name not in ("openai", "auto") and self.api_base:
             raise ValueError("--api-base is for --engine openai (--engine vllm starts its own servers)")
         if self.name == "vllm" and not {"{port}", "{model}"} <= set(re.findall(r"\{\w+\}", self.serve_command)):
             raise ValueError("--serve-command must contain {model} and {port} (each server gets its own port)")
@@ -244,7 +245,7 @@ class WorkerConfig(RunConfig):
 
     @model_validator(mode="after")
     def _extract_on_static(self) -> Self:
-        if self.extract == "llm" and self.engine.name != "hf-static":
+        if self.extract == "llm" and self.engine.name not in ("hf-static", "auto"):
             raise ValueError("--extract llm (a second pass on the same model copy) runs with --engine hf-static only")
         if self.prompt == CODE_PROMPT and not self.code_execution:
             raise ValueError("--prompt code asks the model to write code for a sandbox to run: add --code-execution")

@@ -71,6 +71,10 @@ class Engine(Protocol):
 
 def create_engine(*, engine: EngineConfig, model: ModelConfig, device: str, label: str, batch_size: int) -> Engine:
     """Load `engine.name` for `model` on `device` (for API engines, `device` is an endpoint)."""
+    if engine.name == "auto":
+        from tasks.engines.devices import choose_engine
+
+        engine, _ = choose_engine(engine, devices=device)
     if engine.name == "hf-static":
         from tasks.engines.hf_static import HFStaticEngine
 

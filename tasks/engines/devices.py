@@ -1,10 +1,11 @@
-"""Which devices the worker loads model copies on."""
+"""Which engine the worker runs (`--engine auto`) and which devices it loads model copies on."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
-from tasks.config import EngineConfig
+from tasks.config import DEFAULT_SERVE_COMMAND, EngineConfig
 from tasks.errors import UserError
 
 
@@ -27,6 +28,31 @@ def resolve_devices(devices: str) -> list[str]:
             raise UserError(f"--devices names {name}, but this machine has {gpus} visible GPU(s). "
                             "Use --devices auto, or --devices cpu to run on the processor.")
     return names
+
+
+def choose_engine(engine: EngineConfig, *, devices: str, static_only: bool = False) -> tuple[EngineConfig, str]:
+    """`--engine auto` made concrete, with the reason in one line: `openai` for --api-base, `vllm`
+    for --serve-command, or where vLLM is installed and the devices are CUDA GPUs, else `hf-static`
+    (also whenever the run needs it: `static_only`). Any other engine stays as it was asked."""
+    if engine.name != "auto":
+        return engine, f"engine {engine.name}"
+    import torch
+
+    named = [] if devices == "auto" else devices.split(",")
+    gpus = torch.cuda.is_available() and all(name.startswith("cuda:") for name in named)
+    if engine.api_base:
+        name, why = "openai", "--api-base given"
+    elif engine.serve_command != DEFAULT_SERVE_COMMAND:
+        name, why = "vllm", "--serve-command given"
+    elif static_only:
+        name, why = "hf-static", "--extract llm runs on hf-static"
+    elif not gpus:
+        name, why = "hf-static", "no CUDA GPU among the devices"
+    elif importlib.util.find_spec("vllm") is None:
+        name, why = "hf-static", "vLLM is not installed here (pip install vllm: the fastest engine on a GPU)"
+    else:
+        name, why = "vllm", "vLLM is installed and the devices are CUDA GPUs"
+    return engine.model_copy(update={"name": name}), f"engine {name} (--engine auto: {why})"
 
 
 def device_labels(devices: list[str]) -> list[str]:

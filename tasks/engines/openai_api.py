@@ -8,16 +8,18 @@ The key comes from an environment variable, is registered as a secret and is nev
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from tasks.config import EngineConfig, SamplingConfig
-from tasks.engines import IDLE_YIELD_SECONDS, Feeder, Finished, Generation, Request, keep_in_flight
+from tasks.engines import IDLE_YIELD_SECONDS, Feeder, Finished, Generation, Request, UnanswerableItem, keep_in_flight
 from tasks.errors import UserError
 from tasks.secrets import register_secret
 
 MAX_RETRIES = 5
+TOO_LONG = re.compile(r"context length|too long|too large|longer than", re.IGNORECASE)  # vLLM, TGI, llama.cpp, OpenAI
 
 
 def endpoint_label(api_base: str) -> str:
@@ -91,9 +93,15 @@ class OpenAIEngine:
             options["stop"] = list(request.stop)
         if messages[-1]["role"] == "assistant":  # continue the answer so far (vLLM, SGLang, transformers serve)
             options["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
-        response = self.client.chat.completions.create(
-            model=self.model_name, messages=messages, max_tokens=request.max_new_tokens or sampling.max_new_tokens,
-            n=1, **options)
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model_name, messages=messages, max_tokens=request.max_new_tokens or sampling.max_new_tokens,
+                n=1, **options)
+        except Exception as error:
+            if too_long(error):
+                raise UnanswerableItem(f"the server refused the prompt as too long ({_gist(error)}): shorten the "
+                                       "question, lower --max-new-tokens or serve a longer --max-model-len") from error
+            raise
         choice = response.choices[0]
         text = (choice.message.content or "").strip()
         tokens = response.usage.completion_tokens if response.usage else len(text.split())
@@ -107,6 +115,14 @@ class OpenAIEngine:
 def answer_or_error(future: Future[Generation]) -> Generation | Exception:
     error = future.exception()
     return error if isinstance(error, Exception) else future.result()
+
+
+def too_long(error: Exception) -> bool:
+    """A 400 saying the prompt (with its max_tokens) exceeds the server's context: the item's own
+    fault, which no retry and no other device mends."""
+    import openai
+
+    return isinstance(error, openai.BadRequestError) and bool(TOO_LONG.search(_gist(error)))
 
 
 def _gist(error: Exception) -> str:
