@@ -136,7 +136,8 @@ def test_a_request_that_keeps_failing_fails_its_item_not_the_worker(prefect_env,
      "--api-key-env names NO_SUCH_KEY, but that environment variable is not set"),
     (["--engine", "openai", "--api-base", "{plain}", "--model", "m"], "did not answer a chat completion"),
     (["--engine", "openai"], "--engine openai needs --api-base"),
-    (["--engine", "nope"], "engine.name (--engine) = 'nope': Input should be 'auto', 'hf-static', 'hf', 'openai' or 'vllm'"),
+    (["--engine", "nope"],
+     "engine.name (--engine) = 'nope': Input should be 'auto', 'hf-static', 'hf', 'openai' or 'vllm'"),
 ])
 def test_bad_engine_settings_are_one_clear_paragraph(tmp_path: Path, settings: list[str], message: str) -> None:
     import http.server

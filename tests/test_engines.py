@@ -236,3 +236,17 @@ def test_engine_auto_picks_vllm_only_with_vllm_and_gpus_and_says_why(monkeypatch
     assert chosen("cuda:0,cpu")[0] == "hf-static"  # a CPU copy among the devices
     engine, why = choose_engine(EngineConfig(), devices="auto", static_only=True)
     assert engine.name == "hf-static" and "--extract llm" in why
+
+
+def test_vllm_servers_get_the_dtype_and_attention_their_gpu_runs(monkeypatch) -> None:
+    import torch
+
+    from tasks.engines.devices import dtype_name
+    from tasks.engines.served import server_env
+
+    capabilities = {0: (7, 5), 1: (9, 0)}  # a T4, an H100
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capabilities[index])
+    assert [dtype_name("auto", device) for device in ("cuda:0", "cuda:1", "cpu")] == ["float16", "bfloat16", "float32"]
+    assert dtype_name("float32", "cuda:0") == "float32"  # as asked
+    assert server_env("cuda:0") == {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"}
+    assert server_env("cuda:1") == {} and server_env("cpu") == {}

@@ -55,6 +55,26 @@ def choose_engine(engine: EngineConfig, *, devices: str, static_only: bool = Fal
     return engine.model_copy(update={"name": name}), f"engine {name} (--engine auto: {why})"
 
 
+def compute_capability(device: str) -> tuple[int, int] | None:
+    """A CUDA device's compute capability (a T4: 7.5, an H100: 9.0); None for a CPU."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_capability(int(device.partition(":")[2] or 0))
+
+
+def dtype_name(dtype: str, device: str) -> str:
+    """The weights' dtype: as asked, else bfloat16 on GPUs of compute capability 8 and up, float16
+    on older ones (a T4 has no bfloat16 kernels), float32 on a CPU."""
+    if dtype != "auto":
+        return dtype
+    capability = compute_capability(device)
+    if capability is None:
+        return "float32"
+    return "bfloat16" if capability >= (8, 0) else "float16"
+
+
 def device_labels(devices: list[str]) -> list[str]:
     """Unique names for reports: `cpu,cpu` -> `cpu#0`, `cpu#1`; distinct devices keep their names."""
     return [f"{name}#{index}" if devices.count(name) > 1 else name for index, name in enumerate(devices)]

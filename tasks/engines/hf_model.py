@@ -10,15 +10,12 @@ import torch
 
 from tasks.config import ModelConfig, SamplingConfig
 from tasks.engines import Generation, Prompt, UnanswerableItem
+from tasks.engines.devices import dtype_name
 from tasks.errors import UserError
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.startswith("cuda"):
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16  # T4: float16
-    return torch.float32
+    return getattr(torch, dtype_name(name, device))
 
 
 class SeededDraws:

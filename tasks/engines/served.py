@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from tasks.config import EngineConfig, ModelConfig
+from tasks.engines.devices import compute_capability, dtype_name
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.errors import UserError
 from tasks.local_servers import PORT_TRIES, free_port, healthy, port_taken
@@ -34,17 +35,25 @@ def launched(command: list[str]) -> list[str]:
     return [sys.executable, "-c", LAUNCHER, str(os.getpid()), *command] if sys.platform.startswith("linux") else command
 
 
+def server_env(device: str) -> dict[str, str]:
+    """Settings a vLLM server needs on this device: on GPUs older than compute capability 8 (a T4)
+    vLLM's default attention kernels do not run, its Triton ones do."""
+    capability = compute_capability(device)
+    return {"VLLM_ATTENTION_BACKEND": "TRITON_ATTN"} if capability is not None and capability < (8, 0) else {}
+
+
 class ServedEngine(OpenAIEngine):
     name = "vllm"
 
     def __init__(self, model: ModelConfig, *, device: str, label: str, settings: EngineConfig):
-        env = {**os.environ}
+        env = {**server_env(device), **os.environ}  # what the user set wins
         if device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
         atexit.register(self.close)
+        dtype = dtype_name(model.dtype, device)
         for _ in range(PORT_TRIES):
             port = free_port()
-            command = settings.serve_command.format(model=model.model, port=port, dtype=model.dtype, device=device)
+            command = settings.serve_command.format(model=model.model, port=port, dtype=dtype, device=device)
             self._start(command, env, port)
             if self._wait_healthy(f"http://127.0.0.1:{port}", command, settings.serve_timeout):
                 break
