@@ -6,7 +6,7 @@ Ratios measured side by side in one run (repeats interleaved, medians), on GSM8K
   (b) the worker pipeline with `hf` (exchange, store writes, grading, on an SQLite store) / the
       raw `hf` engine on the same prompts;
   (c) the `openai` engine against a local `transformers serve` / that server driven directly
-      with the same concurrency (`--no-server` leaves it out);
+      (the `openai` client alone) with the same concurrency (`--no-server` leaves it out);
   (d) `hf-static` drawing each answer with its own seed (temperature 1, top-p 0.95) / the same
       drawing from the device's generator: the price of per-sample seeds; and how many of 8 seeded
       answers come out the same when their request is generated alone (the seed fixes the draws;
@@ -32,7 +32,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import httpx
 import torch
@@ -40,7 +40,7 @@ import torch
 from bench.standins import ARCHITECTURES, build_model
 from tasks.benchmarks import build_items, load_rows, resolve_source
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig, WorkerConfig
-from tasks.engines import Generation, Request, answer_all
+from tasks.engines import Generation, Prompt, Request, answer_all
 from tasks.engines.hf_continuous import HFContinuousEngine
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.engines.openai_api import OpenAIEngine
@@ -108,19 +108,23 @@ def serve(model: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("transformers serve did not start")
 
 
-def direct(api: str, model: str, prompts: list[str], lengths: list[int], concurrency: int) -> float:
-    """The server driven directly: plain HTTP requests on one pooled client, `concurrency` at a time;
+def direct(api: str, model: str, prompts: Sequence[Prompt], lengths: list[int], concurrency: int) -> float:
+    """The server driven directly with the `openai` client alone, `concurrency` requests at a time;
     completion tokens/s."""
-    with httpx.Client(base_url=api, timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
-        def ask(pair: tuple[str, int]) -> int:
-            body = {"model": model, "messages": [{"role": "user", "content": pair[0]}], "max_tokens": pair[1],
-                    "temperature": 0}
-            return client.post("/chat/completions", json=body).json()["usage"]["completion_tokens"]
+    import openai
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            tokens = sum(pool.map(ask, zip(prompts, lengths)))
-        return tokens / (time.perf_counter() - started)
+    client = openai.OpenAI(base_url=api, api_key="none", timeout=600)  # its default retries, as a user has
+
+    def ask(pair: tuple[Prompt, int]) -> int:
+        messages: Any = [{"role": "user", "content": pair[0]}] if isinstance(pair[0], str) else pair[0]
+        response = client.chat.completions.create(model=model, messages=messages, max_tokens=pair[1], temperature=0)
+        return response.usage.completion_tokens if response.usage else 0
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        tokens = sum(pool.map(ask, zip(prompts, lengths)))
+    client.close()
+    return tokens / (time.perf_counter() - started)
 
 
 def main() -> None:
