@@ -26,13 +26,18 @@ UNIT = {"test_grading.py", "test_store.py", "test_worker_loop.py", "test_exchang
         "test_docs.py"}  # `-m unit`
 
 
+SLOW_FIRST = ("test_vllm.py", "test_chaos.py", "test_api_engines.py", "test_generate_flow.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The unit tier (`python -m pytest -m unit`, under 2 minutes): the grader, the store's
     conformance suite on SQLite and mongomock, the device's exchange with the store, the configs
-    and their command lines, the docs."""
+    and their command lines, the docs. The slowest modules run first, so the two test processes
+    end together rather than one waiting on the other's last long test."""
     for item in items:
         if item.path.name in UNIT:
             item.add_marker(pytest.mark.unit)
+    items.sort(key=lambda item: SLOW_FIRST.index(item.path.name) if item.path.name in SLOW_FIRST else len(SLOW_FIRST))
 
 
 def make_store(backend: str, tmp_path: Path, clock: FakeClock) -> Store:
