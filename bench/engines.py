@@ -40,7 +40,7 @@ import torch
 from bench.standins import ARCHITECTURES, build_model
 from tasks.benchmarks import build_items, load_rows, resolve_source
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig, WorkerConfig
-from tasks.engines import Generation, Prompt, Request, answer_all
+from tasks.engines import Engine, Generation, Prompt, Request, answer_all
 from tasks.engines.hf_continuous import HFContinuousEngine
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.engines.openai_api import OpenAIEngine
@@ -75,10 +75,10 @@ def requests_for(prompts: list[str], lengths: list[int], seeded: bool = False) -
             for n, (prompt, length) in enumerate(zip(prompts, lengths))]
 
 
-def pipeline(engine: HFContinuousEngine, rows: list[Any], lengths: list[int], sampling: SamplingConfig) -> float:
+def pipeline(engine: Engine, rows: list[Any], lengths: list[int], sampling: SamplingConfig, *,
+             batch_size: int) -> float:
     """The worker's device loop with the engine on a fresh SQLite store: useful tokens/s."""
-    config = WorkerConfig(run="bench", worker="bench", batch_size=engine.max_in_flight, sampling=sampling,
-                          devices="cpu")
+    config = WorkerConfig(run="bench", worker="bench", batch_size=batch_size, sampling=sampling, devices="cpu")
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(Path(folder) / "bench.db")
         store.seed("bench", build_items(rows, 1))
@@ -169,7 +169,7 @@ def main() -> None:
             rates["hf-static"].append(timed(lambda: answer_all(static, requests_for(prompts, lengths), sampling),
                                             lengths))
             rates["hf"].append(timed(lambda: answer_all(continuous, requests_for(prompts, lengths), sampling), lengths))
-            rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling))
+            rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling, batch_size=in_flight))
             for name, with_seeds in (("seeded", True), ("generator", False)):
                 rates[name].append(timed(lambda: answer_all(static, requests_for(prompts, lengths, with_seeds), hot),
                                          lengths))

@@ -24,20 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.engines import direct, lengths_from_gsm8k, timed
+from bench.engines import direct, lengths_from_gsm8k, pipeline, timed
 from bench.standins import build_model
 from bench.vllm_cpu_env import make
 from tasks.benchmarks import build_items, load_rows, resolve_source
-from tasks.config import EngineConfig, ModelConfig, SamplingConfig, WorkerConfig
+from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 from tasks.engines import Request, answer_all
 from tasks.engines.hf_static import HFStaticEngine
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.local_servers import free_port, healthy
-from tasks.store.models import Item
-from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
-from tasks.worker.leases import LeaseKeeper
-from tasks.worker.loop import work_on_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_FLAGS = ["--max-model-len", "1024", "--gpu-memory-utilization", "0.1", "--no-enable-chunked-prefill",
@@ -57,22 +53,6 @@ for _ in range(job["repeats"]):
     rates.append(sum(len(o.outputs[0].token_ids) for o in outputs) / (time.perf_counter() - started))
 print("RESULT", json.dumps({"tokens_per_second": statistics.median(rates)}))
 """
-
-
-def worker(engine: OpenAIEngine, items: list[Item], lengths: list[int], concurrency: int) -> float:
-    """The worker's device loop with the engine on a fresh SQLite store: completion tokens/s."""
-    config = WorkerConfig(run="bench", worker="bench", batch_size=concurrency, devices="cpu",
-                          sampling=SamplingConfig(max_new_tokens=max(lengths)))
-    with tempfile.TemporaryDirectory() as folder:
-        store = SqliteStore(Path(folder) / "bench.db")
-        store.seed("bench", items)
-        length_of = {item.question_id: length for item, length in zip(items, lengths)}
-        started = time.perf_counter()
-        with LeaseKeeper(store, config.lease_seconds) as keeper:
-            work_on_run(store=store, engine=engine, config=config, keeper=keeper, request=lambda item: Request(
-                key=item.id, prompt=item_messages(item, "step_by_step"), max_new_tokens=length_of[item.question_id]))
-        seconds = time.perf_counter() - started
-        return sum(item.result.tokens or 0 for item in store.items("bench") if item.result) / seconds
 
 
 def main() -> None:
@@ -108,7 +88,8 @@ def main() -> None:
                                                         concurrency=args.concurrency))
             through, plain = [], []
             for _ in range(args.repeats):
-                through.append(worker(engine, items, lengths, args.concurrency))
+                through.append(pipeline(engine, rows, lengths, SamplingConfig(max_new_tokens=max(lengths)),
+                                        batch_size=args.concurrency))
                 plain.append(direct(engine.device, str(model), chats, lengths, args.concurrency))
         finally:
             server.terminate()
