@@ -32,10 +32,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+from unittest import mock
 
 from bench.standins import mongomock_store
+from tasks.store import mongo
 from tasks.store.models import Claim, Item, Result
-from tasks.store.mongo import MongoStore
 from tasks.worker.writes import REPORT_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,13 +125,13 @@ class Listed:
         return Listed(self.docs[:count])
 
 
-def old_store_class() -> type:
-    """MongoStore as it was at BEFORE_COMMIT, from git."""
+def old_store_module() -> types.ModuleType:
+    """tasks/store/mongo.py as it was at BEFORE_COMMIT, from git."""
     source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:tasks/store/mongo.py"], cwd=ROOT, check=True,
                             capture_output=True, text=True).stdout
     module = types.ModuleType("mongo_before")
     exec(compile(source, f"{BEFORE_COMMIT}:tasks/store/mongo.py", "exec"), module.__dict__)
-    return module.MongoStore
+    return module
 
 
 @dataclass
@@ -156,6 +157,7 @@ class Fleet:
     poll_seconds: float
     lease_seconds: float
     devices_left: int
+    rng: random.Random
     tally: Tally = field(default_factory=Tally)
     done: int = 0
 
@@ -209,7 +211,7 @@ class Fleet:
                     self.devices_left -= 1
                     self.tally.ended_at = self.time.now
                     return
-                poll = self.poll_seconds * (1 if self.before else random.uniform(0.5, 1.5))
+                poll = self.poll_seconds * (1 if self.before else self.rng.uniform(0.5, 1.5))
                 self.time.sleep(poll)
                 if self.done < self.items:
                     self.tally.idle_while_work_left += self.time.now - began
@@ -221,7 +223,7 @@ class Fleet:
         """Today's progress artifact: the fleet's counts every 30 s, per worker, while its devices work."""
         try:
             while self.devices_left:
-                self.time.sleep(PROGRESS_SECONDS * random.uniform(0.9, 1.1))
+                self.time.sleep(PROGRESS_SECONDS * self.rng.uniform(0.9, 1.1))
                 if self.devices_left:
                     self.store.counts(RUN)
                     self.tally.artifact_updates += 1
@@ -231,20 +233,29 @@ class Fleet:
 
 def simulate(*, before: bool, workers: int, items: int, batch: int, batch_seconds: float, latency: float,
              start_spread: float, seed: int = 0) -> dict[str, Any]:
-    random.seed(seed)
+    """One fleet draining one run. Every random number (the store's too) comes from one generator seeded
+    with `seed`, and the threads take turns, so a run comes out the same on any machine under any load."""
+    rng = random.Random(seed)
+    store_module = old_store_module() if before else mongo
+    with mock.patch.object(store_module, "random", rng, create=True):  # the store before drew none
+        return _simulate(before=before, store_class=store_module.MongoStore, rng=rng, workers=workers, items=items,
+                         batch=batch, batch_seconds=batch_seconds, latency=latency, start_spread=start_spread)
+
+
+def _simulate(*, before: bool, store_class: type, rng: random.Random, workers: int, items: int, batch: int,
+              batch_seconds: float, latency: float, start_spread: float) -> dict[str, Any]:
     devices = 2 * workers
     progress_threads = 0 if before else workers
     time = SimulatedTime(devices + progress_threads)
     plain = mongomock_store(clock=time.clock)
-    store_class = old_store_class() if before else MongoStore
     store = store_class(plain._db, clock=time.clock) if before else plain
     store.seed(RUN, [Item(question_id=f"q{n:06d}", question=f"Question {n}", reference="7") for n in range(items)])
     counts: Counter[str] = Counter()
     store._items = RemoteCollection(store._items, time, latency, items, counts)
     lease = 600.0
     fleet = Fleet(before=before, store=store, time=time, items=items, batch=batch, batch_seconds=batch_seconds,
-                  poll_seconds=min(lease / 4, 15.0), lease_seconds=lease, devices_left=devices)
-    threads = [threading.Thread(target=fleet.device, args=(f"w{n // 2}", random.uniform(0, start_spread)))
+                  poll_seconds=min(lease / 4, 15.0), lease_seconds=lease, devices_left=devices, rng=rng)
+    threads = [threading.Thread(target=fleet.device, args=(f"w{n // 2}", rng.uniform(0, start_spread)))
                for n in range(devices)]
     threads += [threading.Thread(target=fleet.progress) for _ in range(progress_threads)]
     for thread in threads:
