@@ -1,4 +1,5 @@
-"""Engine benchmark: `python bench/engines.py [--questions N] [--hidden H] [--layers L] [--architecture A]`.
+"""Engine benchmark: `python bench/engines.py [--questions N] [--hidden H] [--layers L] [--architecture A]
+[--lengths gsm8k|reasoning]`.
 
 Ratios measured side by side in one run (repeats interleaved, medians), on GSM8K questions:
   (a) `hf` (continuous batching) / `hf-static` useful tokens/s, at each in-flight count (the
@@ -37,6 +38,7 @@ from typing import Any, Callable, Sequence
 import httpx
 import torch
 
+from bench.reasoning import reasoning_lengths
 from bench.standins import ARCHITECTURES, build_model
 from tasks.benchmarks import build_items, load_rows, resolve_source
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig, WorkerConfig
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="a real configuration instead of the "
                                                                              "small Llama")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--lengths", choices=("gsm8k", "reasoning"), default="gsm8k",
+                        help="new tokens drawn from GSM8K solutions, or reasoning traces' long tail scaled to "
+                             "--max-new-tokens (bench/reasoning.py)")
     args = parser.parse_args()
     torch.manual_seed(0)
     folder = Path(tempfile.mkdtemp(prefix="bench-engines-"))
@@ -148,15 +153,17 @@ def main() -> None:
     static = HFStaticEngine(model, device=args.device)
     rows = load_rows(resolve_source("gsm8k", "test"), limit=args.questions)
     prompts = [render("step_by_step", question=row.question) for row in rows]
-    lengths = lengths_from_gsm8k(static, len(prompts), args.max_new_tokens)
+    lengths = (reasoning_lengths(len(prompts), cap=args.max_new_tokens) if args.lengths == "reasoning"
+               else lengths_from_gsm8k(static, len(prompts), args.max_new_tokens))
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
     hot = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.95)
+    drawn_from = {"gsm8k": "GSM8K solutions", "reasoning": "reasoning traces' long tail (bench/reasoning.py)"}
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
         f"cpu ({torch.get_num_threads()} threads)"
     shape = f"random {args.architecture} (bfloat16)" if args.architecture else \
         f"random Llama hidden {args.hidden}, {args.layers} layers"
     print(f"{where}, {shape}, "
-          f"{len(prompts)} GSM8K questions, new tokens drawn from GSM8K solutions (mean "
+          f"{len(prompts)} GSM8K questions, new tokens drawn from {drawn_from[args.lengths]} (mean "
           f"{statistics.mean(lengths):.0f}, max {max(lengths)}), greedy, {args.repeats} interleaved repeats (medians):")
     for in_flight in map(int, args.in_flight.split(",")):
         static.batch_size = in_flight

@@ -12,8 +12,11 @@ from typing import Any
 
 from tasks.store.mongo import MongoStore
 
+# Qwen3's way with thinking: `enable_thinking=False` writes an empty trace into the prompt
 CHAT_TEMPLATE = ("{% for message in messages %}<s>{{ message['role'] }}: {{ message['content'] }}</s>{% endfor %}"
-                 "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+                 "{% if add_generation_prompt %}<s>assistant: "
+                 "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}"
+                 "{% endif %}")
 
 
 def train_tokenizer(texts: list[str]):

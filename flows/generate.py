@@ -65,7 +65,8 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     engines: list = []
     broken: dict[str, str] = {}  # device -> why it stopped
     shutdown = Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
-    with (closing(open_store(config.store)) as store, LeaseKeeper(store, config.lease_seconds) as keeper,
+    with (closing(open_store(config.store)) as store,
+          LeaseKeeper(store, config.lease_seconds, config.checkpoint_seconds) as keeper,
           shutdown.on_signals(keeper.give_back_all)):  # a stop while models load (minutes) ends it once loaded
         if config.run == DEFAULT_RUN and config.run not in store.runs():
             seed(SeedConfig(store=config.store, run=config.run))

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from tasks.errors import UserError
 from tasks.grading.extract import stated_answer
 from tasks.progress import in_chunks
+from tasks.reasoning import joined
 from tasks.store.models import Item, Result
 from tasks.worker.chat import conversation
 
@@ -28,7 +29,9 @@ def result_rows(items: list[Item], *, only_correct: bool = False, stage: int | N
             continue
         rows.append({"question_id": item.question_id, "sample": item.sample, "stage": item.stage,
                      "question": item.question, "reference": item.reference, "response": result.response,
-                     "predicted": result.predicted, "correct": result.correct, "tokens": result.tokens,
+                     "reasoning": result.reasoning, "reasoning_complete": result.reasoning_complete,
+                     "thinking_forced": result.thinking_forced, "predicted": result.predicted,
+                     "correct": result.correct, "tokens": result.tokens,
                      "seed": result.seed,
                      "worker": result.worker or item.worker, **result.provenance()})
     return rows
@@ -75,14 +78,21 @@ def best_correct(items: list[Item], *, per_question: int, stage: int | None, ref
         chosen = best.setdefault(item.question_id, [])
         if len(chosen) >= per_question:
             continue
-        reason = filters.reason_to_drop(result.response) or next(
-            ("near-duplicate" for _, kept in chosen if similar(kept.response, result.response, filters.similarity)),
-            None)
+        text = assistant_text(result)
+        forced = "trace closed at the thinking budget" if result.thinking_forced else None
+        reason = forced or filters.reason_to_drop(text) or next(
+            ("near-duplicate" for _, kept in chosen if similar(assistant_text(kept), text, filters.similarity)), None)
         if reason:
             dropped[reason] += 1
         else:
             chosen.append((item, result))
     return best, dropped
+
+
+def assistant_text(result: Result) -> str:
+    """What the model wrote, as a training example holds it: its reasoning trace (if any), then the answer."""
+    marker = (result.sampling or {}).get("thinking_marker") or "</think>"
+    return joined(result.reasoning, result.response, marker=marker)
 
 
 def similar(a: str, b: str, threshold: float) -> bool:
@@ -107,7 +117,8 @@ def sft_rows(items: list[Item], *, per_question: int = 1, stage: int | None = No
     best, dropped = best_correct(items, per_question=per_question, stage=stage,
                                  refine_conversations=refine_conversations, filters=filters)
     groups = [[{"question_id": item.question_id, "stage": item.stage,
-                "messages": [*conversation(item, item.question), {"role": "assistant", "content": result.response}]}
+                "messages": [*conversation(item, item.question),
+                             {"role": "assistant", "content": assistant_text(result)}]}
                for item, result in chosen] for chosen in best.values()]
     return Selection(fair_share(groups, max_rows), dropped)
 
@@ -123,8 +134,8 @@ def preference_rows(items: list[Item], *, per_question: int = 1, filters: SftFil
         if item.stage == 0 and item.status == "done" and item.result and wrong_answer:
             wrong.setdefault(item.question_id, []).append(item.result)
     groups = [[{"question_id": item.question_id, "prompt": [{"role": "user", "content": item.question}],
-                "chosen": [{"role": "assistant", "content": result.response}],
-                "rejected": [{"role": "assistant", "content": bad.response}]}
+                "chosen": [{"role": "assistant", "content": assistant_text(result)}],
+                "rejected": [{"role": "assistant", "content": assistant_text(bad)}]}
                for (item, result), bad in zip(chosen, wrong.get(question, []))] for question, chosen in best.items()]
     return Selection(fair_share(groups, max_rows), dropped)
 

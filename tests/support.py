@@ -4,6 +4,7 @@ The tiny models and the mongomock store are `bench/standins.py`'s (the benchmark
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -81,13 +82,18 @@ class ScriptedServer:
     `malformed` (not JSON), `drop` (the connection closed without an answer). After the script it
     answers `ok`. Requests for another model than `model` get a 404, as real servers do; requests
     mentioning `poison` always get malformed answers, those mentioning `too_long` vLLM's 400 for a
-    prompt longer than its context."""
+    prompt longer than its context. `reply` answers a request's body with (text, finish reason). A
+    request with `stream` gets its text as server-sent events, a word at a time (one token each),
+    `stream_delay` seconds apart; `streamed` counts the words sent of each streamed request."""
 
     def __init__(self, script: list[str], model: str = "scripted-model", answer: str = "So it is 7.\n#### 7",
-                 poison: str | None = None, too_long: str | None = None):
+                 poison: str | None = None, too_long: str | None = None,
+                 reply: Callable[[dict[str, Any]], tuple[str, str]] | None = None, stream_delay: float = 0.0):
         import http.server
 
         self.script, self.model, self.answer, self.poison = list(script), model, answer, poison
+        self.reply = reply or (lambda body: (self.answer, "stop"))  # a request's (text, finish reason)
+        self.stream_delay, self.streamed = stream_delay, list[int]()
         self.too_long = too_long
         self.requests: list[dict[str, Any]] = []  # each request's body and Authorization header
         self.lock = threading.Lock()
@@ -129,13 +135,44 @@ class ScriptedServer:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
-                text = server.answer
+                text, finish = server.reply(body)
+                if body.get("stream"):
+                    return self._stream(text, finish)
                 self._send(200, json.dumps({
                     "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": server.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": "stop"}],
+                                 "finish_reason": finish}],
                     "usage": {"prompt_tokens": 5, "completion_tokens": len(text.split()),
                               "total_tokens": 5 + len(text.split())}}).encode())
+
+            def _stream(self, text: str, finish: str) -> None:
+                words = re.findall(r"\s*\S+", text)
+                with server.lock:
+                    server.streamed.append(0)
+                    index = len(server.streamed) - 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+
+                def event(delta: dict[str, Any], finish_reason: str | None = None, usage: Any = None) -> None:
+                    chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": server.model,
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if delta else [],
+                             "usage": usage}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+
+                try:
+                    event({"role": "assistant", "content": ""})
+                    for word in words:
+                        time.sleep(server.stream_delay)
+                        event({"content": word})
+                        server.streamed[index] += 1
+                    event({"content": ""}, finish)
+                    event({}, usage={"prompt_tokens": 5, "completion_tokens": len(words),
+                                     "total_tokens": 5 + len(words)})
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except (BrokenPipeError, ConnectionResetError):  # the worker went away mid-answer
+                    pass
 
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)

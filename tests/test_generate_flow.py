@@ -93,7 +93,7 @@ def test_adapter_and_llm_extraction_paths(prefect_env, tmp_path: Path, tiny_mode
     unreadable = Generation("I would rather not say what it is.", tokens=9, finish_reason="stop")
     assert extract_answer(readable.text) == "12" and extract_answer(unreadable.text) is None
     results.extract_with_llm(engine, [(Request(key="a", prompt="q"), readable),
-                                      (Request(key="b", prompt="q"), unreadable)])
+                                      (Request(key="b", prompt="q"), unreadable)], SamplingConfig())
     (requests,) = asked
     assert len(requests) == 1 and unreadable.text in str(requests[0].prompt)  # only the unreadable one
     assert readable.extracted is None  # the rules' reading stands
@@ -274,6 +274,9 @@ def test_a_worker_on_a_finished_run_says_what_to_do_next_without_loading_a_model
     (["--quantization", "nf4"],
      "model.quantization (--quantization) = 'nf4': Input should be 'none', '4bit' or '8bit'"),
     (["--batch-size", "many"], "batch_size (--batch-size) = 'many': Input should be a valid integer"),
+    (["--thinking", "off", "--thinking-budget", "512"], "--thinking-budget limits a reasoning trace, but --thinking "
+                                                        "off asks for none"),
+    (["--thinking", "maybe"], "sampling.thinking (--thinking) = 'maybe': Input should be 'auto', 'on' or 'off'"),
 ])
 def test_bad_worker_arguments_fail_before_prefect_starts(tmp_path: Path, args: list[str], message: str) -> None:
     result = run_flow_cli("generate.py", *args, cwd=tmp_path)

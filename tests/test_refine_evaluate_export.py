@@ -176,7 +176,7 @@ def test_export_rows_and_sft(byo_run: str, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in all_rows.read_text().splitlines()]
     assert set(rows[0]) == {"question_id", "sample", "stage", "question", "reference", "response", "predicted",
                             "correct", "tokens", "seed", "worker", "engine", "model", "prompt", "prompt_hash",
-                            "sampling"}
+                            "sampling", "reasoning", "reasoning_complete", "thinking_forced"}
     assert export_byo(byo_run, tmp_path / "right.parquet", only_correct=True)["rows"] == 3
     assert len(datasets.Dataset.from_parquet(str(tmp_path / "right.parquet"))) == 3
     export_byo(byo_run, tmp_path / "sft", format="sft")

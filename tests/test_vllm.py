@@ -19,6 +19,7 @@ import pytest
 from bench.standins import build_model
 from flows.seed import seed
 from tasks.config import SeedConfig
+from tasks.reasoning import FORCED_LEAD_IN
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, cli_env
 from tests.support import wait_until
@@ -80,8 +81,8 @@ def test_the_worker_drives_real_vllm(prefect_env, tmp_path: Path, vllm_python: P
             "--lease-seconds", "15"]
     env = cli_env(prefect_env)
 
-    def start(name: str) -> subprocess.Popen:
-        return subprocess.Popen([*args, "--run", "bulk", "--worker", name], cwd=tmp_path, env=env, text=True,
+    def start(name: str, *more: str) -> subprocess.Popen:
+        return subprocess.Popen([*args, "--run", "bulk", "--worker", name, *more], cwd=tmp_path, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def until_it_answers(worker: subprocess.Popen, before: int) -> None:
@@ -99,13 +100,21 @@ def test_the_worker_drives_real_vllm(prefect_env, tmp_path: Path, vllm_python: P
     doomed.wait(timeout=10)
     assert wait_until(lambda: vllm_processes(vllm_model) == [], timeout=90), "a killed worker's vLLM must die with it"
 
-    # 2. SIGTERM: exit 0, what finished written, its claims given back at once, its server stopped.
-    stopped = start("stopped")
+    # 2. SIGTERM: exit 0, what finished written, its claims given back at once, its server stopped. This
+    # worker thinks (the template gets enable_thinking) with a budget: each trace is closed at 8 tokens and
+    # answered by continuing the assistant's turn (continue_final_message), as vLLM counts the tokens.
+    stopped = start("stopped", "--thinking", "on", "--thinking-budget", "8", "--answer-budget", "8")
     until_it_answers(stopped, done(store, "bulk"))
     stopped.send_signal(signal.SIGTERM)
     output = stopped.communicate(timeout=180)[0]
     assert stopped.returncode == 0 and "stopped (SIGTERM)" in output, output
     assert not [item for item in store.items("bulk") if item.worker == "stopped" and item.status == "running"]
+    thought = [item.result for item in store.items("bulk") if item.result and item.result.worker == "stopped"]
+    forced = [answer for answer in thought if answer.thinking_forced]
+    assert forced and all(answer.reasoning_complete is False for answer in thought)
+    assert all(answer.reasoning_tokens == 8 and 8 < answer.tokens <= 16 and answer.response.startswith(FORCED_LEAD_IN)
+               for answer in forced)
+    assert all(answer.tokens <= 8 for answer in thought if not answer.thinking_forced)  # ended within (end of sequence)
     assert wait_until(lambda: vllm_processes(vllm_model) == [], timeout=60)
 
     # 3. The runs drained at --concurrency 32 by one worker (after the killed one's leases expire).

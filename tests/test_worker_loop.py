@@ -149,18 +149,21 @@ def test_llm_extraction_reads_unparsable_responses_and_keeps_them_verbatim(tiny_
 
     model.generate = scripted
     group = [(Request(key="1", prompt="Eggs?"), Generation("I am not sure how to solve it.", 7, "stop")),
-             (Request(key="2", prompt="Eggs?"), Generation("#### 17", 3, "stop"))]
-    extract_with_llm(model, group)
-    assert [answer.extracted for _, answer in group] == ["18", None]
+             (Request(key="2", prompt="Eggs?"), Generation("#### 17", 3, "stop")),
+             (Request(key="3", prompt="Eggs?"), Generation("<think>so 18 it could be, or", 9, "length"))]
+    extract_with_llm(model, group, SamplingConfig())
+    assert [answer.extracted for _, answer in group] == ["18", None, None]  # a trace cut off has no answer to read
     store = SqliteStore(tmp_path / "w.db")
-    store.seed("r", [Item(question_id=f"q{n}", question="Eggs?", reference="18") for n in range(2)])
-    claim = store.claim("r", "w", 2, 60)
+    store.seed("r", [Item(question_id=f"q{n}", question="Eggs?", reference="18") for n in range(3)])
+    claim = store.claim("r", "w", 3, 60)
     outcomes = [Outcome(item=item, claim=claim, answer=answer) for item, (_, answer) in zip(claim.items, group)]
     store_outcomes(store, outcomes, engine="hf-static", device="cpu", config=WorkerConfig(worker="w", extract="llm"))
-    first, second = (item.result for item in store.items("r"))
+    first, second, third = (item.result for item in store.items("r"))
     assert (first.response, first.predicted, first.correct, first.extracted_by) == (
         "I am not sure how to solve it.", "18", True, "llm")
     assert (second.predicted, second.correct, second.extracted_by) == ("17", False, None)
+    assert (third.response, third.reasoning, third.reasoning_complete, third.predicted, third.correct) == (
+        "", "so 18 it could be, or", False, None, False)
 
 
 def test_every_answer_records_how_it_was_made_and_errors_go_back(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from tasks.benchmarks.row import Row
 from tasks.errors import UserError
 from tasks.grading import grade_many
 from tasks.grading.extract import reference_answer
+from tasks.reasoning import split_reasoning
 from tasks.store.models import Item, Result
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -118,7 +119,8 @@ def build_items(rows: list[Row], samples: int, *, solutions: bool = False,
     `until_correct`, samples after the first wait for the one before them, and each item carries N
     (metadata `until_correct`), so the store settles the next samples with no lookup."""
     answered = [row for row in rows if row.response is not None]
-    grades = dict(zip(map(id, answered), grade_many([(str(row.response), row.reference) for row in answered])))
+    splits = {id(row): split_reasoning(str(row.response)) for row in answered}
+    grades = dict(zip(map(id, answered), grade_many([(splits[id(row)].answer, row.reference) for row in answered])))
     items: list[Item] = []
     seen: Counter[str] = Counter()
     for row in rows:
@@ -128,7 +130,9 @@ def build_items(rows: list[Row], samples: int, *, solutions: bool = False,
                                     "reference": row.reference, "metadata": metadata}
         if row.response is not None:
             graded = grades[id(row)]
-            result = Result(response=row.response, predicted=graded.predicted, correct=graded.correct)
+            split = splits[id(row)]  # a <think> trace apart from the answer, which alone is graded
+            result = Result(response=split.answer, reasoning=split.reasoning, reasoning_complete=split.complete,
+                            predicted=graded.predicted, correct=graded.correct)
             items.append(Item(**question, sample=seen[row.question_id], status="done", result=result))
             seen[row.question_id] += 1
         else:

@@ -114,6 +114,23 @@ class SamplingConfig(Config):
     repetition_penalty: float = setting(1.0, "1 = none", metavar="R", gt=0)
     seed: int = setting(0, "each sample is drawn with its own seed made from S and the sample (question, sample, "
                            "stage), recorded with it: hf-static, vllm and openai honour it, hf does not", metavar="S")
+    thinking: Literal["auto", "on", "off"] = setting(
+        "auto", "reasoning models: on/off sets the chat template's enable_thinking (servers get it as "
+                "chat_template_kwargs); auto leaves the template's default. A trace is stored apart from the answer, "
+                "and graded never; with on, an answer without --thinking-marker is a trace cut off (no answer)")
+    thinking_marker: str = setting("</think>", "the text that ends a reasoning trace", metavar="TEXT", min_length=1)
+    thinking_budget: PositiveInt | None = setting(
+        None, "budget forcing: a trace that reaches N tokens unended is closed (the marker and 'The final answer "
+              "is \\boxed{') and the answer goes on for at most --answer-budget tokens (--max-new-tokens does "
+              "not apply)", metavar="N")
+    answer_budget: PositiveInt = setting(1024, "with --thinking-budget: tokens of the answer after the trace at most",
+                                         metavar="M")
+
+    @model_validator(mode="after")
+    def _budget_needs_thinking(self) -> Self:
+        if self.thinking_budget is not None and self.thinking == "off":
+            raise ValueError("--thinking-budget limits a reasoning trace, but --thinking off asks for none: drop one")
+        return self
 
 
 DEFAULT_SERVE_COMMAND = "vllm serve {model} --port {port} --dtype {dtype} --max-model-len 4096"
@@ -196,6 +213,10 @@ class WorkerConfig(RunConfig):
                                            "because its worker died counts as one)", metavar="N")
     grace_seconds: float = setting(20.0, "on SIGTERM/SIGINT or at --max-runtime: how long answers being generated "
                                          "may take to finish before they are given back too", metavar="S", ge=0)
+    checkpoint_seconds: float = setting(
+        120.0, "streaming engines (openai, vllm): answers generated for this long are kept with their items this "
+               "often, and at once when given back (SIGTERM's grace over), so the next worker continues them "
+               "instead of starting over; 0 = never", metavar="S", ge=0)
     max_runtime: float | None = setting(None, "stop claiming when less time is left than a batch takes, e.g. 11h30m "
                                               "for a 12-hour notebook (also 90m, 3600 seconds)", metavar="DURATION",
                                         gt=0)

@@ -11,7 +11,7 @@ worker starts itself, one per GPU: `vllm serve`); `create_engine` picks one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
@@ -32,6 +32,8 @@ class Request:
     seed: int | None = None  # this sample's own draw (hf-static and servers honour it; see Generation.seed)
     max_new_tokens: int | None = None  # per request; by default the sampling settings'
     stop: tuple[str, ...] = ()  # texts that end the answer early, where the engine honours them
+    # streaming engines (openai, vllm) tell the answer so far (its text and tokens) here as it grows
+    on_progress: Callable[[str, int], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Generation:
     code_errors: int | None = None  # how many of them failed,
     code_seconds: float | None = None  # and how long they took
     seed: int | None = None  # the request's seed, where the engine drew this answer with it (temperature > 0)
+    reasoning_tokens: int | None = None  # where the engine counted the trace's tokens (budget forcing does)
+    thinking_forced: bool | None = None  # budget forcing: whether the trace was closed at the budget
 
 
 Finished = tuple[Request, Generation | Exception]

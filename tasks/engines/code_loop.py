@@ -7,13 +7,13 @@ request, its conversation ending with the assistant's answer so far, to be conti
 from __future__ import annotations
 
 import re
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Iterator
 
 from tasks.config import SamplingConfig
 from tasks.engines import Engine, Feeder, Finished, Generation, Request
+from tasks.engines.continuing import ContinuingFeeder, continued
 from tasks.engines.devices import cpu_cores
 from tasks.sandbox import Execution, SandboxPolicy, execute
 
@@ -27,6 +27,7 @@ class Transcript:
     """One item's answer so far, over its rounds of generation and execution."""
 
     request: Request
+    budget: int  # tokens for all of its rounds together
     text: str = ""
     tokens: int = 0
     seconds: float = 0.0
@@ -34,17 +35,19 @@ class Transcript:
     errors: int = 0
     execution_seconds: float = 0.0
 
+    @property
+    def spent(self) -> bool:
+        return self.tokens >= self.budget
+
     def continuation(self) -> Request:
-        """The next request: the conversation with the answer so far as the assistant's turn."""
-        messages = ([{"role": "user", "content": self.request.prompt}] if isinstance(self.request.prompt, str)
-                    else list(self.request.prompt))
+        """The next request: the answer so far continued, for what is left of its token budget."""
         seed = None if self.request.seed is None else (self.request.seed + self.executions) % 2**31  # a new draw
-        return replace(self.request, prompt=[*messages, {"role": "assistant", "content": self.text}], stop=STOP,
-                       seed=seed)
+        return continued(self.request, self.text, stop=STOP, seed=seed, max_new_tokens=self.budget - self.tokens)
 
     def generation(self, last: Generation) -> Generation:
         """The whole answer, once `last` (its final round) ended without code to run."""
-        return Generation(self.text.strip(), tokens=self.tokens, finish_reason=last.finish_reason, seconds=self.seconds,
+        return Generation(self.text.strip(), tokens=self.tokens, seconds=self.seconds,
+                          finish_reason="length" if self.spent else last.finish_reason,
                           code_executions=self.executions, code_errors=self.errors,
                           code_seconds=round(self.execution_seconds, 3),
                           seed=self.request.seed if last.seed is not None else None)
@@ -62,51 +65,6 @@ def output_block(output: str, error: str | None) -> str:
     return f"\n```output\n{shown}\n```\n"
 
 
-class CodeLoopFeeder:
-    """The engine's feeder: continuations first (items back from the sandbox), then new requests
-    from the worker's feeder. Work is over only when that one is and no item is still open."""
-
-    def __init__(self, inner: Feeder):
-        self.inner = inner
-        self.ready: list[Request] = []
-        self.open: dict[str, Transcript] = {}
-        self.inner_done = False
-        self.changed = threading.Condition()
-
-    def take(self, count: int, wait: bool) -> list[Request] | None:
-        while True:
-            with self.changed:
-                taken, self.ready = self.ready[:count], self.ready[count:]
-                if taken or (self.inner_done and not self.open):
-                    return taken or None
-                if self.inner_done:  # only items in the sandbox are left: wait for one of them
-                    if not wait:
-                        return []
-                    self.changed.wait(0.5)
-                    continue
-            requests = self.inner.take(count, wait=wait and not self.open)  # never block while code runs
-            with self.changed:
-                if requests is None:
-                    self.inner_done = True
-                    continue
-                self.open.update((request.key, Transcript(request)) for request in requests)
-            if requests or not wait:
-                return [replace(request, stop=STOP) for request in requests]
-            with self.changed:
-                self.changed.wait(0.2)
-
-    def back(self, request: Request) -> None:
-        with self.changed:
-            self.ready.append(request)
-            self.changed.notify_all()
-
-    def close(self, key: str) -> Transcript:
-        with self.changed:
-            transcript = self.open.pop(key)
-            self.changed.notify_all()
-        return transcript
-
-
 class CodeLoopEngine:
     """`engine` with code execution: each answer's first ```python block (what follows it is
     dropped: a model without tool training goes on to imagine the output) runs in the sandbox,
@@ -117,28 +75,27 @@ class CodeLoopEngine:
         self.name, self.device, self.label = engine.name, engine.device, engine.label
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
-        loop = CodeLoopFeeder(feeder)
+        def open_transcript(request: Request) -> Transcript:
+            return Transcript(request, budget=request.max_new_tokens or sampling.max_new_tokens)
+
+        loop = ContinuingFeeder(feeder, open=open_transcript, first=lambda request: replace(request, stop=STOP))
         with ThreadPoolExecutor(cpu_cores(), thread_name_prefix=f"sandbox-{self.label}") as pool:
             for group in self.engine.run(loop, sampling):
-                finished: list[Finished] = []
-                for request, answer in group:
-                    transcript = loop.open[request.key]
-                    if isinstance(answer, Exception):
-                        finished.append((loop.close(request.key).request, answer))
-                        continue
+                finished, answered = loop.received(group)
+                for key, transcript, answer in answered:
                     code = first_code(answer.text)
                     transcript.tokens += answer.tokens
                     transcript.seconds += answer.seconds
-                    if code is None or transcript.executions >= self.max_executions:
+                    if code is None or transcript.executions >= self.max_executions or transcript.spent:
                         transcript.text += answer.text
-                        finished.append((loop.close(request.key).request, transcript.generation(answer)))
+                        finished.append((loop.close(key).request, transcript.generation(answer)))
                         continue
                     transcript.text += answer.text[:code[1]]
                     transcript.executions += 1
                     pool.submit(self._execute, loop, transcript, code[0])
                 yield finished
 
-    def _execute(self, loop: CodeLoopFeeder, transcript: Transcript, code: str) -> None:
+    def _execute(self, loop: ContinuingFeeder[Transcript], transcript: Transcript, code: str) -> None:
         try:
             execution = execute(code, self.policy)
         except Exception as error:  # the sandbox itself failed (no room for its folder): the model reads why

@@ -53,7 +53,7 @@ class HFContinuousEngine(HFModel):
         in_flight: dict[str, Request] = {}
 
         def start(request: Request) -> Finished | None:
-            tokens = self.encode(request.prompt)
+            tokens = self.encode(request.prompt, sampling.thinking)
             if error := self.too_long(tokens):
                 return request, error
             in_flight[request.key] = request

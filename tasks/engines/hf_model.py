@@ -12,6 +12,7 @@ from tasks.config import ModelConfig, SamplingConfig
 from tasks.engines import Generation, Prompt, UnanswerableItem
 from tasks.engines.devices import dtype_name
 from tasks.errors import UserError
+from tasks.reasoning import template_options
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
@@ -96,18 +97,19 @@ class HFModel:
             ) from error
         return model.merge_and_unload() if config.merge_adapter else model
 
-    def prompt_text(self, prompt: Prompt) -> str:
-        """The text the model sees: the chat template when the tokenizer has one, else the turns
-        joined by blank lines. A conversation ending with the assistant's turn is continued."""
+    def prompt_text(self, prompt: Prompt, thinking: str = "auto") -> str:
+        """The text the model sees: the chat template when the tokenizer has one (told whether to
+        think, unless `auto`), else the turns joined by blank lines. A conversation ending with the
+        assistant's turn is continued."""
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if not self.chat:
             return "\n\n".join(message["content"] for message in messages)
         go_on = messages[-1]["role"] == "assistant"
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
-                                                      continue_final_message=go_on))
+                                                      continue_final_message=go_on, **template_options(thinking)))
 
-    def encode(self, prompt: Prompt) -> list[int]:
-        return self.tokenizer(self.prompt_text(prompt), add_special_tokens=not self.chat)["input_ids"]
+    def encode(self, prompt: Prompt, thinking: str = "auto") -> list[int]:
+        return self.tokenizer(self.prompt_text(prompt, thinking), add_special_tokens=not self.chat)["input_ids"]
 
     def too_long(self, tokens: list[int]) -> UnanswerableItem | None:
         """The error of a prompt the model cannot read (longer than its context): that item
@@ -146,7 +148,7 @@ class HFModel:
         seeded = bool(prompts) and len(draws) == len(prompts)
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
-        texts = [self.prompt_text(prompt) for prompt in prompts]
+        texts = [self.prompt_text(prompt, sampling.thinking) for prompt in prompts]
         batch = self.tokenizer(texts, return_tensors="pt", padding=True,
                                add_special_tokens=not self.chat).to(self.device)
         try:

@@ -29,7 +29,8 @@ class HFStaticEngine(HFModel):
 def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_size: int) -> Iterator[list[Finished]]:
     """Take a batch, generate it (length-sorted), yield it; until the feeder is done."""
     while (requests := feeder.take(batch_size, wait=True)) is not None:
-        tokens = {request.key: model.encode(request.prompt) for request in requests}  # each prompt templated once
+        # each prompt templated once
+        tokens = {request.key: model.encode(request.prompt, sampling.thinking) for request in requests}
         unreadable: list[Finished] = [(request, error) for request in requests
                                       if (error := model.too_long(tokens[request.key]))]
         if unreadable:

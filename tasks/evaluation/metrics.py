@@ -8,6 +8,8 @@ Answers made in different ways (engine, model, prompt, sampling) are never merge
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from collections import Counter, defaultdict
 from math import comb
 from typing import Any
@@ -138,6 +140,7 @@ def evaluate_items(run: str, items: list[Item]) -> dict[str, Any]:
         "by": {field: table for field in ("level", "subject") if (table := breakdown(first, field))},
         "throughput": {"workers": _throughput(done, "worker"), "devices": _throughput(done, "device")},
         "code": code_metrics(done),
+        "reasoning": reasoning_metrics(done),
         "sampling": sampling_metrics(by_question),
         "judge": judge_metrics([item for item in first.values() if item is not None], correct, total),
     }
@@ -180,14 +183,42 @@ def code_metrics(done: list[Item]) -> dict[str, Any] | None:
     unused = [result for result in tooled if not result.code_executions]
     executions = sum(result.code_executions or 0 for result in tooled)
     errors = sum(result.code_errors or 0 for result in tooled)
-
-    def accuracy(results: list[Result]) -> float | None:
-        return sum(bool(result.correct) for result in results) / len(results) if results else None
-
     return {"answers": len(tooled), "used_code": len(used) / len(tooled),
             "executions_per_answer": executions / len(tooled),
-            "error_rate": errors / executions if executions else 0.0, "accuracy_with_code": accuracy(used),
-            "accuracy_without_code": accuracy(unused)}
+            "error_rate": errors / executions if executions else 0.0, "accuracy_with_code": _accuracy(used),
+            "accuracy_without_code": _accuracy(unused)}
+
+
+def reasoning_metrics(done: list[Item]) -> dict[str, Any] | None:
+    """For answers with a reasoning trace: the share whose trace the model ended itself, tokens in
+    the trace and in the answer (median, p90), accuracy with those traces only, the no-answer rate
+    of traces cut off (of every answer), and with budget forcing the share forced and accuracy with
+    forced answers and without (None: no traces)."""
+    traced = [item.result for item in done if item.result is not None and item.result.reasoning_complete is not None]
+    if not traced:
+        return None
+    complete = [result for result in traced if result.reasoning_complete]
+    cut_off = [result for result in traced if not result.reasoning_complete and not result.thinking_forced]
+    forced = [result for result in traced if result.thinking_forced]
+    return {"answers": len(traced), "complete": len(complete) / len(traced),
+            "reasoning_tokens": _spread([r.reasoning_tokens for r in traced if r.reasoning_tokens is not None]),
+            "answer_tokens": _spread([r.tokens - (r.reasoning_tokens or 0) for r in traced if r.tokens is not None]),
+            "accuracy_complete": _accuracy(complete),
+            "no_answer_cut_off": sum(result.predicted is None for result in cut_off) / len(done),
+            "forced": len(forced) / len(traced), "accuracy_forced": _accuracy(forced),
+            "accuracy_not_forced": _accuracy([result for result in traced if not result.thinking_forced])}
+
+
+def _accuracy(results: list[Result]) -> float | None:
+    return sum(bool(result.correct) for result in results) / len(results) if results else None
+
+
+def _spread(values: list[int]) -> dict[str, float] | None:
+    """Median and 90th percentile (nearest rank)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return {"median": statistics.median(ordered), "p90": ordered[math.ceil(0.9 * len(ordered)) - 1]}
 
 
 def _throughput(done: list[Item], key: str) -> dict[str, dict[str, float]]:

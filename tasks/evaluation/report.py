@@ -53,6 +53,8 @@ def optional_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     if metrics.get("code"):
         rows.append(("code execution", code_text(metrics["code"])))
+    if metrics.get("reasoning"):
+        rows.append(("reasoning traces", reasoning_text(metrics["reasoning"])))
     if metrics.get("judge"):
         rows.append(("with the LLM judge", judge_text(metrics)))
     if metrics.get("sampling"):
@@ -60,13 +62,28 @@ def optional_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def code_text(code: dict[str, Any]) -> str:
-    def share(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1%}"
+def share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
+
+def code_text(code: dict[str, Any]) -> str:
     return (f"code execution: {share(code['used_code'])} of {code['answers']} answers ran code, "
             f"{code['executions_per_answer']:.2f} executions per answer, {share(code['error_rate'])} of them failed; "
             f"accuracy {share(code['accuracy_with_code'])} with code, {share(code['accuracy_without_code'])} without")
+
+
+def reasoning_text(reasoning: dict[str, Any]) -> str:
+    def tokens(spread: dict[str, float] | None) -> str:
+        return "-" if spread is None else f"median {spread['median']:g}, p90 {spread['p90']:g}"
+
+    text = (f"reasoning traces: {share(reasoning['complete'])} of {reasoning['answers']} ended by the model; tokens in "
+            f"the trace {tokens(reasoning['reasoning_tokens'])}, in the answer {tokens(reasoning['answer_tokens'])}; "
+            f"accuracy {share(reasoning['accuracy_complete'])} with ended traces only; "
+            f"{share(reasoning['no_answer_cut_off'])} of answers have none because their trace was cut off")
+    if reasoning["forced"]:
+        text += (f"; {share(reasoning['forced'])} closed at the thinking budget, accuracy "
+                 f"{share(reasoning['accuracy_forced'])} forced, {share(reasoning['accuracy_not_forced'])} not")
+    return text
 
 
 def sampling_text(sampling: dict[str, Any]) -> str:

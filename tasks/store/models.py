@@ -17,8 +17,12 @@ PROVENANCE = ("engine", "model", "prompt", "prompt_hash", "sampling")  # how an 
 class Result:
     """What answering one item produced, and how (stored without its empty fields)."""
 
-    response: str
+    response: str  # the answer (after the reasoning trace, where there is one)
     predicted: str | None = None  # the final answer found in the response
+    reasoning: str | None = None  # a thinking model's trace, apart from the response (never graded)
+    reasoning_tokens: int | None = None  # of `tokens`, those of the trace
+    reasoning_complete: bool | None = None  # whether the trace ended (no answer is read from an unended one)
+    thinking_forced: bool | None = None  # with --thinking-budget: whether the trace was closed at the budget
     correct: bool = False
     tokens: int | None = None  # generated tokens, the prompt not counted
     seconds: float | None = None  # the item's share of its batch's generation time
@@ -38,6 +42,7 @@ class Result:
     prompt_hash: str | None = None  # sha256 of the template text(s), first 16 hex digits
     sampling: dict[str, Any] | None = None  # SamplingConfig fields (`seed`: the base of every sample's own seed)
     seed: int | None = None  # the seed this answer was drawn with, where the engine takes one per sample
+    continued_at: list[int] | None = None  # the tokens it had each time another claim continued it from a checkpoint
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -69,7 +74,25 @@ class Item:
     error: str | None = None
     previous: str | None = None  # the response a refine round asks to improve
     metadata: dict[str, Any] | None = None  # what the benchmark says of the question (MATH: level, subject)
+    partial: dict[str, Any] | None = None  # a streamed answer's checkpoint (`Checkpoint.to_dict`), until it is done
     id: str = ""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """An answer being generated, kept with its item: the text so far, its tokens, and the tokens it
+    had each time it was continued before."""
+
+    text: str
+    tokens: int
+    continued_at: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "tokens": self.tokens, "continued_at": list(self.continued_at)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        return cls(text=data["text"], tokens=data["tokens"], continued_at=tuple(data.get("continued_at") or ()))
 
 
 @dataclass

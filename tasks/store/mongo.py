@@ -25,7 +25,7 @@ from pymongo.server_api import ServerApi
 
 from tasks.errors import UserError
 from tasks.secrets import redact
-from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, settling
+from tasks.store.models import LEASE_EXPIRED, Checkpoint, Claim, Clock, Item, Result, settling
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
@@ -48,7 +48,7 @@ def _item(doc: dict[str, Any]) -> Item:
         stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=result,
         attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
         lease_expires=doc.get("lease_expires"), error=doc.get("error"), previous=doc.get("previous"),
-        metadata=doc.get("metadata"), id=str(doc["_id"]),
+        metadata=doc.get("metadata"), partial=doc.get("partial"), id=str(doc["_id"]),
     )
 
 
@@ -214,6 +214,11 @@ class MongoStore:
         update = {"$set": {"lease_expires": self.now() + lease_seconds}}
         return self._items.update_many(self._held(claim, claim.ids), update).modified_count
 
+    def checkpoint(self, claim: Claim, checkpoints: dict[str, Checkpoint]) -> int:
+        ops = [UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
+                         {"$set": {"partial": kept.to_dict()}}) for id_, kept in checkpoints.items()]
+        return self._items.bulk_write(ops, ordered=False).modified_count if ops else 0
+
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
         return self.complete_many([(claim, results)])
 
@@ -221,7 +226,7 @@ class MongoStore:
         ops = [
             UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
                       {"$set": {"status": "done", "result": result.to_dict()},
-                       "$unset": {"lease_expires": "", "error": ""}})
+                       "$unset": {"lease_expires": "", "error": "", "partial": ""}})
             for claim, results in parts for id_, result in results.items()
         ]
         if not ops:
@@ -321,7 +326,8 @@ class MongoStore:
                 "bytes_per_document": stats.get("avgObjSize") or 0}
 
     def items(self, run: str, *, texts: bool = True) -> list[Item]:
-        fields = None if texts else {"question": 0, "previous": 0, "result.response": 0}
+        fields = None if texts else dict.fromkeys(("question", "previous", "partial", "result.response",
+                                                    "result.reasoning"), 0)
         docs = self._items.find({"run": run}, fields).sort([("stage", ASCENDING), ("question_id", ASCENDING),
                                                    ("sample", ASCENDING)])
         return [_item(doc) for doc in docs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Protocol
 
-from tasks.store.models import Claim, Item, Result
+from tasks.store.models import Checkpoint, Claim, Item, Result
 
 
 class Store(Protocol):
@@ -36,8 +36,14 @@ class Store(Protocol):
     def heartbeat(self, claim: Claim, lease_seconds: float) -> int:
         """Extend the lease of the claim's items still held; return how many."""
 
+    def checkpoint(self, claim: Claim, checkpoints: dict[str, Checkpoint]) -> int:
+        """Keep answers being generated (by item id) with their items still held by the claim, in one
+        round trip; an item given back or taken over keeps its checkpoint for its next claim, and
+        `complete` drops it. Return how many were kept."""
+
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
-        """Store results (by item id) of items still held by the claim; return how many."""
+        """Store results (by item id) of items still held by the claim (dropping their checkpoints);
+        return how many."""
 
     def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
         """`complete` for several claims at once, in one round trip; return how many were stored."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from tasks.errors import UserError
-from tasks.store.models import LEASE_EXPIRED, Claim, Clock, Item, Result, settling
+from tasks.store.models import LEASE_EXPIRED, Checkpoint, Claim, Clock, Item, Result, settling
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -26,17 +26,18 @@ CREATE TABLE IF NOT EXISTS items (
     run TEXT NOT NULL, stage INTEGER NOT NULL, question_id TEXT NOT NULL, sample INTEGER NOT NULL,
     question TEXT NOT NULL, reference TEXT NOT NULL,
     status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT, previous TEXT, metadata TEXT,
+    worker TEXT, lease_expires REAL, token TEXT, error TEXT, result TEXT, previous TEXT, metadata TEXT, partial TEXT,
     UNIQUE (run, question_id, stage, sample));
 CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
 CREATE INDEX IF NOT EXISTS items_status ON items (run, status);
 """
-ADDED_COLUMNS = {("items", "metadata"): "TEXT", ("runs", "contamination"): "TEXT"}  # newer than some stores: added
-# in place, nothing else touched
+# columns newer than some stores: added in place, nothing else touched
+ADDED_COLUMNS = {("items", "metadata"): "TEXT", ("runs", "contamination"): "TEXT", ("items", "partial"): "TEXT"}
 ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
-                "worker", "token", "lease_expires", "error", "previous", "metadata")
+                "worker", "token", "lease_expires", "error", "previous", "metadata", "partial")
 SELECTED = ", ".join(ITEM_COLUMNS)
-WITHOUT_TEXTS = {"question": "''", "previous": "NULL", "result": "json_remove(result, '$.response')"}
+WITHOUT_TEXTS = {"question": "''", "previous": "NULL", "result": "json_remove(result, '$.response', '$.reasoning')",
+                 "partial": "NULL"}
 
 
 def _item(row: tuple) -> Item:
@@ -44,6 +45,7 @@ def _item(row: tuple) -> Item:
     values["id"] = str(values["id"])
     values["result"] = Result.from_dict(json.loads(values["result"])) if values["result"] else None
     values["metadata"] = json.loads(values["metadata"]) if values["metadata"] else None
+    values["partial"] = json.loads(values["partial"]) if values["partial"] else None
     return Item(**values)
 
 
@@ -173,12 +175,17 @@ class SqliteStore:
         where, params = self._held(claim, claim.ids)
         return self._write(f"UPDATE items SET lease_expires = ? WHERE {where}", [self.clock() + lease_seconds, *params])
 
+    def checkpoint(self, claim: Claim, checkpoints: dict[str, Checkpoint]) -> int:
+        rows = [(json.dumps(kept.to_dict()), int(id_), claim.token) for id_, kept in checkpoints.items()]
+        sql = "UPDATE items SET partial = ? WHERE id = ? AND token = ? AND status = 'running'"
+        return self._write(sql, rows, many=True) if rows else 0
+
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
         return self.complete_many([(claim, results)])
 
     def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
         rows = [(_json(result), int(id_), claim.token) for claim, results in parts for id_, result in results.items()]
-        sql = ("UPDATE items SET status = 'done', result = ?, lease_expires = NULL, error = NULL"
+        sql = ("UPDATE items SET status = 'done', result = ?, lease_expires = NULL, error = NULL, partial = NULL"
                " WHERE id = ? AND token = ? AND status = 'running'")
         if not rows:
             return 0

@@ -66,6 +66,7 @@ class Exchange:
         report, claim = call.result()  # a call that failed after its retries raises here
         if report is not None:
             self.reports.append(report)
+            self.keeper.forget(report.ids)
             for written in self.work.written(report.ids):
                 self.keeper.drop(written)
         if claim is not None and claim.items and self._stopping():

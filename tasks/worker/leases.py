@@ -1,35 +1,103 @@
-"""Keeping claims alive: heartbeats from a background thread, claims given back on exit."""
+"""Keeping claims alive: heartbeats from a background thread, claims given back on exit, and the
+answers being streamed kept with their items (checkpoints) so that a claim given back, or one
+whose lease expires, is continued rather than started over."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from tasks.store import Store
-from tasks.store.models import Claim
+from tasks.store.models import Checkpoint, Claim, Item
 
 log = logging.getLogger("fleetgen")
 
 
-class LeaseKeeper:
-    """Heartbeats every held claim every `lease_seconds / 3`; gives them back on exit."""
+@dataclass
+class Growing:
+    """An answer being streamed: since when, what it is so far, and how many tokens of it are kept."""
 
-    def __init__(self, store: Store, lease_seconds: float):
-        self.store, self.lease_seconds = store, lease_seconds
+    started: float
+    checkpoint: Checkpoint
+    kept_tokens: int = 0
+
+
+class LeaseKeeper:
+    """Heartbeats every held claim every `lease_seconds / 3`; with `checkpoint_seconds`, keeps the
+    answers streamed for that long with their items that often (and at once when their claim is
+    given back); gives the claims back on exit."""
+
+    def __init__(self, store: Store, lease_seconds: float, checkpoint_seconds: float = 0.0):
+        self.store, self.lease_seconds, self.checkpoint_seconds = store, lease_seconds, checkpoint_seconds
         self._claims: dict[str, Claim] = {}
+        self._claim_of: dict[str, str] = {}  # item id -> its claim's token
+        self._growing: dict[str, Growing] = {}  # item id -> its answer so far
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._dropped = threading.Condition(self._lock)
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._threads = [threading.Thread(target=self._beat, name="heartbeat", daemon=True)]
+        if checkpoint_seconds:
+            self._threads.append(threading.Thread(target=self._checkpoint_often, name="checkpoints", daemon=True))
 
     def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
         self.give_back_all()
+
+    def progress(self, item: Item) -> Callable[[str, int], None] | None:
+        """What an engine tells an item's answer so far (text, tokens) to, with checkpoints on; an
+        answer continued from its item's checkpoint goes on from there."""
+        if not self.checkpoint_seconds:
+            return None
+        before = Checkpoint.from_dict(item.partial) if item.partial else None
+
+        def told(text: str, tokens: int) -> None:
+            so_far = (Checkpoint(before.text + text, before.tokens + tokens, (*before.continued_at, before.tokens))
+                      if before else Checkpoint(text, tokens))
+            with self._lock:  # streamed since its first piece
+                growing = self._growing.setdefault(item.id, Growing(time.monotonic(), so_far))
+                growing.checkpoint = so_far
+
+        return told
+
+    def forget(self, ids: list[str]) -> None:
+        """Items written: their answers are no longer growing."""
+        with self._lock:
+            for id_ in ids:
+                self._growing.pop(id_, None)
+
+    def keep_checkpoints(self, *, streamed_for: float, of_claims: list[str] | None = None) -> int:
+        """Keep with their items the answers streamed for at least `streamed_for` seconds that grew
+        since they were last kept (of the claims with these tokens, or of all): one store write per
+        claim. A store that cannot be reached keeps them for the next time."""
+        now, kept = time.monotonic(), 0
+        with self._lock:
+            due: dict[str, dict[str, Checkpoint]] = {}
+            for id_, growing in self._growing.items():
+                token = self._claim_of.get(id_)
+                if (token in self._claims and (of_claims is None or token in of_claims)
+                        and now - growing.started >= streamed_for and growing.checkpoint.tokens > growing.kept_tokens):
+                    due.setdefault(token, {})[id_] = growing.checkpoint
+            claims = {token: self._claims[token] for token in due}
+        for token, checkpoints in due.items():
+            try:
+                kept += self.store.checkpoint(claims[token], checkpoints)
+            except Exception as error:
+                log.warning(f"could not keep {len(checkpoints)} answers' checkpoints ({error}); trying again later")
+                continue
+            with self._lock:
+                for id_, checkpoint in checkpoints.items():
+                    if id_ in self._growing:
+                        self._growing[id_].kept_tokens = checkpoint.tokens
+        return kept
 
     def give_back_all(self) -> None:
         with self._lock:
@@ -39,7 +107,10 @@ class LeaseKeeper:
 
     def give_back(self, claim: Claim) -> None:
         """Release a claim's unwritten items at once (other workers take them without waiting
-        for the lease); a store that cannot be reached leaves them to the lease."""
+        for the lease), their answers so far kept with them first; a store that cannot be reached
+        leaves them to the lease."""
+        if self.checkpoint_seconds:
+            self.keep_checkpoints(streamed_for=0.0, of_claims=[claim.token])
         self.drop(claim)
         try:
             released = self.store.release(claim)
@@ -52,10 +123,14 @@ class LeaseKeeper:
     def hold(self, claim: Claim) -> None:
         with self._lock:
             self._claims[claim.token] = claim
+            self._claim_of.update((item.id, claim.token) for item in claim.items)
 
     def drop(self, claim: Claim) -> None:
         with self._lock:
             self._claims.pop(claim.token, None)
+            for item in claim.items:
+                self._claim_of.pop(item.id, None)
+                self._growing.pop(item.id, None)
             self._dropped.notify_all()
 
     def wait_for_drop(self, timeout: float) -> bool:
@@ -73,3 +148,7 @@ class LeaseKeeper:
                     self.store.heartbeat(claim, self.lease_seconds)
                 except Exception as error:  # a flaky network: the next beat tries again
                     log.warning(f"heartbeat failed ({error}); retrying in {self.lease_seconds / 3:.0f} s")
+
+    def _checkpoint_often(self) -> None:
+        while not self._stop.wait(self.checkpoint_seconds):
+            self.keep_checkpoints(streamed_for=self.checkpoint_seconds)

@@ -9,10 +9,11 @@ from typing import Callable
 
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Engine, Finished, Request
+from tasks.engines.continuing import continued
 from tasks.errors import UserError
 from tasks.store import Store
 from tasks.store.counts import summarize
-from tasks.store.models import Item
+from tasks.store.models import Checkpoint, Item
 from tasks.throughput import BatchReport
 from tasks.worker.chat import item_messages
 from tasks.worker.exchange import Exchange, StoreCall
@@ -74,12 +75,16 @@ def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: L
     runs; the worker's Prefect step makes one a minute a task run)."""
 
     def ask(item: Item) -> Request:
-        return Request(key=item.id, prompt=item_messages(item, config.prompt),
-                       seed=draw_seed(config.sampling.seed, item))
+        request = Request(key=item.id, prompt=item_messages(item, config.prompt),
+                          seed=draw_seed(config.sampling.seed, item), on_progress=keeper.progress(item))
+        if not item.partial:
+            return request
+        before = Checkpoint.from_dict(item.partial)  # given back or taken over mid-answer: go on from there
+        return continued(request, before.text, max_new_tokens=max(1, config.sampling.max_new_tokens - before.tokens))
 
     exchange = Exchange(call=calls or StoreCalls(store=store, config=config, engine=engine),
                         finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,
                         claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds,
                         shutdown=shutdown, idle_exit=idle_exit)
-    extract = (lambda group: extract_with_llm(engine, group)) if config.extract == "llm" else None
+    extract = (lambda group: extract_with_llm(engine, group, config.sampling)) if config.extract == "llm" else None
     return device_loop(engine=engine, exchange=exchange, sampling=config.sampling, on_answers=extract)

@@ -15,13 +15,14 @@ from tasks.grading import grade_many
 from tasks.grading.equivalence import is_correct
 from tasks.grading.extract import extract_answer
 from tasks.prompts import render
+from tasks.reasoning import reasoning_tokens, split_reasoning
 from tasks.store import Store
-from tasks.store.models import Claim, Item, Result
+from tasks.store.models import Checkpoint, Claim, Item, Result
 from tasks.throughput import BatchReport
 from tasks.worker.chat import prompt_provenance
 
 log = logging.getLogger("fleetgen")
-EXTRACT_SAMPLING = SamplingConfig(max_new_tokens=16)
+EXTRACT_SAMPLING = SamplingConfig(max_new_tokens=16, thinking="off")
 
 
 @dataclass
@@ -34,7 +35,17 @@ class Outcome:
 
 
 def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, config: WorkerConfig) -> Result:
-    return Result(response=answer.text, tokens=answer.tokens, finish_reason=answer.finish_reason,
+    partial = outcome.item.partial  # a checkpoint this answer continued
+    before = Checkpoint.from_dict(partial) if partial else Checkpoint("", 0)
+    text, tokens = before.text + answer.text, before.tokens + answer.tokens
+    split = split_reasoning(text, marker=config.sampling.thinking_marker, thinking=config.sampling.thinking)
+    trace_tokens = (answer.reasoning_tokens if answer.reasoning_tokens is not None
+                    else reasoning_tokens(split, text=text, tokens=tokens))
+    return Result(response=split.answer, reasoning=split.reasoning,
+                  reasoning_complete=split.complete and not answer.thinking_forced,  # ended by the model itself
+                  reasoning_tokens=trace_tokens, thinking_forced=answer.thinking_forced, tokens=tokens,
+                  continued_at=[*before.continued_at, before.tokens] if partial else None,
+                  finish_reason=answer.finish_reason,
                   seconds=answer.seconds, worker=outcome.claim.worker, device=device, finished=time.time(),
                   engine=engine, model=config.model.model_dump(), sampling=config.sampling.model_dump(),
                   predicted=answer.extracted, extracted_by="llm" if answer.extracted else None,
@@ -81,12 +92,15 @@ def grade_results(answered: list[tuple[Item, Result]]) -> None:
         result.predicted, result.correct = graded.predicted, graded.correct
 
 
-def extract_with_llm(engine: Any, group: list[Finished]) -> None:
+def extract_with_llm(engine: Any, group: list[Finished], sampling: SamplingConfig) -> None:
     """The original's second pass, on the device, for answers whose final answer cannot be read:
-    ask the model for the bare final answer (prompts/extract.txt); the response stays as it was."""
-    unparsed = [answer for _, answer in group if isinstance(answer, Generation) and extract_answer(answer.text) is None]
-    requests = [Request(key=str(index), prompt=render("extract", response=answer.text))
-                for index, answer in enumerate(unparsed)]
-    for answer, extracted in zip(unparsed, answer_all(engine, requests, EXTRACT_SAMPLING) if requests else []):
+    ask the model for the bare final answer (prompts/extract.txt) of what follows the reasoning
+    trace (none for a trace cut off); the response stays as it was."""
+    texts = [(answer, split_reasoning(answer.text, marker=sampling.thinking_marker, thinking=sampling.thinking).answer)
+             for _, answer in group if isinstance(answer, Generation)]
+    unparsed = [(answer, text) for answer, text in texts if text and extract_answer(text) is None]
+    requests = [Request(key=str(index), prompt=render("extract", response=text))
+                for index, (_, text) in enumerate(unparsed)]
+    for (answer, _), extracted in zip(unparsed, answer_all(engine, requests, EXTRACT_SAMPLING) if requests else []):
         found = extract_answer(extracted.text) if isinstance(extracted, Generation) else None
         answer.extracted = found

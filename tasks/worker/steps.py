@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import WorkerConfig
 from tasks.engines import Engine, create_engine
+from tasks.engines.budget import BudgetEngine
 from tasks.engines.code_loop import CodeLoopEngine
 from tasks.errors import retry_unless_user_error
 from tasks.sandbox import SandboxPolicy
@@ -25,14 +26,18 @@ from tasks.worker.writes import StoreCalls
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
 def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
-    """Load one engine copy on one device (or for one endpoint); with code execution, in the code loop."""
+    """Load one engine copy on one device (or for one endpoint); with code execution, in the code
+    loop; with a thinking budget, in budget forcing (around the code loop)."""
     engine = create_engine(engine=config.engine, model=config.model, device=device, label=label,
                            batch_size=config.batch_size)
-    if not config.code_execution:
-        return engine
-    policy = SandboxPolicy(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)),
-                           required=config.required_sandbox_layers)
-    return CodeLoopEngine(engine, max_executions=config.max_code_executions, policy=policy)
+    if config.code_execution:
+        policy = SandboxPolicy(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)),
+                               required=config.required_sandbox_layers)
+        engine = CodeLoopEngine(engine, max_executions=config.max_code_executions, policy=policy)
+    if config.sampling.thinking_budget:
+        engine = BudgetEngine(engine, thinking_budget=config.sampling.thinking_budget,
+                              answer_budget=config.sampling.answer_budget)
+    return engine
 
 
 @task(cache_policy=NO_CACHE)
