@@ -39,7 +39,7 @@ from tasks.store import open_store
 from tasks.store.runs import match_runs
 from tasks.throughput import BatchReport, summarize_reports
 from tasks.worker.chat import check_solutions
-from tasks.worker.leases import LeaseKeeper
+from tasks.worker.leases import LeaseKeeper, checkpoint_plan
 from tasks.worker.loop import run_finished, sampling_warnings
 from tasks.worker.outbox import DeviceBroken
 from tasks.worker.shutdown import Shutdown
@@ -89,6 +89,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
             logger.info(f"worker {config.worker_name}: {config.model.model} with {chosen} on "
                         f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, "
                         f"runs {', '.join(runs)}")
+            logger.info(checkpoint_plan(config))
             for run in runs:  # one after another; each device leaves a run when it is finished
                 if shutdown.requested:
                     break

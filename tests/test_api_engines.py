@@ -182,7 +182,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()  # argv: model, port
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), Handler).serve_forever()  # argv: model, port[, context]
 """
 
 
@@ -200,11 +200,13 @@ def test_a_server_whose_port_was_taken_meanwhile_starts_on_another(tmp_path: Pat
     taken = squatter.getsockname()[1]
     ports = iter([taken, free_port()])
     monkeypatch.setattr(served, "free_port", lambda: next(ports))
-    settings = EngineConfig(name="vllm", serve_command=f"{sys.executable} {script} {{model}} {{port}}",
-                            serve_timeout=60)
-    engine = served.ServedEngine(ModelConfig(model="m"), device="cpu", label="cpu", settings=settings)
+    settings = EngineConfig(name="vllm", serve_timeout=60,
+                            serve_command=f"{sys.executable} {script} {{model}} {{port}} {{max_model_len}}")
+    engine = served.ServedEngine(ModelConfig(model="m"), device="cpu", label="cpu", settings=settings,
+                                 context_tokens=18432)
     try:
         assert engine.process.poll() is None and f":{taken}/" not in engine.device
+        assert engine.process.args[-1] == "18432"  # {max_model_len} filled in
         assert httpx.get(engine.device.removesuffix("/v1") + "/health").status_code == 200
     finally:
         engine.close()

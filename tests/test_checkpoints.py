@@ -104,6 +104,7 @@ def test_sigterm_keeps_the_answer_so_far_and_another_worker_continues_it(streami
     worker.send_signal(signal.SIGTERM)  # its grace ends long before its answer does
     output = worker.communicate(timeout=120)[0]
     assert worker.returncode == 0 and "stopped (SIGTERM)" in output, output
+    assert "checkpoints: answers streamed for 600 s are kept with their items" in output
     [item] = store.items("r")
     assert item.status == "pending" and item.partial["tokens"] >= 30, item  # given back with its answer so far
     finish_and_check(url, server, store)

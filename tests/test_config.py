@@ -18,7 +18,7 @@ from flows.generate import generate
 from flows.refine import refine
 from flows.seed import seed
 from tasks.cli import command_parser, parse_command
-from tasks.config import ModelConfig, RefineConfig, SeedConfig, WorkerConfig
+from tasks.config import EngineConfig, ModelConfig, RefineConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.config.base import Config, ConfigError, nested_config
 from tasks.flag_reference import COMMANDS, reference
 from tasks.sandbox import LAYERS
@@ -140,3 +140,13 @@ def test_the_sandbox_layers_a_worker_requires(tmp_path: Path) -> None:
     cli = error_of(run_script("flows/generate.py", "--sandbox-layers", "landlok,seccomp", cwd=tmp_path))
     assert cli.startswith("Invalid worker settings: sandbox_layers (--sandbox-layers) = 'landlok,seccomp': unknown "
                           "sandbox layer(s) landlok: use all, none, or a comma list of own-session,")
+
+
+@pytest.mark.parametrize("sampling, context", [
+    ({}, 4096),  # 512 new tokens: the old default
+    ({"max_new_tokens": 16384, "thinking": "on"}, 2048 + 16384),  # a reasoning model's traces
+    ({"thinking_budget": 8000, "answer_budget": 1024}, 2048 + 8000 + 1024),  # budget forcing: both parts
+])
+def test_a_started_server_gets_the_context_the_answers_need(sampling: dict, context: int) -> None:
+    assert SamplingConfig(**sampling).context_tokens == context
+    assert "--max-model-len {max_model_len}" in EngineConfig().serve_command

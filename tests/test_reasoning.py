@@ -86,6 +86,7 @@ def test_budget_forcing_through_the_command_line(prefect_env, tmp_path: Path, ti
     result = run_flow_cli("generate.py", "--run", "r", "--model", str(tiny_model), "--devices", "cpu", "--thinking",
                           "on", "--thinking-budget", "6", "--answer-budget", "4", cwd=tmp_path, env=prefect_env)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "checkpoints: none with --engine hf-static (it cannot stream)" in result.stdout + result.stderr
     results = [item.result for item in SqliteStore(tmp_path / "fleetgen.db").items("r")]
     assert len(results) == 6
     for answer in results:

@@ -24,6 +24,7 @@ from tasks.store.urls import check_store_url
 DEFAULT_RUN = "gsm8k-test"
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 EXPORT_SUFFIXES = ("", ".jsonl", ".parquet")
+PROMPT_TOKENS = 2048  # room for the prompt in a started server's context (`SamplingConfig.context_tokens`)
 
 
 def default_worker_name() -> str:
@@ -126,6 +127,13 @@ class SamplingConfig(Config):
     answer_budget: PositiveInt = setting(1024, "with --thinking-budget: tokens of the answer after the trace at most",
                                          metavar="M")
 
+    @property
+    def context_tokens(self) -> int:
+        """The context a server is started with (`{max_model_len}`): the longest answer these settings
+        allow (with budget forcing, both budgets) and PROMPT_TOKENS for the prompt; at least 4,096."""
+        longest = self.thinking_budget + self.answer_budget if self.thinking_budget else self.max_new_tokens
+        return max(4096, PROMPT_TOKENS + longest)
+
     @model_validator(mode="after")
     def _budget_needs_thinking(self) -> Self:
         if self.thinking_budget is not None and self.thinking == "off":
@@ -133,7 +141,7 @@ class SamplingConfig(Config):
         return self
 
 
-DEFAULT_SERVE_COMMAND = "vllm serve {model} --port {port} --dtype {dtype} --max-model-len 4096"
+DEFAULT_SERVE_COMMAND = "vllm serve {model} --port {port} --dtype {dtype} --max-model-len {max_model_len}"
 
 
 class EngineConfig(Config):
@@ -156,8 +164,10 @@ class EngineConfig(Config):
     concurrency: PositiveInt = setting(16, "openai, vllm: requests in flight per endpoint", metavar="N")
     request_timeout: float = setting(600.0, "openai, vllm: seconds one request may take (then retried)", metavar="S",
                                      gt=0)
-    serve_command: str = setting(DEFAULT_SERVE_COMMAND, "vllm: the command starting one OpenAI-compatible server "
-                                 "per device; {model}, {port}, {dtype}, {device} are filled in", metavar="TEMPLATE")
+    serve_command: str = setting(
+        DEFAULT_SERVE_COMMAND, "vllm: the command starting one OpenAI-compatible server per device; {model}, {port}, "
+        "{dtype}, {device} and {max_model_len} (the longest answer the sampling settings allow + 2,048 tokens of "
+        "prompt, at least 4,096) are filled in", metavar="TEMPLATE")
     serve_timeout: float = setting(900.0, "vllm: seconds a server may take to become healthy", metavar="S", gt=0)
 
     @model_validator(mode="after")

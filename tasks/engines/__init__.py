@@ -73,8 +73,10 @@ class Engine(Protocol):
         """Give back what the engine holds (a server process, a cache)."""
 
 
-def create_engine(*, engine: EngineConfig, model: ModelConfig, device: str, label: str, batch_size: int) -> Engine:
-    """Load `engine.name` for `model` on `device` (for API engines, `device` is an endpoint)."""
+def create_engine(*, engine: EngineConfig, model: ModelConfig, device: str, label: str, batch_size: int,
+                  context_tokens: int = 4096) -> Engine:
+    """Load `engine.name` for `model` on `device` (for API engines, `device` is an endpoint); a
+    started server gets a context of `context_tokens`."""
     if engine.name == "auto":
         from tasks.engines.devices import choose_engine
 
@@ -93,7 +95,7 @@ def create_engine(*, engine: EngineConfig, model: ModelConfig, device: str, labe
         return OpenAIEngine(api_base=device, model=model.model, label=label, settings=engine)
     from tasks.engines.served import ServedEngine
 
-    return ServedEngine(model, device=device, label=label, settings=engine)
+    return ServedEngine(model, device=device, label=label, settings=engine, context_tokens=context_tokens)
 
 
 def share_time(group: list[Finished], seconds: float) -> list[Finished]:

@@ -45,7 +45,7 @@ def server_env(device: str) -> dict[str, str]:
 class ServedEngine(OpenAIEngine):
     name = "vllm"
 
-    def __init__(self, model: ModelConfig, *, device: str, label: str, settings: EngineConfig):
+    def __init__(self, model: ModelConfig, *, device: str, label: str, settings: EngineConfig, context_tokens: int):
         env = {**server_env(device), **os.environ}  # what the user set wins
         if device.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = device.removeprefix("cuda:")
@@ -53,7 +53,8 @@ class ServedEngine(OpenAIEngine):
         dtype = dtype_name(model.dtype, device)
         for _ in range(PORT_TRIES):
             port = free_port()
-            command = settings.serve_command.format(model=model.model, port=port, dtype=dtype, device=device)
+            command = settings.serve_command.format(model=model.model, port=port, dtype=dtype, device=device,
+                                                    max_model_len=context_tokens)
             self._start(command, env, port)
             if self._wait_healthy(f"http://127.0.0.1:{port}", command, settings.serve_timeout):
                 break

@@ -10,10 +10,27 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from tasks.config import WorkerConfig
 from tasks.store import Store
 from tasks.store.models import Checkpoint, Claim, Item
 
 log = logging.getLogger("fleetgen")
+STREAMING_ENGINES = ("openai", "vllm")
+
+
+def checkpoint_plan(config: WorkerConfig) -> str:
+    """Said once at start: whether answers are kept with their items while they are generated."""
+    seconds = config.checkpoint_seconds
+    if not seconds:
+        return "checkpoints: off (--checkpoint-seconds 0): an answer given back starts over"
+    if config.engine.name not in STREAMING_ENGINES:
+        return (f"checkpoints: none with --engine {config.engine.name} (it cannot stream): an answer given back "
+                "starts over")
+    if config.code_execution or config.sampling.thinking_budget:
+        return ("checkpoints: none with --code-execution or --thinking-budget (they go on with answers themselves): "
+                "an answer given back starts over")
+    return (f"checkpoints: answers streamed for {seconds:g} s are kept with their items every {seconds:g} s and when "
+            "given back, and the next worker goes on from them")
 
 
 @dataclass

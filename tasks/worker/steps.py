@@ -29,7 +29,7 @@ def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
     """Load one engine copy on one device (or for one endpoint); with code execution, in the code
     loop; with a thinking budget, in budget forcing (around the code loop)."""
     engine = create_engine(engine=config.engine, model=config.model, device=device, label=label,
-                           batch_size=config.batch_size)
+                           batch_size=config.batch_size, context_tokens=config.sampling.context_tokens)
     if config.code_execution:
         policy = SandboxPolicy(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)),
                                required=config.required_sandbox_layers)
