@@ -206,14 +206,17 @@ def test_two_workers_and_a_refine_at_once_share_one_local_prefect_server(tmp_pat
         for output in outputs:
             assert "database is locked" not in output and "Traceback" not in output
         assert "Loading weights" not in "".join(outputs[:2])  # no loading bar per model copy
-        assert all("with engine hf-static (--engine auto: no CUDA GPU among the devices) on cpu" in output
-                   for output in outputs[:2])  # the default engine, chosen and said in one line
+        # Which worker got how much depends on start-up timing (on a loaded machine one may even find the
+        # run finished by the other: nothing to do, no model loaded); that the shares add up exactly does not.
+        late = [output for output in outputs[:2] if "nothing to do" in output]
+        assert len(late) < 2 and all("with engine hf-static (--engine auto: no CUDA GPU among the devices) on cpu"
+                                     in output for output in outputs[:2] if output not in late), outputs
         assert "".join(outputs).count("starting a local Prefect server in the background") == 1, outputs
         assert "1 retries queued" in outputs[2]
         assert_all_done_once(SqliteStore(tmp_path / "fleetgen.db"), "r", 40)
-        # Which worker got how much depends on start-up timing; that the shares add up exactly does not.
-        done = [int(re.search(r"this worker did (\d+) items", output).group(1)) for output in outputs[:2]]
-        assert sum(done) == 40
+        done = [int(found.group(1)) for output in outputs[:2]
+                if (found := re.search(r"this worker did (\d+) items", output))]
+        assert sum(done) == 40 and len(done) + len(late) == 2
         state = read_state(home / "fleetgen-server")
         with temporary_settings({PREFECT_API_URL: state["url"]}), get_client(sync_client=True) as client:
             names = {run.name for run in client.read_flow_runs()}

@@ -11,9 +11,10 @@ import pytest
 
 from flows.generate import generate
 from flows.seed import seed
-from tasks.config import ModelConfig, SeedConfig, WorkerConfig
+from tasks.config import ModelConfig, SamplingConfig, SeedConfig, WorkerConfig
 from tasks.engines import Generation
 from tasks.engines.hf_static import HFStaticEngine
+from tasks.errors import UserError
 from tasks.evaluation.metrics import evaluate_items
 from tasks.reasoning import FORCED_LEAD_IN, Split, split_reasoning
 from tasks.store.models import Item, Result
@@ -196,3 +197,19 @@ def test_budget_forcing_composes_with_code_execution(prefect_env, tmp_path: Path
     assert answer.reasoning_tokens == first_round + 40  # both rounds of the trace, as the server counted them
     budgets = [request["body"]["max_tokens"] for request in server.requests][1:]  # after the one-token check
     assert budgets == [50, 50 - first_round, 8]
+
+
+@pytest.mark.unit
+def test_answers_made_before_the_thinking_settings_existed_count_as_made_the_same_way() -> None:
+    """A run answered partly before an upgrade: the older answers' sampling lacks the thinking keys
+    (they were made with the template's default); evaluate still reads the run as made one way."""
+    now = SamplingConfig().model_dump()
+    before = {key: value for key, value in now.items() if not key.startswith(("thinking", "answer_budget"))}
+    items = [Item(question_id=f"q{n}", question="?", reference="1", status="done",
+                  result=Result(response="#### 1", predicted="1", correct=True, engine="hf-static", model={},
+                                prompt="step_by_step", prompt_hash="h", sampling=sampling))
+             for n, sampling in enumerate((before, now))]
+    assert evaluate_items("r", items)["accuracy"] == 1.0
+    items[1].result.sampling = {**now, "thinking": "on"}  # really another way: refused
+    with pytest.raises(UserError, match="2 different ways"):
+        evaluate_items("r", items)

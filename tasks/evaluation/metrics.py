@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from math import comb
 from typing import Any
 
+from tasks.config import SamplingConfig
 from tasks.errors import UserError
 from tasks.grading.equivalence import answer_key
 from tasks.refine import latest_answers
@@ -51,11 +52,14 @@ def majority_score(answers: list[tuple[str | None, bool]]) -> float:
 
 
 def made_with(item: Item) -> str | None:
-    """How an answer was made, as one comparable text (None for responses brought from elsewhere)."""
+    """How an answer was made, as one comparable text (None for responses brought from elsewhere);
+    sampling settings newer than the answer read as their defaults, which it was made with."""
     result = item.result
     if result is None or result.engine is None:
         return None
-    return json.dumps(result.provenance(), sort_keys=True)
+    provenance = result.provenance()
+    provenance["sampling"] = {**SamplingConfig().model_dump(), **(provenance["sampling"] or {})}
+    return json.dumps(provenance, sort_keys=True)
 
 
 def check_one_way_per_stage(run: str, items: list[Item]) -> dict[str, Any] | None:
