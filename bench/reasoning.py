@@ -107,7 +107,7 @@ def streaming_cost(tokens: int = 2000, repeats: int = 5) -> dict[str, float]:
     engine = OpenAIEngine.__new__(OpenAIEngine)  # no server to check: the client above answers from memory
     engine.client, engine.model_name = client, "m"
     messages = [{"role": "user", "content": "q"}]
-    ours = Request(key="q", prompt="q", on_progress=lambda text, pieces: None)
+    ours = Request(key="q", prompt="q", on_progress=lambda read: None)
 
     def typed() -> None:
         for _ in client.chat.completions.create(model="m", messages=messages, stream=True,  # type: ignore[call-overload]

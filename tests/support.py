@@ -84,16 +84,19 @@ class ScriptedServer:
     mentioning `poison` always get malformed answers, those mentioning `too_long` vLLM's 400 for a
     prompt longer than its context. `reply` answers a request's body with (text, finish reason). A
     request with `stream` gets its text as server-sent events, a word at a time (one token each),
-    `stream_delay` seconds apart; `streamed` counts the words sent of each streamed request."""
+    `stream_delay` seconds apart; `streamed` counts the words sent of each streamed request; with
+    `hold_after`, a stream pauses after that many words until `release` is set."""
 
     def __init__(self, script: list[str], model: str = "scripted-model", answer: str = "So it is 7.\n#### 7",
                  poison: str | None = None, too_long: str | None = None,
-                 reply: Callable[[dict[str, Any]], tuple[str, str]] | None = None, stream_delay: float = 0.0):
+                 reply: Callable[[dict[str, Any]], tuple[str, str]] | None = None, stream_delay: float = 0.0,
+                 hold_after: int | None = None):
         import http.server
 
         self.script, self.model, self.answer, self.poison = list(script), model, answer, poison
         self.reply = reply or (lambda body: (self.answer, "stop"))  # a request's (text, finish reason)
         self.stream_delay, self.streamed = stream_delay, list[int]()
+        self.hold_after, self.release = hold_after, threading.Event()
         self.too_long = too_long
         self.requests: list[dict[str, Any]] = []  # each request's body and Authorization header
         self.lock = threading.Lock()
@@ -163,7 +166,9 @@ class ScriptedServer:
 
                 try:
                     event({"role": "assistant", "content": ""})
-                    for word in words:
+                    for sent, word in enumerate(words):
+                        if sent == server.hold_after:
+                            server.release.wait()
                         time.sleep(server.stream_delay)
                         event({"content": word})
                         server.streamed[index] += 1

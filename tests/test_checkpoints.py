@@ -22,7 +22,8 @@ from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, cli_env
 from tests.support import ScriptedServer, wait_until
 
-STEPS = 100  # words of the first worker's answer: it is stopped long before the end
+STEPS = 100  # words of the first worker's answer
+HELD = 30  # its stream pauses after these until the test releases it: the worker is stopped mid-answer
 REST = " so 18 eggs.</think>\n\n#### 18"
 
 
@@ -60,7 +61,7 @@ def streaming(prefect_env, tmp_path: Path):
     dataset.write_text(json.dumps({"question": "Eggs?", "answer": "18"}) + "\n")
     url = f"sqlite:///{tmp_path / 'w.db'}"
     seed(SeedConfig(store=url, run="r", dataset=str(dataset)))
-    server = ScriptedServer([], reply=reply, stream_delay=0.04)
+    server = ScriptedServer([], reply=reply, stream_delay=0.02, hold_after=HELD)
     yield url, server
     server.close()
 
@@ -100,13 +101,15 @@ def test_sigterm_keeps_the_answer_so_far_and_another_worker_continues_it(streami
     store = SqliteStore(tmp_path / "w.db")
     # checkpoints every 10 minutes: the one kept is the one taken when the grace period ends
     worker = start_worker(url, server, tmp_path, prefect_env, "--grace-seconds", "1", "--checkpoint-seconds", "600")
-    assert wait_until(lambda: server.streamed and server.streamed[0] >= 30, timeout=120), worker
+    assert wait_until(lambda: bool(server.streamed) and server.streamed[0] >= HELD, timeout=120), worker
     worker.send_signal(signal.SIGTERM)  # its grace ends long before its answer does
+    assert wait_until(lambda: store.items("r")[0].status == "pending", timeout=60)  # given back at the grace end
+    server.release.set()  # the answer it gave back ends (refused at write); the worker exits
     output = worker.communicate(timeout=120)[0]
     assert worker.returncode == 0 and "stopped (SIGTERM)" in output, output
     assert "checkpoints: answers streamed for 600 s are kept with their items" in output
     [item] = store.items("r")
-    assert item.status == "pending" and item.partial["tokens"] >= 30, item  # given back with its answer so far
+    assert item.status == "pending" and item.partial["tokens"] == HELD, item  # given back with its answer so far
     finish_and_check(url, server, store)
 
 
@@ -118,6 +121,7 @@ def test_sigkill_leaves_the_last_checkpoint_for_whoever_takes_the_lease_over(str
     assert wait_until(lambda: bool(store.items("r")[0].partial), timeout=120), "a checkpoint every second"
     worker.send_signal(signal.SIGKILL)  # no warning: the lease must expire
     worker.wait(timeout=10)
+    server.release.set()
     [item] = store.items("r")
     assert item.status == "running" and item.worker == "first"
     finish_and_check(url, server, store)

@@ -32,8 +32,9 @@ class Request:
     seed: int | None = None  # this sample's own draw (hf-static and servers honour it; see Generation.seed)
     max_new_tokens: int | None = None  # per request; by default the sampling settings'
     stop: tuple[str, ...] = ()  # texts that end the answer early, where the engine honours them
-    # streaming engines (openai, vllm) tell the answer so far (its text and tokens) here as it grows
-    on_progress: Callable[[str, int], None] | None = field(default=None, compare=False, repr=False)
+    # streaming engines (openai, vllm) hand this, when the answer starts, what reads it so far (text, tokens)
+    on_progress: Callable[[Callable[[], tuple[str, int]]], None] | None = field(default=None, compare=False,
+                                                                                 repr=False)
 
 
 @dataclass

@@ -63,11 +63,15 @@ def made_with(item: Item) -> str | None:
 
 
 def check_one_way_per_stage(run: str, items: list[Item]) -> dict[str, Any] | None:
-    """UserError when answers of one stage were made in different ways; else how stage 0 was made."""
+    """UserError when answers of one stage were made in different ways; else how stage 0 was made
+    (as its first answer records it)."""
     ways: dict[int, Counter[str]] = defaultdict(Counter)
+    recorded: dict[int, dict[str, Any]] = {}
     for item in items:
         if item.status == "done" and (way := made_with(item)) is not None:
             ways[item.stage][way] += 1
+            recorded.setdefault(item.stage, json.loads(json.dumps(item.result.provenance() if item.result else {},
+                                                                  sort_keys=True)))  # keys in order, as shown
     for stage, counted in sorted(ways.items()):
         if len(counted) > 1:
             listed = "; ".join(f"{n} answers made with {way}" for way, n in counted.most_common())
@@ -75,7 +79,7 @@ def check_one_way_per_stage(run: str, items: list[Item]) -> dict[str, Any] | Non
                 f"Run {run!r} holds stage-{stage} answers made in {len(counted)} different ways: {listed}. Figures "
                 "over them would mix models or settings. Seed one run per way of answering (or export the rows: each "
                 "row says how it was made).")
-    return json.loads(next(iter(ways[0]))) if ways.get(0) else None
+    return recorded.get(0)
 
 
 def ks_to_report(samples: int) -> list[int]:

@@ -35,10 +35,10 @@ def checkpoint_plan(config: WorkerConfig) -> str:
 
 @dataclass
 class Growing:
-    """An answer being streamed: since when, what it is so far, and how many tokens of it are kept."""
+    """An answer being streamed: since when, what reads it so far, and how many tokens of it are kept."""
 
     started: float
-    checkpoint: Checkpoint
+    so_far: Callable[[], Checkpoint]
     kept_tokens: int = 0
 
 
@@ -69,21 +69,24 @@ class LeaseKeeper:
             thread.join()
         self.give_back_all()
 
-    def progress(self, item: Item) -> Callable[[str, int], None] | None:
-        """What an engine tells an item's answer so far (text, tokens) to, with checkpoints on; an
-        answer continued from its item's checkpoint goes on from there."""
+    def progress(self, item: Item) -> Callable[[Callable[[], tuple[str, int]]], None] | None:
+        """With checkpoints on, what an engine hands the reader of an item's answer so far (text,
+        tokens) when it starts streaming; an answer continued from its item's checkpoint goes on
+        from there."""
         if not self.checkpoint_seconds:
             return None
         before = Checkpoint.from_dict(item.partial) if item.partial else None
 
-        def told(text: str, tokens: int) -> None:
-            so_far = (Checkpoint(before.text + text, before.tokens + tokens, (*before.continued_at, before.tokens))
-                      if before else Checkpoint(text, tokens))
-            with self._lock:  # streamed since its first piece
-                growing = self._growing.setdefault(item.id, Growing(time.monotonic(), so_far))
-                growing.checkpoint = so_far
+        def started(read: Callable[[], tuple[str, int]]) -> None:
+            def so_far() -> Checkpoint:
+                text, tokens = read()
+                return (Checkpoint(before.text + text, before.tokens + tokens, (*before.continued_at, before.tokens))
+                        if before else Checkpoint(text, tokens))
 
-        return told
+            with self._lock:
+                self._growing[item.id] = Growing(time.monotonic(), so_far)
+
+        return started
 
     def forget(self, ids: list[str]) -> None:
         """Items written: their answers are no longer growing."""
@@ -100,9 +103,10 @@ class LeaseKeeper:
             due: dict[str, dict[str, Checkpoint]] = {}
             for id_, growing in self._growing.items():
                 token = self._claim_of.get(id_)
-                if (token in self._claims and (of_claims is None or token in of_claims)
-                        and now - growing.started >= streamed_for and growing.checkpoint.tokens > growing.kept_tokens):
-                    due.setdefault(token, {})[id_] = growing.checkpoint
+                if token in self._claims and (of_claims is None or token in of_claims) and (
+                        now - growing.started >= streamed_for and (checkpoint := growing.so_far()).tokens
+                        > growing.kept_tokens):
+                    due.setdefault(token, {})[id_] = checkpoint
             claims = {token: self._claims[token] for token in due}
         for token, checkpoints in due.items():
             try:
