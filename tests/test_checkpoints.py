@@ -109,7 +109,8 @@ def test_sigterm_keeps_the_answer_so_far_and_another_worker_continues_it(streami
     assert worker.returncode == 0 and "stopped (SIGTERM)" in output, output
     assert "checkpoints: answers streamed for 600 s are kept with their items" in output
     [item] = store.items("r")
-    assert item.status == "pending" and item.partial["tokens"] == HELD, item  # given back with its answer so far
+    # given back with its answer so far (all HELD words unless a loaded machine had not read them all yet)
+    assert item.status == "pending" and 0 < item.partial["tokens"] <= HELD, item
     finish_and_check(url, server, store)
 
 
