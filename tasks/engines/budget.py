@@ -21,10 +21,8 @@ class Draft:
 
     request: Request
     text: str = ""
-    answering: bool = False  # in the second part
-    forced: bool = False
-    reasoning_tokens: int | None = None
-    parts: list[Generation] = field(default_factory=list)
+    forced: bool = False  # the trace was closed at the budget (its tokens: the first part's)
+    parts: list[Generation] = field(default_factory=list)  # the first part's answer, then the second's
 
     @property
     def tokens(self) -> int:
@@ -40,7 +38,7 @@ class Draft:
         return Generation(self.text, tokens=self.tokens, finish_reason=last.finish_reason,
                           seconds=sum(part.seconds for part in self.parts),
                           seed=self.request.seed if last.seed is not None else None,
-                          reasoning_tokens=self.reasoning_tokens, thinking_forced=self.forced,
+                          reasoning_tokens=self.parts[0].tokens if self.forced else None, thinking_forced=self.forced,
                           code_executions=sum(part.code_executions or 0 for part in ran) if ran else None,
                           code_errors=sum(part.code_errors or 0 for part in ran) if ran else None,
                           code_seconds=sum(part.code_seconds or 0.0 for part in ran) if ran else None)
@@ -61,12 +59,11 @@ class BudgetEngine:
             finished, answered = loop.received(group)
             for key, draft, answer in answered:
                 draft.add(answer)
-                if draft.answering or answer.finish_reason != "length":
+                if len(draft.parts) > 1 or answer.finish_reason != "length":  # the second part, or ended
                     finished.append((loop.close(key).request, draft.generation(answer)))
                     continue
-                draft.answering = True
                 if marker not in draft.text:  # still thinking at the budget: the trace is closed here
-                    draft.forced, draft.reasoning_tokens = True, draft.tokens
+                    draft.forced = True
                     draft.text += f"\n{marker}\n\n{FORCED_LEAD_IN}"
                 seed = None if draft.request.seed is None else (draft.request.seed + 1) % 2**31  # a new draw
                 loop.back(continued(draft.request, draft.text, max_new_tokens=self.answer_budget, seed=seed))
