@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-PORT_TAKEN = re.compile(r"address already in use|\[errno 98\]|eaddrinuse", re.I)
+PORT_TAKEN = re.compile(r"already in use|\[errno 98\]|eaddrinuse", re.I)  # uvicorn's words, and Prefect's own check
 PORT_TRIES = 3
 
 

@@ -48,8 +48,9 @@ def template_options(thinking: str) -> dict[str, Any]:
 
 
 def reasoning_tokens(split: Split, *, text: str, tokens: int) -> int | None:
-    """The trace's share of an answer's tokens, by its share of the characters (the engines count
-    tokens per answer, not per part; budget forcing counts the trace's tokens exactly)."""
+    """The trace's share of an answer's tokens, by its share of the characters: for the answers
+    whose trace's tokens no engine counted (a server's answer not streamed, a trace ended before
+    the checkpoint its answer went on from)."""
     if split.reasoning is None:
         return None
     return round(tokens * len(split.reasoning) / len(text)) if text else 0

@@ -202,7 +202,7 @@ def test_two_workers_and_a_refine_at_once_share_one_local_prefect_server(tmp_pat
                                          cwd=tmp_path, env=cli_env({"PREFECT_HOME": str(home)}), text=True,
                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         outputs = [command.communicate(timeout=400)[0] for command in commands]
-        assert [command.returncode for command in commands] == [0, 0, 0], outputs
+        assert [command.returncode for command in commands] == [0, 0, 0], "\n\n".join(outputs)
         for output in outputs:
             assert "database is locked" not in output and "Traceback" not in output
         assert "Loading weights" not in "".join(outputs[:2])  # no loading bar per model copy

@@ -80,6 +80,15 @@ def test_the_chat_template_is_told_whether_to_think(tiny_model: Path) -> None:
     assert len(model.encode("Eggs?", "off")) > len(model.encode("Eggs?", "on"))
 
 
+def test_hf_engines_count_the_traces_tokens(tiny_model: Path) -> None:
+    model = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu")
+    tokens = model.tokenizer("<think>3*6 = 18, not 20</think>\n\nSo 18 eggs.\n#### 18")["input_ids"]
+    answer = model.answer(tokens, "</think>")
+    up_to = [count for count in range(1, len(tokens) + 1) if "</think>" in model.tokenizer.decode(tokens[:count])]
+    assert answer.reasoning_tokens == up_to[0] < answer.tokens == len(tokens)
+    assert model.answer(tokens, "<|end_of_thought|>").reasoning_tokens is None  # no such marker in it
+
+
 def test_budget_forcing_through_the_command_line(prefect_env, tmp_path: Path, tiny_model: Path) -> None:
     """A random model never ends its trace: each is closed at 6 tokens and answered in at most 4 more."""
     url = f"sqlite:///{tmp_path / 'fleetgen.db'}"
@@ -136,6 +145,9 @@ def test_a_server_gets_thinking_and_budget_forcing(prefect_env, tmp_path: Path) 
     assert figs.reasoning == " ".join(["hmm"] * 40) and figs.reasoning_tokens == 40  # the first part's tokens
     assert (plums.response, plums.correct, plums.thinking_forced, plums.reasoning_complete) == ("#### 20", True,
                                                                                                 False, True)
+    # streamed (checkpoints are on), so the trace's tokens are counted: the pieces up to the marker's
+    assert eggs.reasoning_tokens == len(["<think>3*6", " =", " 18</think>"]) and plums.reasoning_tokens == 1
+    assert all(request["body"]["stream"] for request in server.requests if request["body"]["max_tokens"] > 1)
     asked = [request["body"] for request in server.requests if request["body"]["max_tokens"] > 1]  # not the check
     assert all(body["chat_template_kwargs"] == {"enable_thinking": True} for body in asked)
     first = [body for body in asked if len(body["messages"]) == 1]

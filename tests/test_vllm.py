@@ -42,22 +42,19 @@ def vllm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_model(tmp_path_factory.mktemp("vllm-model"), chat=True, hidden=128)
 
 
-def vllm_processes(model: Path) -> list[int]:
-    """Processes of a vLLM server of this model: the server names the model, its engine core and
-    workers are named VLLM::…"""
+def vllm_processes(worker: str) -> list[int]:
+    """Processes of the vLLM server a worker started (the server, its engine core and workers,
+    named VLLM::…), told apart by the worker's tag in the environment they inherit from it."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+    for environ in Path("/proc").glob("[0-9]*/environ"):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            tagged = f"FLEETGEN_TEST_WORKER={worker}".encode() in environ.read_bytes().split(b"\0")
+            command = (environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(model) in text and "vllm" in text or text.startswith("VLLM::"):
-            found.append(int(cmdline.parent.name))
+        if tagged and "flows/generate.py" not in command and ("vllm" in command or command.startswith("VLLM::")):
+            found.append(int(environ.parent.name))
     return found
-
-
-def done(store: SqliteStore, run: str) -> int:
-    return sum(item.status == "done" for item in store.items(run))
 
 
 def test_the_worker_drives_real_vllm(prefect_env, tmp_path: Path, vllm_python: Path, vllm_model: Path) -> None:
@@ -82,30 +79,33 @@ def test_the_worker_drives_real_vllm(prefect_env, tmp_path: Path, vllm_python: P
     env = cli_env(prefect_env)
 
     def start(name: str, *more: str) -> subprocess.Popen:
-        return subprocess.Popen([*args, "--run", "bulk", "--worker", name, *more], cwd=tmp_path, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return subprocess.Popen([*args, "--run", "bulk", "--worker", name, *more], cwd=tmp_path, text=True,
+                                env={**env, "FLEETGEN_TEST_WORKER": name}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
 
-    def until_it_answers(worker: subprocess.Popen, before: int) -> None:
-        deadline = time.monotonic() + 400  # vLLM's CPU start-up takes a minute or more
-        while done(store, "bulk") <= before:
-            assert worker.poll() is None and time.monotonic() < deadline, (
-                worker.stdout.read() if worker.poll() is not None else "no answer in time")
-            time.sleep(0.5)
-
-    # 1. SIGKILL mid-run: the worker alone dies, and its server (with vLLM's engine processes) with it.
-    doomed = start("doomed")
-    until_it_answers(doomed, 0)
-    assert vllm_processes(vllm_model)
-    doomed.send_signal(signal.SIGKILL)
+    # Two workers at once, each with its own server, each stopped once it has answered (vLLM's CPU start-up
+    # takes a minute or more). 1. SIGKILL mid-run: the worker alone dies, and its server (with vLLM's engine
+    # processes) with it. 2. SIGTERM: exit 0, what finished written, its claims given back at once, its server
+    # stopped. This one thinks (the template gets enable_thinking) with a budget: each trace is closed at 8
+    # tokens and answered by continuing the assistant's turn (continue_final_message), as vLLM counts the tokens.
+    workers = {"doomed": start("doomed"),
+               "stopped": start("stopped", "--thinking", "on", "--thinking-budget", "8", "--answer-budget", "8")}
+    stops = {"doomed": signal.SIGKILL, "stopped": signal.SIGTERM}
+    deadline = time.monotonic() + 400
+    while stops:
+        answered = {item.result.worker for item in store.items("bulk") if item.result}
+        for name, worker in workers.items():
+            if name in stops and name in answered:
+                assert vllm_processes(name)
+                worker.send_signal(stops.pop(name))
+            elif name in stops:
+                assert worker.poll() is None and time.monotonic() < deadline, (
+                    worker.stdout.read() if worker.poll() is not None else "no answer in time")
+        time.sleep(0.5)
+    doomed, stopped = workers["doomed"], workers["stopped"]
     doomed.wait(timeout=10)
-    assert wait_until(lambda: vllm_processes(vllm_model) == [], timeout=90), "a killed worker's vLLM must die with it"
+    assert wait_until(lambda: vllm_processes("doomed") == [], timeout=90), "a killed worker's vLLM must die with it"
 
-    # 2. SIGTERM: exit 0, what finished written, its claims given back at once, its server stopped. This
-    # worker thinks (the template gets enable_thinking) with a budget: each trace is closed at 8 tokens and
-    # answered by continuing the assistant's turn (continue_final_message), as vLLM counts the tokens.
-    stopped = start("stopped", "--thinking", "on", "--thinking-budget", "8", "--answer-budget", "8")
-    until_it_answers(stopped, done(store, "bulk"))
-    stopped.send_signal(signal.SIGTERM)
     output = stopped.communicate(timeout=180)[0]
     assert stopped.returncode == 0 and "stopped (SIGTERM)" in output, output
     assert not [item for item in store.items("bulk") if item.worker == "stopped" and item.status == "running"]
@@ -115,13 +115,13 @@ def test_the_worker_drives_real_vllm(prefect_env, tmp_path: Path, vllm_python: P
     assert all(answer.reasoning_tokens == 8 and 8 < answer.tokens <= 16 and answer.response.startswith(FORCED_LEAD_IN)
                for answer in forced)
     assert all(answer.tokens <= 8 for answer in thought if not answer.thinking_forced)  # ended within (end of sequence)
-    assert wait_until(lambda: vllm_processes(vllm_model) == [], timeout=60)
+    assert wait_until(lambda: vllm_processes("stopped") == [], timeout=60)
 
     # 3. The runs drained at --concurrency 32 by one worker (after the killed one's leases expire).
-    finished = subprocess.run([*args, "--run", "bulk,r,again", "--worker", "last"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=900)
+    finished = subprocess.run([*args, "--run", "bulk,r,again", "--worker", "last"], cwd=tmp_path,
+                              env={**env, "FLEETGEN_TEST_WORKER": "last"}, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert vllm_processes(vllm_model) == []
+    assert vllm_processes("last") == []
     bulk = store.items("bulk")
     assert len(bulk) == 400 and {item.status for item in bulk} == {"done"}  # each done once, by one worker
     assert {item.result.engine for item in bulk} == {"vllm"} and {item.attempts for item in bulk} <= {0, 1}

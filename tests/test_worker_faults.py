@@ -2,11 +2,16 @@
 claims, what is being generated finishes within the grace period and is written, everything else
 goes back at once, exit 0 with the summary; `--max-runtime` stops claiming in time; `--idle-exit`
 picks up work queued after the run finished. A full disk stops the worker clearly, its claims
-given back; a broken device stops without spending its items' attempts."""
+given back; a broken device stops without spending its items' attempts; a local Prefect server
+whose port was taken before it bound it is started again on another."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +21,7 @@ import pytest
 from flows.seed import seed
 from tasks.config import SeedConfig, WorkerConfig
 from tasks.errors import UserError
+from tasks.local_servers import port_taken
 from tasks.prefect_server import local_server_url, stop_server
 from tasks.store.models import Item
 from tasks.store.sqlite import SqliteStore
@@ -152,6 +158,20 @@ def test_sigterm_while_waiting_for_the_local_prefect_server_ends_the_worker_with
         assert local_server_url(home / "fleetgen-server")  # the shared server started on, for the next command
     finally:
         stop_server(home / "fleetgen-server")
+
+
+def test_a_port_taken_before_the_prefect_server_binds_it_is_read_from_its_log(tmp_path: Path) -> None:
+    """Prefect checks its port itself and exits with its own words: the start reads them as a taken port
+    (and starts again on another) rather than as a server that cannot start."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        log = tmp_path / "server.log"
+        with log.open("wb") as output:
+            started = subprocess.run([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(taken.getsockname()[1])], stdout=output, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PREFECT_HOME": str(tmp_path)}, timeout=120)
+    assert started.returncode != 0 and port_taken(log), log.read_text()
 
 
 def test_a_full_disk_stops_the_worker_with_a_clear_message_and_its_claims_given_back(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ class Request:
     seed: int | None = None  # this sample's own draw (hf-static and servers honour it; see Generation.seed)
     max_new_tokens: int | None = None  # per request; by default the sampling settings'
     stop: tuple[str, ...] = ()  # texts that end the answer early, where the engine honours them
+    tokens_so_far: int = 0  # when the prompt ends with the answer so far (a checkpoint), its tokens
     # streaming engines (openai, vllm) hand this, when the answer starts, what reads it so far (text, tokens)
     on_progress: Callable[[Callable[[], tuple[str, int]]], None] | None = field(default=None, compare=False,
                                                                                  repr=False)
@@ -48,7 +49,7 @@ class Generation:
     code_errors: int | None = None  # how many of them failed,
     code_seconds: float | None = None  # and how long they took
     seed: int | None = None  # the request's seed, where the engine drew this answer with it (temperature > 0)
-    reasoning_tokens: int | None = None  # where the engine counted the trace's tokens (budget forcing does)
+    reasoning_tokens: int | None = None  # of `tokens`, the trace's up to its marker, where the engine counted them
     thinking_forced: bool | None = None  # budget forcing: whether the trace was closed at the budget
 
 

@@ -2,7 +2,8 @@
 tokens. One that ends within them is done. One cut off there goes on for at most `answer_budget`
 tokens more, continuing the assistant's turn as the code-execution loop does: a trace still
 unended is closed first (the marker, then "The final answer is \\boxed{"), and the answer is
-marked forced, its trace's tokens counted exactly. Wraps an engine, code execution included."""
+marked forced, its trace's tokens counted exactly. Wraps an engine, code execution included. An
+answer continued from a checkpoint goes on in the part it was in, with what is left of its budget."""
 
 from __future__ import annotations
 
@@ -11,8 +12,13 @@ from typing import Iterator
 
 from tasks.config import SamplingConfig
 from tasks.engines import Engine, Feeder, Finished, Generation, Request
-from tasks.engines.continuing import ContinuingFeeder, continued
+from tasks.engines.continuing import ContinuingFeeder, continued, so_far_text
 from tasks.reasoning import FORCED_LEAD_IN
+
+
+def forced_close(marker: str) -> str:
+    """What closes a trace at the budget: the marker and the lead-in to the final answer."""
+    return f"\n{marker}\n\n{FORCED_LEAD_IN}"
 
 
 @dataclass
@@ -20,9 +26,11 @@ class Draft:
     """One answer over its two parts: up to the thinking budget, then the answer's."""
 
     request: Request
+    answering: bool = False  # in the second part: past the thinking budget
+    forced: bool = False  # the trace was closed at the budget
     text: str = ""
-    forced: bool = False  # the trace was closed at the budget (its tokens: the first part's)
-    parts: list[Generation] = field(default_factory=list)  # the first part's answer, then the second's
+    parts: list[Generation] = field(default_factory=list)
+    trace_tokens: int | None = None  # the first part's tokens, where this engine closed the trace after it
 
     @property
     def tokens(self) -> int:
@@ -35,10 +43,11 @@ class Draft:
     def generation(self, last: Generation) -> Generation:
         """The whole answer, once `last` (its final part) ended; code executions of both parts added up."""
         ran = [part for part in self.parts if part.code_executions is not None]
+        trace = self.trace_tokens if self.trace_tokens is not None else self.parts[0].reasoning_tokens
         return Generation(self.text, tokens=self.tokens, finish_reason=last.finish_reason,
                           seconds=sum(part.seconds for part in self.parts),
                           seed=self.request.seed if last.seed is not None else None,
-                          reasoning_tokens=self.parts[0].tokens if self.forced else None, thinking_forced=self.forced,
+                          reasoning_tokens=trace, thinking_forced=self.forced,
                           code_executions=sum(part.code_executions or 0 for part in ran) if ran else None,
                           code_errors=sum(part.code_errors or 0 for part in ran) if ran else None,
                           code_seconds=sum(part.code_seconds or 0.0 for part in ran) if ran else None)
@@ -51,20 +60,32 @@ class BudgetEngine:
         self.engine, self.thinking_budget, self.answer_budget = engine, thinking_budget, answer_budget
         self.name, self.device, self.label = engine.name, engine.device, engine.label
 
+    def first_part(self, request: Request) -> Request:
+        """A new request's first part: the thinking budget, or (continued from a checkpoint past it)
+        what is left of the answer's."""
+        spent, budget = request.tokens_so_far, self.thinking_budget
+        left = budget - spent if spent <= budget else budget + self.answer_budget - spent
+        return replace(request, max_new_tokens=max(1, left))
+
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
-        marker = sampling.thinking_marker
-        loop = ContinuingFeeder(feeder, open=Draft,
-                                first=lambda request: replace(request, max_new_tokens=self.thinking_budget))
+        closing = forced_close(sampling.thinking_marker)
+
+        def open_draft(request: Request) -> Draft:
+            answering = request.tokens_so_far > self.thinking_budget
+            return Draft(request, answering=answering, forced=answering and closing in so_far_text(request))
+
+        loop = ContinuingFeeder(feeder, open=open_draft, first=self.first_part)
         for group in self.engine.run(loop, sampling):
             finished, answered = loop.received(group)
             for key, draft, answer in answered:
                 draft.add(answer)
-                if len(draft.parts) > 1 or answer.finish_reason != "length":  # the second part, or ended
+                if draft.answering or answer.finish_reason != "length":  # the second part, or ended
                     finished.append((loop.close(key).request, draft.generation(answer)))
                     continue
-                if marker not in draft.text:  # still thinking at the budget: the trace is closed here
-                    draft.forced = True
-                    draft.text += f"\n{marker}\n\n{FORCED_LEAD_IN}"
+                draft.answering = True
+                if sampling.thinking_marker not in so_far_text(draft.request) + draft.text:  # still thinking
+                    draft.forced, draft.trace_tokens = True, draft.tokens
+                    draft.text += closing
                 seed = None if draft.request.seed is None else (draft.request.seed + 1) % 2**31  # a new draw
                 loop.back(continued(draft.request, draft.text, max_new_tokens=self.answer_budget, seed=seed))
             yield finished

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from tasks.config import SamplingConfig
 from tasks.engines import Engine, Feeder, Finished, Generation, Request
-from tasks.engines.continuing import ContinuingFeeder, continued
+from tasks.engines.continuing import ContinuingFeeder, continued, so_far_text
 from tasks.engines.devices import cpu_cores
 from tasks.sandbox import Execution, SandboxPolicy, execute
 
@@ -34,6 +34,7 @@ class Transcript:
     executions: int = 0
     errors: int = 0
     execution_seconds: float = 0.0
+    trace_tokens: int | None = None  # of its tokens, the trace's, where the engine counted them
 
     @property
     def spent(self) -> bool:
@@ -46,10 +47,11 @@ class Transcript:
 
     def generation(self, last: Generation) -> Generation:
         """The whole answer, once `last` (its final round) ended without code to run."""
-        return Generation(self.text.strip(), tokens=self.tokens, seconds=self.seconds,
+        text = self.text.rstrip() if so_far_text(self.request) else self.text.strip()  # going on: its leading space
+        return Generation(text, tokens=self.tokens, seconds=self.seconds,
                           finish_reason="length" if self.spent else last.finish_reason,
                           code_executions=self.executions, code_errors=self.errors,
-                          code_seconds=round(self.execution_seconds, 3),
+                          code_seconds=round(self.execution_seconds, 3), reasoning_tokens=self.trace_tokens,
                           seed=self.request.seed if last.seed is not None else None)
 
 
@@ -78,21 +80,28 @@ class CodeLoopEngine:
         def open_transcript(request: Request) -> Transcript:
             return Transcript(request, budget=request.max_new_tokens or sampling.max_new_tokens)
 
-        loop = ContinuingFeeder(feeder, open=open_transcript, first=lambda request: replace(request, stop=STOP))
+        loop = ContinuingFeeder(feeder, open=open_transcript, first=lambda request: replace(request, stop=STOP),
+                                unsettled=lambda text: "```python" in text)  # a checkpoint keeps no code unrun
         with ThreadPoolExecutor(cpu_cores(), thread_name_prefix=f"sandbox-{self.label}") as pool:
             for group in self.engine.run(loop, sampling):
                 finished, answered = loop.received(group)
                 for key, transcript, answer in answered:
                     code = first_code(answer.text)
+                    before, marker = transcript.tokens, sampling.thinking_marker
                     transcript.tokens += answer.tokens
                     transcript.seconds += answer.seconds
-                    if code is None or transcript.executions >= self.max_executions or transcript.spent:
-                        transcript.text += answer.text
+                    if code is not None and transcript.executions < self.max_executions and not transcript.spent:
+                        kept, runs = answer.text[:code[1]], code[0]
+                    else:
+                        kept, runs = answer.text, None
+                    if transcript.trace_tokens is None and answer.reasoning_tokens is not None and marker in kept:
+                        transcript.trace_tokens = before + answer.reasoning_tokens
+                    transcript.text += kept
+                    if runs is None:
                         finished.append((loop.close(key).request, transcript.generation(answer)))
                         continue
-                    transcript.text += answer.text[:code[1]]
                     transcript.executions += 1
-                    pool.submit(self._execute, loop, transcript, code[0])
+                    pool.submit(self._execute, loop, transcript, runs)
                 yield finished
 
     def _execute(self, loop: ContinuingFeeder[Transcript], transcript: Transcript, code: str) -> None:

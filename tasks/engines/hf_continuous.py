@@ -63,11 +63,11 @@ class HFContinuousEngine(HFModel):
 
         try:
             yield from keep_in_flight(feeder, capacity=self.max_in_flight, in_flight=in_flight.__len__, start=start,
-                                      collect=lambda room: self._collect(manager, in_flight))
+                                      collect=lambda room: self._collect(manager, in_flight, sampling))
         finally:
             manager.stop(block=True)
 
-    def _collect(self, manager: Any, in_flight: dict[str, Request]) -> list[Finished]:
+    def _collect(self, manager: Any, in_flight: dict[str, Request], sampling: SamplingConfig) -> list[Finished]:
         """The requests that ended since the last look (waiting briefly for the first one); all of
         them, failed, when transformers' batching thread has died (they would never end)."""
         if in_flight and not manager.is_running():
@@ -82,7 +82,8 @@ class HFContinuousEngine(HFModel):
             if not output.is_finished() or output.request_id not in in_flight:
                 continue
             request = in_flight.pop(output.request_id)
-            answer = RuntimeError(output.error) if output.error else self.answer(output.generated_tokens)
+            answer = (RuntimeError(output.error) if output.error
+                      else self.answer(output.generated_tokens, sampling.thinking_marker))
             group.append((request, answer))
         return group
 

@@ -120,12 +120,25 @@ class HFModel:
                                     f"{context:,}: shorten the question or use a model with a longer context")
         return None
 
-    def answer(self, tokens: list[int]) -> Generation:
-        """The text of newly generated tokens, cut after the first end of sequence."""
+    def answer(self, tokens: list[int], marker: str = "</think>") -> Generation:
+        """The text of newly generated tokens, cut after the first end of sequence; where it holds
+        a trace's `marker`, the tokens up to it counted."""
         end = next((index for index, token in enumerate(tokens) if token in self.stop_ids), None)
         kept = tokens if end is None else tokens[:end + 1]
-        return Generation(str(self.tokenizer.decode(kept, skip_special_tokens=True)).strip(), tokens=len(kept),
-                          finish_reason="length" if end is None else "stop")
+        text = str(self.tokenizer.decode(kept, skip_special_tokens=True))
+        return Generation(text.strip(), tokens=len(kept), finish_reason="length" if end is None else "stop",
+                          reasoning_tokens=self.tokens_to(marker, kept) if marker in text else None)
+
+    def tokens_to(self, marker: str, tokens: list[int]) -> int:
+        """How many of `tokens` it takes for their text to hold `marker` (which it does)."""
+        low, high = 1, len(tokens)
+        while low < high:
+            middle = (low + high) // 2
+            if marker in self.tokenizer.decode(tokens[:middle], skip_special_tokens=True):
+                high = middle
+            else:
+                low = middle + 1
+        return low
 
     def generation_config(self, sampling: SamplingConfig, *, seeded: bool = False) -> Any:
         """Greedy at temperature 0, or when `seeded_processors` draw the tokens; else sampling."""
@@ -162,5 +175,6 @@ class HFModel:
                 torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
             raise
         rows = output[:, batch["input_ids"].shape[1]:].cpu().tolist()
-        answers = [self.answer(row[:limit]) for row, limit in zip(rows, limits or [len(row) for row in rows])]
+        ends = limits or [len(row) for row in rows]
+        answers = [self.answer(row[:end], sampling.thinking_marker) for row, end in zip(rows, ends)]
         return [replace(answer, seed=seed) for answer, seed in zip(answers, draws)] if seeded else answers

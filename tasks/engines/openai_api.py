@@ -101,8 +101,8 @@ class OpenAIEngine:
         if extra:
             options["extra_body"] = extra
         try:
-            content, trace, finish, tokens = self._complete(
-                request, model=self.model_name, messages=messages, n=1,
+            content, trace, finish, tokens, trace_tokens = self._complete(
+                request, sampling.thinking_marker, model=self.model_name, messages=messages, n=1,
                 max_tokens=request.max_new_tokens or sampling.max_new_tokens, **options)
         except Exception as error:
             if too_long(error):
@@ -116,22 +116,26 @@ class OpenAIEngine:
             ended = bool(text) or finish != "length"
             text = joined(trace.strip(), text, marker=marker) if ended else f"{opening(marker) or ''}{trace}"
         return Generation(text, tokens=tokens if tokens is not None else len(text.split()),
-                          finish_reason="length" if finish == "length" else "stop",
+                          finish_reason="length" if finish == "length" else "stop", reasoning_tokens=trace_tokens,
                           seed=request.seed if sampling.temperature > 0 else None)
 
-    def _complete(self, request: Request, **options: Any) -> tuple[str, str | None, str | None, int | None]:
-        """One chat completion: its text, the trace where the server parts it, the finish reason and
-        the tokens. Streamed when the request asks to hear the answer as it grows: its events read as
-        plain JSON lines (the client's typed chunks cost ~90 us a token here, this ~6 us:
-        bench/reasoning.py); when the first piece comes, `on_progress` gets what reads the answer so
-        far, its tokens counted one per piece (the server's count comes at the end)."""
+    def _complete(self, request: Request, marker: str,
+                  **options: Any) -> tuple[str, str | None, str | None, int | None, int | None]:
+        """One chat completion: its text, the trace where the server parts it, the finish reason, the
+        tokens, and (streamed) the trace's tokens. Streamed when the request asks to hear the answer
+        as it grows: its events read as plain JSON lines (the client's typed chunks cost ~100 us a
+        token here, this ~7 us: bench/reasoning.py); when the first piece comes, `on_progress` gets
+        what reads the answer so far, its tokens counted one per piece (the server's count comes at
+        the end), as are the trace's: up to the piece that ends with `marker` (or, parted by the
+        server, its pieces)."""
         if request.on_progress is None:
             response = self.client.chat.completions.create(**options)
             choice = response.choices[0]
             trace = getattr(choice.message, "reasoning_content", None) or getattr(choice.message, "reasoning", None)
             return (choice.message.content or "", trace, choice.finish_reason,
-                    response.usage.completion_tokens if response.usage else None)
+                    response.usage.completion_tokens if response.usage else None, None)
         content, trace, finish, tokens = list[str](), list[str](), None, None
+        window, trace_tokens, thought_pieces = "", None, 0
 
         def so_far() -> tuple[str, int]:
             return "".join(content), len(content)
@@ -152,12 +156,17 @@ class OpenAIEngine:
                     if piece or thought:
                         content.append(piece)
                         trace.append(thought)
+                        thought_pieces += bool(thought)
+                        window = window[-len(marker):] + piece
+                        if trace_tokens is None and marker in window:
+                            trace_tokens = len(content)
                         if len(content) == 1:
                             request.on_progress(so_far)
                     finish = choice.get("finish_reason") or finish
         if finish is None:  # a stream that breaks off (or is no stream at all): the item goes back
             raise ConnectionError(f"the server's stream ended before the answer did, after {len(content)} pieces")
-        return "".join(content), "".join(trace) or None, finish, tokens if tokens is not None else len(content)
+        return ("".join(content), "".join(trace) or None, finish, tokens if tokens is not None else len(content),
+                trace_tokens if trace_tokens is not None else thought_pieces or None)
 
     def close(self) -> None:
         self.client.close()

@@ -87,6 +87,10 @@ class Checkpoint:
     tokens: int
     continued_at: tuple[int, ...] = ()
 
+    def then(self, text: str, tokens: int) -> Checkpoint:
+        """This answer so far followed by what its continuation wrote."""
+        return Checkpoint(self.text + text, self.tokens + tokens, (*self.continued_at, self.tokens))
+
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "tokens": self.tokens, "continued_at": list(self.continued_at)}
 

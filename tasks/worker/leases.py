@@ -26,9 +26,6 @@ def checkpoint_plan(config: WorkerConfig) -> str:
     if config.engine.name not in STREAMING_ENGINES:
         return (f"checkpoints: none with --engine {config.engine.name} (it cannot stream): an answer given back "
                 "starts over")
-    if config.code_execution or config.sampling.thinking_budget:
-        return ("checkpoints: none with --code-execution or --thinking-budget (they go on with answers themselves): "
-                "an answer given back starts over")
     return (f"checkpoints: answers streamed for {seconds:g} s are kept with their items every {seconds:g} s and when "
             "given back, and the next worker goes on from them")
 
@@ -80,8 +77,7 @@ class LeaseKeeper:
         def started(read: Callable[[], tuple[str, int]]) -> None:
             def so_far() -> Checkpoint:
                 text, tokens = read()
-                return (Checkpoint(before.text + text, before.tokens + tokens, (*before.continued_at, before.tokens))
-                        if before else Checkpoint(text, tokens))
+                return before.then(text, tokens) if before else Checkpoint(text, tokens)
 
             with self._lock:
                 self._growing[item.id] = Growing(time.monotonic(), so_far)

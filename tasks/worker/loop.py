@@ -80,7 +80,8 @@ def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: L
         if not item.partial:
             return request
         before = Checkpoint.from_dict(item.partial)  # given back or taken over mid-answer: go on from there
-        return continued(request, before.text, max_new_tokens=max(1, config.sampling.max_new_tokens - before.tokens))
+        return continued(request, before.text, max_new_tokens=max(1, config.sampling.max_new_tokens - before.tokens),
+                         tokens_so_far=before.tokens)
 
     exchange = Exchange(call=calls or StoreCalls(store=store, config=config, engine=engine),
                         finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,

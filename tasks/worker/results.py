@@ -37,14 +37,19 @@ class Outcome:
 def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, config: WorkerConfig) -> Result:
     partial = outcome.item.partial  # a checkpoint this answer continued
     before = Checkpoint.from_dict(partial) if partial else Checkpoint("", 0)
-    text, tokens = before.text + answer.text, before.tokens + answer.tokens
+    whole = before.then(answer.text, answer.tokens) if partial else Checkpoint(answer.text, answer.tokens)
+    text, tokens = whole.text, whole.tokens
     split = split_reasoning(text, marker=config.sampling.thinking_marker, thinking=config.sampling.thinking)
-    trace_tokens = (answer.reasoning_tokens if answer.reasoning_tokens is not None
-                    else reasoning_tokens(split, text=text, tokens=tokens))
+    if split.complete is False:  # all of it is the trace
+        trace_tokens: int | None = tokens
+    elif answer.reasoning_tokens is not None and config.sampling.thinking_marker not in before.text:  # counted
+        trace_tokens = before.tokens + answer.reasoning_tokens
+    else:
+        trace_tokens = reasoning_tokens(split, text=text, tokens=tokens)
     return Result(response=split.answer, reasoning=split.reasoning,
                   reasoning_complete=split.complete and not answer.thinking_forced,  # ended by the model itself
                   reasoning_tokens=trace_tokens, thinking_forced=answer.thinking_forced, tokens=tokens,
-                  continued_at=[*before.continued_at, before.tokens] if partial else None,
+                  continued_at=list(whole.continued_at) or None,
                   finish_reason=answer.finish_reason,
                   seconds=answer.seconds, worker=outcome.claim.worker, device=device, finished=time.time(),
                   engine=engine, model=config.model.model_dump(), sampling=config.sampling.model_dump(),
