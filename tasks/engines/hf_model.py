@@ -120,7 +120,7 @@ class HFModel:
                                     f"{context:,}: shorten the question or use a model with a longer context")
         return None
 
-    def answer(self, tokens: list[int], marker: str = "</think>") -> Generation:
+    def answer(self, tokens: list[int], marker: str) -> Generation:
         """The text of newly generated tokens, cut after the first end of sequence; where it holds
         a trace's `marker`, the tokens up to it counted."""
         end = next((index for index, token in enumerate(tokens) if token in self.stop_ids), None)
