@@ -5,6 +5,7 @@ we chose where the peer suites contradict each other, and agreement with those s
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -190,3 +191,9 @@ def test_gsm8k_references_grade_their_own_solutions() -> None:
     rows = load_rows(resolve_source(str(ROOT / "data/gsm8k/test.jsonl"), "test"), response_field="answer")
     grades = grade_many([(str(row.response), row.reference) for row in rows])
     assert len(grades) == 1319 and all(g.correct for g in grades)
+
+
+def test_the_graders_processes_yield_the_cpu_to_generation() -> None:
+    """Symbolic comparisons run below the worker in CPU priority: on a machine of few cores a
+    device's generation loop does not wait for them."""
+    assert symbolic.run_all([(os.nice, (0,))]) == [min(19, os.nice(0) + symbolic.NICENESS)]

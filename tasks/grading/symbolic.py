@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import re
 import threading
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +21,8 @@ from typing import Any
 TIMEOUT_SECONDS = 5.0
 PYTHON_STYLE = re.compile(r"\*\*|\b(?:sqrt|exp|log|sin|cos|tan|pi)\(")  # `2**(1/4)`, `-1 + sqrt(3)`
 WORKERS = 2
+TASKS_PER_WORKER = 5000  # then a fresh process (sympy's caches bounded); each start imports for ~2 s of CPU
+NICENESS = 10
 _pool: Any = None
 _lock = threading.Lock()
 
@@ -61,9 +64,11 @@ def compare_response(reference: str, response: str) -> str | None:
     return None
 
 
-def _quiet() -> None:
-    """Pool initializer: math-verify warns once per process that its timeouts are off; here
-    that is on purpose (the pool's deadline replaces them)."""
+def _start_worker() -> None:
+    """Pool initializer: below the generation in CPU priority (grading waits; a device's loop
+    should not), and math-verify's warning that its timeouts are off silenced (on purpose here:
+    the pool's deadline replaces them)."""
+    os.nice(NICENESS)
     import math_verify.grader
     import math_verify.parser
 
@@ -76,7 +81,7 @@ def _get_pool() -> Any:
         if _pool is None or not _pool.active:
             from pebble import ProcessPool
 
-            _pool = ProcessPool(max_workers=WORKERS, max_tasks=500, initializer=_quiet,
+            _pool = ProcessPool(max_workers=WORKERS, max_tasks=TASKS_PER_WORKER, initializer=_start_worker,
                                 context=multiprocessing.get_context("spawn"))
             atexit.register(_shut_down, _pool)
         return _pool
