@@ -40,10 +40,15 @@ def read_state(home: Path) -> dict[str, Any] | None:
 
 
 def alive(pid: int) -> bool:
-    """The process runs and is a Prefect server (not another process that got its number)."""
+    """The process runs and is a Prefect server (not another process that got its number). Its
+    command line reads empty while it is being started (between the fork's return and the end of
+    its exec) and once it has ended (a zombie): only the process's state tells these apart."""
     try:
-        return b"prefect" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if command:
+            return b"prefect" in command
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
         try:
             os.kill(pid, 0)
             return True

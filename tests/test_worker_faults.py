@@ -3,7 +3,8 @@ claims, what is being generated finishes within the grace period and is written,
 goes back at once, exit 0 with the summary; `--max-runtime` stops claiming in time; `--idle-exit`
 picks up work queued after the run finished. A full disk stops the worker clearly, its claims
 given back; a broken device stops without spending its items' attempts; a local Prefect server
-whose port was taken before it bound it is started again on another."""
+whose port was taken before it bound it is started again on another, and one still being started
+(its command line not yet readable) is waited for."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from flows.seed import seed
 from tasks.config import SeedConfig, WorkerConfig
 from tasks.errors import UserError
 from tasks.local_servers import port_taken
-from tasks.prefect_server import local_server_url, stop_server
+from tasks.prefect_server import alive, local_server_url, stop_server
 from tasks.store.models import Item
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.leases import LeaseKeeper
@@ -172,6 +173,42 @@ def test_a_port_taken_before_the_prefect_server_binds_it_is_read_from_its_log(tm
                                       "--port", str(taken.getsockname()[1])], stdout=output, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PREFECT_HOME": str(tmp_path)}, timeout=120)
     assert started.returncode != 0 and port_taken(log), log.read_text()
+
+
+def test_a_server_being_started_counts_as_alive_and_an_ended_one_does_not() -> None:
+    """A server's command line reads empty from /proc between the fork's return and the end of its
+    exec, and again once it has ended: read as stopped, the first made a command give up on a server
+    that came up a moment later. Seen on the host: a process with an empty command line that runs (a
+    kernel thread), a zombie, a named and an unnamed process."""
+    running_unnamed = [int(entry.parent.name) for entry in Path("/proc").glob("[0-9]*/cmdline")
+                       if _read(entry) == b"" and _state(entry.parent.name) == b"S"]
+    if not running_unnamed:
+        pytest.skip("no running process with an empty command line here (no kernel threads visible)")
+    assert alive(running_unnamed[0])
+    named = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "prefect"])
+    unnamed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        assert wait_until(lambda: _state(ended.pid) == b"Z", timeout=30)  # ended, not waited for: a zombie
+        assert not alive(ended.pid)
+        assert wait_until(lambda: alive(named.pid), timeout=30) and not alive(unnamed.pid)
+    finally:
+        for process in (named, unnamed, ended):
+            process.kill()
+            process.wait()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b"-"
+
+
+def _state(pid: int | str) -> bytes:
+    """A process's state letter, read on the host (S sleeping, Z zombie)."""
+    fields = _read(Path(f"/proc/{pid}/stat")).rpartition(b")")[2].split()
+    return fields[0] if fields else b"-"
 
 
 def test_a_full_disk_stops_the_worker_with_a_clear_message_and_its_claims_given_back(tmp_path: Path) -> None:
