@@ -60,18 +60,21 @@ class BudgetEngine:
         self.engine, self.thinking_budget, self.answer_budget = engine, thinking_budget, answer_budget
         self.name, self.device, self.label = engine.name, engine.device, engine.label
 
+    def resumed_answering(self, request: Request) -> bool:
+        """Whether a request continued from a checkpoint is past the thinking budget: in the answer's part."""
+        return request.tokens_so_far > self.thinking_budget
+
     def first_part(self, request: Request) -> Request:
-        """A new request's first part: the thinking budget, or (continued from a checkpoint past it)
-        what is left of the answer's."""
-        spent, budget = request.tokens_so_far, self.thinking_budget
-        left = budget - spent if spent <= budget else budget + self.answer_budget - spent
-        return replace(request, max_new_tokens=max(1, left))
+        """A new request's first part: what is left of the thinking budget, or (continued from a
+        checkpoint past it) of the answer's."""
+        budget = self.thinking_budget + (self.answer_budget if self.resumed_answering(request) else 0)
+        return replace(request, max_new_tokens=max(1, budget - request.tokens_so_far))
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
         closing = forced_close(sampling.thinking_marker)
 
         def open_draft(request: Request) -> Draft:
-            answering = request.tokens_so_far > self.thinking_budget
+            answering = self.resumed_answering(request)
             return Draft(request, answering=answering, forced=answering and closing in so_far_text(request))
 
         loop = ContinuingFeeder(feeder, open=open_draft, first=self.first_part)
