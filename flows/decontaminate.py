@@ -40,7 +40,7 @@ def decontaminate(config: DecontaminateConfig) -> dict[str, Any]:
     config = start_flow(DecontaminateConfig, config)
     with closing(open_store(config.store)) as store:
         require_run(store, config.run)
-        found = check_run(read_items(store, config.run), config)
+        found = check_run(read_items(store, config.run, texts_url=config.texts), config)
         store.set_contamination(config.run, found)
     by_test_set = dict(Counter(match["test_set"] for match in found["matches"]))
     get_run_logger().info(

@@ -60,7 +60,7 @@ def export(config: ExportConfig) -> dict[str, Any]:
         require_run(store, config.run)
         logger.info(f"reading run {config.run!r} ({summarize(store.counts(config.run))['total']:,} items) from "
                     f"{store.url}")
-        items = read_items(store, config.run)
+        items = read_items(store, config.run, texts_url=config.texts)
         if config.format != "rows":
             refuse_a_test_split(config.run, store.run_config(config.run), kind=config.format,
                                 allowed=config.allow_test_split)

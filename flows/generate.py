@@ -18,7 +18,7 @@ if __name__ == "__main__":  # before the heavy imports below: --help and bad fla
 
     answer_early(WorkerConfig, "flows/generate.py", __doc__)
 
-from contextlib import closing
+from contextlib import ExitStack, closing
 from typing import Any, Sequence
 
 from prefect import flow
@@ -42,6 +42,7 @@ from tasks.worker.chat import check_solutions
 from tasks.worker.leases import LeaseKeeper, checkpoint_plan
 from tasks.worker.loop import run_finished, sampling_warnings
 from tasks.worker.outbox import DeviceBroken
+from tasks.worker.shards import shard_writer
 from tasks.worker.shutdown import Shutdown
 from tasks.worker.steps import load_engine, run_device
 
@@ -67,10 +68,12 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     shutdown = Shutdown(grace_seconds=config.grace_seconds, max_runtime=config.max_runtime)
     with (closing(open_store(config.store)) as store,
           LeaseKeeper(store, config.lease_seconds, config.checkpoint_seconds) as keeper,
+          ExitStack() as texts,  # --texts: the shard writer, its last shard written before the claims go back
           shutdown.on_signals(keeper.give_back_all)):  # a stop while models load (minutes) ends it once loaded
         if config.run == DEFAULT_RUN and config.run not in store.runs():
             seed(SeedConfig(store=config.store, run=config.run))
         runs = match_runs(store, config.run)
+        shards = texts.enter_context(shard_writer(store=store, keeper=keeper, config=config, runs=runs))
         for warning in sampling_warnings(store, runs, config.sampling):
             logger.warning(warning)
         check_solutions(store, runs, config.prompt)
@@ -97,7 +100,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                 terminal = TerminalProgress(run)
                 dashboard = RunDashboard.start(store, run, worker=config.worker_name, on_figures=terminal.fleet_figures)
                 idle_exit = config.idle_exit if run == runs[-1] else 0.0
-                futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit, terminal.add)
+                futures = [run_device.submit(store, engine, on_run, keeper, shutdown, idle_exit, terminal.add, shards)
                            for engine in engines]
                 wait(futures)  # a device that failed leaves the others working (its claims given back)
                 dashboard.stop()

@@ -39,7 +39,7 @@ def judge(config: JudgeConfig) -> dict[str, Any]:
     logger = get_run_logger()
     with closing(open_store(config.store)) as store:
         require_run(store, config.run)
-        items = to_judge(read_items(store, config.run))
+        items = to_judge(read_items(store, config.run, texts_url=config.texts))
         if not items:
             logger.info(f"run {config.run!r}: nothing to judge (every answer was read by the rules, or judged)")
             return {"run": config.run, "judged": 0, "verdicts": {}}

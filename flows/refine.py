@@ -36,7 +36,7 @@ def refine(config: RefineConfig = RefineConfig()) -> dict[str, Any]:
     config = start_flow(RefineConfig, config)
     with closing(open_store(config.store)) as store:
         require_run(store, config.run)
-        retries = retry_items(read_items(store, config.run), config.max_rounds)
+        retries = retry_items(read_items(store, config.run, texts_url=config.texts), config.max_rounds)
         queued = insert_items(store, config.run, retries) if retries else 0
     by_stage = dict(sorted(Counter(item.stage for item in retries).items()))
     get_run_logger().info(f"run {config.run!r}: {queued} retries queued (by stage: {by_stage or 'none'}), "

@@ -16,6 +16,7 @@ from tasks.config import (
     SeedConfig,
     ServeConfig,
     StatusConfig,
+    TextsConfig,
     WorkerConfig,
 )
 from tasks.config.base import Config
@@ -23,7 +24,8 @@ from tasks.config.base import Config
 COMMANDS: dict[str, type[Config]] = {
     "flows/seed.py": SeedConfig, "flows/generate.py": WorkerConfig, "flows/status.py": StatusConfig,
     "flows/refine.py": RefineConfig, "flows/evaluate.py": EvaluateConfig, "flows/judge.py": JudgeConfig,
-    "flows/decontaminate.py": DecontaminateConfig, "flows/export.py": ExportConfig, "deployments/serve.py": ServeConfig}
+    "flows/decontaminate.py": DecontaminateConfig, "flows/export.py": ExportConfig, "flows/texts.py": TextsConfig,
+    "deployments/serve.py": ServeConfig}
 
 
 def reference() -> str:

@@ -9,6 +9,7 @@ from tasks.store import Store
 from tasks.store.counts import count_columns, summarize
 from tasks.store.models import SAMPLING_STATUSES
 from tasks.store.runs import require_run
+from tasks.texts import run_texts
 
 
 def run_status(store: Store, run: str) -> dict[str, Any]:
@@ -49,3 +50,23 @@ def format_table(status: dict[str, Any]) -> str:
     width = max(len(str(line[0])) for line in lines)
     table = [f"{line[0]:<{width}}" + "".join(f"{value:>9}" for value in line[1:]) for line in lines]
     return "\n".join([f"run {status['run']}: {done_share(status):.1%} done", *table])
+
+
+def texts_sizes(store: Store, runs: list[str], texts_url: str | None = None) -> dict[str, dict[str, Any]]:
+    """For each run keeping its answers' texts in shards: where, how many shards, how many bytes
+    (apart from the store's own size: the shards are not in its quota)."""
+    sizes = {}
+    for run in runs:
+        if location := run_texts(store, run, texts_url):
+            shards = location.shards(run)
+            sizes[run] = {"url": location.url, "shards": len(shards), "bytes": sum(shards.values())}
+    return sizes
+
+
+def sizes_lines(storage: dict[str, Any] | None, texts: dict[str, dict[str, Any]]) -> list[str]:
+    """The store's size as its quota counts it, and the shards' apart."""
+    lines = [f"store: {storage['bytes'] / 2**20:,.1f} MB, {storage['documents']:,} documents (data and indexes, as "
+             f"the free tier's quota counts them: {storage['counted']})"] if storage else []
+    lines += [f"texts of {run}: {size['bytes'] / 2**20:,.1f} MB in {size['shards']:,} shards at {size['url']} (not in "
+              "the store's quota)" for run, size in texts.items()]
+    return lines

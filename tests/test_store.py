@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from pymongo.errors import OperationFailure
 
 from bench.standins import mongomock_store
 from bench.store import mongomock_round_trips, real_mongodb_round_trips
@@ -304,11 +305,24 @@ def test_a_damaged_or_foreign_sqlite_file_is_refused_with_what_to_do(tmp_path) -
 def test_status_warns_as_the_database_nears_the_free_tier_quota(tmp_path) -> None:
     store = mongomock_store()
     stats = {"dataSize": 400 * 2**20, "indexSize": 40 * 2**20, "objects": 200_000, "avgObjSize": 2100}
-    store._db.command = lambda name, *args, **kwargs: stats if name == "dbStats" else None  # as a server answers
+    atlas: dict = {}
+
+    def command(name, *args, **kwargs):  # as a server answers: atlasSize on Atlas' free and Flex tiers only
+        if name == "dbStats":
+            return stats
+        if name == {"atlasSize": 1} and atlas:
+            return atlas
+        raise OperationFailure(f"no such command: {name}", code=59)
+
+    store._db.command = command
     warning = quota_warning(store.storage())
     assert "holds 440 MB of the free tier's 512 MB" in warning and "about 35,951 more items fit" in warning
     stats["dataSize"] = 300 * 2**20
     assert quota_warning(store.storage()) is None
+    # on Atlas the quota counts every database of the cluster: atlasSize, not this database's dbStats
+    atlas.update(atlasSize=450 * 2**20, totals={"objects": 210_000, "avgObjSize": 2200})
+    assert store.storage()["counted"] == "atlasSize"
+    assert "holds 450 MB of the free tier's 512 MB" in quota_warning(store.storage())
     assert open_store(f"sqlite:///{tmp_path / 'x.db'}").storage() is None  # a local file has no quota
 
 

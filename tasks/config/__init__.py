@@ -38,6 +38,10 @@ StoreUrl = Annotated[SecretStr | None, setting(
 RunName = Annotated[str, setting(help="run name", metavar="NAME", min_length=1)]
 MaxRounds = Annotated[int, setting(help="refine rounds at most: stages 1..R after the first attempt", metavar="R",
                                    ge=0)]
+TextsUrl = Annotated[str | None, setting(
+    help="where answers' long texts (response, reasoning trace, transcript) are kept as shards instead of in the "
+    "store: a folder, hf://datasets/<user>/<repo>, s3://bucket/prefix, gs://bucket/prefix (credentials from the "
+    "environment); readers default to where the run's workers wrote them", metavar="URL", min_length=1)]
 JsonPath = Annotated[str | None, setting(help="write the metrics as JSON here, and a PNG chart beside it",
                                          flag="json", metavar="PATH")]
 
@@ -232,6 +236,18 @@ class WorkerConfig(RunConfig):
                                         gt=0)
     idle_exit: float = setting(0.0, "when the run(s) are finished, keep looking for new work this long (e.g. a "
                                     "refine round queued later) before exiting", metavar="S", ge=0)
+    texts: TextsUrl = None
+    shard_seconds: float | None = setting(
+        None, "with --texts: a shard of this worker's answers is written this often (and when it stops or runs out of "
+              "work); its answers are done in the store only once it is written (default: 60, on hf:// 1800: 50 "
+              "workers stay under the hub's 128 commits an hour)", metavar="S", ge=1)
+
+    @property
+    def shard_window(self) -> float:
+        """--shard-seconds, or the default for --texts' storage."""
+        from tasks.texts import default_shard_seconds
+
+        return self.shard_seconds or default_shard_seconds(self.texts or "")
 
     @field_validator("max_runtime", mode="before")
     @classmethod
@@ -364,6 +380,7 @@ class SeedConfig(RunConfig):
 class RefineConfig(RunConfig):
     title: ClassVar[str] = "refine settings"
     max_rounds: MaxRounds = 2
+    texts: TextsUrl = None
 
 
 class JudgeConfig(RunConfig):
@@ -376,6 +393,7 @@ class JudgeConfig(RunConfig):
     devices: str = setting("auto", "the device of the judge's one model copy: auto (the first GPU, else cpu), cpu, "
                                    "cuda:N", metavar="DEVICE")
     batch_size: PositiveInt = setting(16, "answers judged together", metavar="B")
+    texts: TextsUrl = None
 
 
 class DecontaminateConfig(JudgeConfig):
@@ -458,6 +476,7 @@ class ExportConfig(RunConfig):
                                              "split (dropped by default)")
     allow_test_split: bool = setting(False, "sft/dpo: export a run seeded from a test split (refused by default: "
                                             "training on a test set makes its scores meaningless)")
+    texts: TextsUrl = None
 
     @field_validator("out")
     @classmethod
@@ -472,6 +491,20 @@ class StatusConfig(StoreConfig):
     title: ClassVar[str] = "status settings"
     run: str | None = setting(None, "one run's counts by stage and worker (default: every run, a line each)",
                               metavar="NAME", min_length=1)
+    json_output: bool = setting(False, "print one JSON object (last line of stdout)", flag="json")
+    texts: TextsUrl = None
+
+
+class TextsConfig(RunConfig):
+    """A run's texts kept in shards: what they weigh, and the orphan rows to drop."""
+
+    title: ClassVar[str] = "texts settings"
+    texts: TextsUrl = None
+    drop_orphans: bool = setting(False, "rewrite the shards holding rows no done answer points at (answers the store "
+                                        "refused: a worker killed between its shard and its store write, or a lease "
+                                        "taken over) without them")
+    older_than: float = setting(3600.0, "only shards written longer ago than this: a younger one's answers may be "
+                                        "being written to the store", metavar="S", ge=60)
     json_output: bool = setting(False, "print one JSON object (last line of stdout)", flag="json")
 
 

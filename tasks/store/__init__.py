@@ -11,7 +11,8 @@ same conformance tests. Leases are timed with the store's `clock` (injectable fo
 
 Modules: `protocol.py` (the interface), `urls.py` (which store a URL names, `open_store`),
 `runs.py` (run names and patterns), `counts.py` (a run's counts), `quota.py` (the free tier's
-storage quota), `models.py` (items, claims, results), `steps.py` (its Prefect tasks).
+storage quota), `packing.py` (long texts kept compressed), `models.py` (items, claims, results),
+`steps.py` (its Prefect tasks).
 """
 
 from tasks.store.protocol import Store

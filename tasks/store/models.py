@@ -43,6 +43,7 @@ class Result:
     sampling: dict[str, Any] | None = None  # SamplingConfig fields (`seed`: the base of every sample's own seed)
     seed: int | None = None  # the seed this answer was drawn with, where the engine takes one per sample
     continued_at: list[int] | None = None  # the tokens it had each time another claim continued it from a checkpoint
+    texts: dict[str, Any] | None = None  # with --texts: {"shard": path} where response and trace are (tasks/texts/)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}

@@ -26,6 +26,7 @@ from pymongo.server_api import ServerApi
 from tasks.errors import UserError
 from tasks.secrets import redact
 from tasks.store.models import LEASE_EXPIRED, Checkpoint, Claim, Clock, Item, Result, settling
+from tasks.store.packing import CHECKPOINT_TEXTS, RESULT_TEXTS, pack, unpack
 
 DEFAULT_DATABASE = "fleetgen"
 SERVER_SELECTION_TIMEOUT_MS = 8000
@@ -42,14 +43,19 @@ def _first_clause(message: str) -> str:
 
 
 def _item(doc: dict[str, Any]) -> Item:
-    result = Result.from_dict(doc["result"]) if doc.get("result") else None
+    result = Result.from_dict(unpack(doc["result"], RESULT_TEXTS)) if doc.get("result") else None
     return Item(
         question_id=doc["question_id"], question=doc.get("question", ""), reference=doc["reference"],
         stage=doc["stage"], sample=doc["sample"], status=doc["status"], result=result,
         attempts=doc.get("attempts", 0), worker=doc.get("worker"), token=doc.get("token"),
         lease_expires=doc.get("lease_expires"), error=doc.get("error"), previous=doc.get("previous"),
-        metadata=doc.get("metadata"), partial=doc.get("partial"), id=str(doc["_id"]),
+        metadata=doc.get("metadata"), partial=unpack(doc["partial"], CHECKPOINT_TEXTS) if doc.get("partial") else None,
+        id=str(doc["_id"]),
     )
+
+
+def _packed(result: Result) -> dict[str, Any]:
+    return pack(result.to_dict(), RESULT_TEXTS, binary=True)
 
 
 def server_clock_offset(db: Database, clock: Clock) -> float:
@@ -135,6 +141,13 @@ class MongoStore:
         doc = self._runs.find_one({"_id": run}, {"contamination": 1})
         return doc.get("contamination") if doc else None
 
+    def set_texts_url(self, run: str, url: str) -> None:
+        self._runs.update_one({"_id": run}, {"$set": {"texts": url}})
+
+    def texts_url(self, run: str) -> str | None:
+        doc = self._runs.find_one({"_id": run}, {"texts": 1})
+        return doc.get("texts") if doc else None
+
     def seed(self, run: str, items: Iterable[Item], chunk: int = 1000) -> int:
         ops = []
         for item in items:
@@ -142,7 +155,7 @@ class MongoStore:
                    "question": item.question, "reference": item.reference, "status": item.status,
                    "attempts": 0, "r": random.random()}
             if item.result is not None:
-                doc["result"] = item.result.to_dict()
+                doc["result"] = _packed(item.result)
             if item.previous is not None:
                 doc["previous"] = item.previous
             if item.metadata:
@@ -216,7 +229,8 @@ class MongoStore:
 
     def checkpoint(self, claim: Claim, checkpoints: dict[str, Checkpoint]) -> int:
         ops = [UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
-                         {"$set": {"partial": kept.to_dict()}}) for id_, kept in checkpoints.items()]
+                         {"$set": {"partial": pack(kept.to_dict(), CHECKPOINT_TEXTS, binary=True)}})
+               for id_, kept in checkpoints.items()]
         return self._items.bulk_write(ops, ordered=False).modified_count if ops else 0
 
     def complete(self, claim: Claim, results: dict[str, Result]) -> int:
@@ -225,7 +239,7 @@ class MongoStore:
     def complete_many(self, parts: list[tuple[Claim, dict[str, Result]]]) -> int:
         ops = [
             UpdateOne({"_id": ObjectId(id_), "token": claim.token, "status": "running"},
-                      {"$set": {"status": "done", "result": result.to_dict()},
+                      {"$set": {"status": "done", "result": _packed(result)},
                        "$unset": {"lease_expires": "", "error": "", "partial": ""}})
             for claim, results in parts for id_, result in results.items()
         ]
@@ -317,13 +331,22 @@ class MongoStore:
         return sorted(rows, key=lambda r: (r["worker"] or "", r["device"]))
 
     def storage(self) -> dict[str, float] | None:
-        """What the database holds, as Atlas counts it against a quota (data + indexes, uncompressed)."""
+        """What the cluster holds as Atlas counts it against a free or Flex cluster's quota
+        (`atlasSize`: data + indexes of every database, uncompressed); elsewhere this database's
+        data + indexes (`dbStats`)."""
+        try:
+            sizes = self._db.command({"atlasSize": 1})
+            totals = sizes["totals"]
+            return {"bytes": sizes["atlasSize"], "documents": totals["objects"],
+                    "bytes_per_document": totals.get("avgObjSize") or 0, "counted": "atlasSize"}
+        except (OperationFailure, NotImplementedError, KeyError):  # not Atlas' free tier; mongomock has neither
+            pass
         try:
             stats = self._db.command("dbStats")
-        except (OperationFailure, NotImplementedError):  # no right to dbStats; mongomock has none
+        except (OperationFailure, NotImplementedError):  # no right to dbStats
             return None
         return {"bytes": stats["dataSize"] + stats["indexSize"], "documents": stats["objects"],
-                "bytes_per_document": stats.get("avgObjSize") or 0}
+                "bytes_per_document": stats.get("avgObjSize") or 0, "counted": "dbStats"}
 
     def items(self, run: str, *, texts: bool = True) -> list[Item]:
         fields = None if texts else dict.fromkeys(("question", "previous", "partial", "result.response",

@@ -25,6 +25,12 @@ class Store(Protocol):
     def contamination(self, run: str) -> dict[str, Any] | None:
         """The run's latest decontamination report; None when it was never checked."""
 
+    def set_texts_url(self, run: str, url: str) -> None:
+        """Keep where the run's workers write its answers' texts (--texts), replacing any earlier one."""
+
+    def texts_url(self, run: str) -> str | None:
+        """Where the run's answers' texts are (`tasks/texts.py`); None when they are in the store."""
+
     def seed(self, run: str, items: Iterable[Item]) -> int:
         """Insert items that are not there yet; return how many were new."""
 

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from tasks.errors import UserError
 from tasks.store.models import LEASE_EXPIRED, Checkpoint, Claim, Clock, Item, Result, settling
+from tasks.store.packing import CHECKPOINT_TEXTS, RESULT_TEXTS, pack, unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -32,7 +33,8 @@ CREATE INDEX IF NOT EXISTS items_claim ON items (run, status, lease_expires);
 CREATE INDEX IF NOT EXISTS items_status ON items (run, status);
 """
 # columns newer than some stores: added in place, nothing else touched
-ADDED_COLUMNS = {("items", "metadata"): "TEXT", ("runs", "contamination"): "TEXT", ("items", "partial"): "TEXT"}
+ADDED_COLUMNS = {("items", "metadata"): "TEXT", ("runs", "contamination"): "TEXT", ("items", "partial"): "TEXT",
+                 ("runs", "texts"): "TEXT"}
 ITEM_COLUMNS = ("id", "question_id", "question", "reference", "stage", "sample", "status", "result", "attempts",
                 "worker", "token", "lease_expires", "error", "previous", "metadata", "partial")
 SELECTED = ", ".join(ITEM_COLUMNS)
@@ -43,9 +45,10 @@ WITHOUT_TEXTS = {"question": "''", "previous": "NULL", "result": "json_remove(re
 def _item(row: tuple) -> Item:
     values = dict(zip(ITEM_COLUMNS, row))
     values["id"] = str(values["id"])
-    values["result"] = Result.from_dict(json.loads(values["result"])) if values["result"] else None
+    result = values["result"]
+    values["result"] = Result.from_dict(unpack(json.loads(result), RESULT_TEXTS)) if result else None
     values["metadata"] = json.loads(values["metadata"]) if values["metadata"] else None
-    values["partial"] = json.loads(values["partial"]) if values["partial"] else None
+    values["partial"] = unpack(json.loads(values["partial"]), CHECKPOINT_TEXTS) if values["partial"] else None
     return Item(**values)
 
 
@@ -71,7 +74,7 @@ def storage_faults(url: str) -> Iterator[None]:
 
 
 def _json(result: Result | None) -> str | None:
-    return json.dumps(result.to_dict()) if result is not None else None
+    return json.dumps(pack(result.to_dict(), RESULT_TEXTS, binary=False)) if result is not None else None
 
 
 class SqliteStore:
@@ -138,6 +141,13 @@ class SqliteStore:
         rows = self._read("SELECT contamination FROM runs WHERE name = ?", (run,))
         return json.loads(rows[0][0]) if rows and rows[0][0] else None
 
+    def set_texts_url(self, run: str, url: str) -> None:
+        self._write("UPDATE runs SET texts = ? WHERE name = ?", (url, run))
+
+    def texts_url(self, run: str) -> str | None:
+        rows = self._read("SELECT texts FROM runs WHERE name = ?", (run,))
+        return rows[0][0] if rows else None
+
     def seed(self, run: str, items: Iterable[Item]) -> int:
         rows = [(run, i.stage, i.question_id, i.sample, i.question, i.reference, i.status, _json(i.result), i.previous,
                  json.dumps(i.metadata) if i.metadata else None) for i in items]
@@ -176,7 +186,8 @@ class SqliteStore:
         return self._write(f"UPDATE items SET lease_expires = ? WHERE {where}", [self.clock() + lease_seconds, *params])
 
     def checkpoint(self, claim: Claim, checkpoints: dict[str, Checkpoint]) -> int:
-        rows = [(json.dumps(kept.to_dict()), int(id_), claim.token) for id_, kept in checkpoints.items()]
+        rows = [(json.dumps(pack(kept.to_dict(), CHECKPOINT_TEXTS, binary=False)), int(id_), claim.token)
+                for id_, kept in checkpoints.items()]
         sql = "UPDATE items SET partial = ? WHERE id = ? AND token = ? AND status = 'running'"
         return self._write(sql, rows, many=True) if rows else 0
 

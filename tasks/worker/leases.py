@@ -49,6 +49,8 @@ class LeaseKeeper:
         self._claims: dict[str, Claim] = {}
         self._claim_of: dict[str, str] = {}  # item id -> its claim's token
         self._growing: dict[str, Growing] = {}  # item id -> its answer so far
+        self._staged: dict[str, set[str]] = {}  # claim token -> its items answered, waiting for their shard (--texts)
+        self._written: set[str] = set()  # tokens of claims written but for staged items: dropped once those are
         self._lock, self._stop = threading.Lock(), threading.Event()
         self._dropped = threading.Condition(self._lock)
         self._threads = [threading.Thread(target=self._beat, name="heartbeat", daemon=True)]
@@ -124,18 +126,40 @@ class LeaseKeeper:
 
     def give_back(self, claim: Claim) -> None:
         """Release a claim's unwritten items at once (other workers take them without waiting
-        for the lease), their answers so far kept with them first; a store that cannot be reached
-        leaves them to the lease."""
+        for the lease), their answers so far kept with them first; items staged for a shard stay
+        held until it is written. A store that cannot be reached leaves them to the lease."""
         if self.checkpoint_seconds:
             self.keep_checkpoints(streamed_for=0.0, of_claims=[claim.token])
+        with self._lock:
+            staged = self._staged.get(claim.token, set())
+        unstaged = Claim(claim.token, claim.worker, [item for item in claim.items if item.id not in staged], claim.run)
         self.drop(claim)
+        if not unstaged.items:
+            return
         try:
-            released = self.store.release(claim)
+            released = self.store.release(unstaged)
         except Exception as error:
             log.warning(f"could not give back a claim ({error}); its items return when the lease ends")
             return
         if released:
             log.info(f"gave back {released} unfinished items")
+
+    def stage(self, claim: Claim, ids: list[str]) -> None:
+        """These answered items wait for their shard: their claim stays held (heartbeats go on)."""
+        with self._lock:
+            self._staged.setdefault(claim.token, set()).update(ids)
+
+    def unstage(self, claim: Claim, ids: list[str]) -> None:
+        """Their shard is written (or given up): a claim dropped meanwhile goes now."""
+        with self._lock:
+            staged = self._staged.get(claim.token, set())
+            staged.difference_update(ids)
+            if staged or claim.token not in self._staged:
+                return
+            del self._staged[claim.token]
+            if claim.token in self._written:
+                self._written.discard(claim.token)
+                self._forget_claim(claim)
 
     def hold(self, claim: Claim) -> None:
         with self._lock:
@@ -143,12 +167,22 @@ class LeaseKeeper:
             self._claim_of.update((item.id, claim.token) for item in claim.items)
 
     def drop(self, claim: Claim) -> None:
+        """A claim written (or given back): no more heartbeats, unless items of it wait for their shard."""
         with self._lock:
-            self._claims.pop(claim.token, None)
-            for item in claim.items:
-                self._claim_of.pop(item.id, None)
-                self._growing.pop(item.id, None)
-            self._dropped.notify_all()
+            if self._staged.get(claim.token):
+                self._written.add(claim.token)
+                for item in claim.items:
+                    self._growing.pop(item.id, None)
+            else:
+                self._forget_claim(claim)
+
+    def _forget_claim(self, claim: Claim) -> None:
+        """(The caller holds the lock.)"""
+        self._claims.pop(claim.token, None)
+        for item in claim.items:
+            self._claim_of.pop(item.id, None)
+            self._growing.pop(item.id, None)
+        self._dropped.notify_all()
 
     def wait_for_drop(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for a claim of this worker to be written or given back;

@@ -19,6 +19,7 @@ from tasks.worker.chat import item_messages
 from tasks.worker.exchange import Exchange, StoreCall
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.results import extract_with_llm
+from tasks.worker.shards import ShardWriter
 from tasks.worker.shutdown import Shutdown
 from tasks.worker.writes import StoreCalls
 
@@ -69,10 +70,13 @@ def device_loop(*, engine: Engine, exchange: Exchange, sampling: SamplingConfig,
 
 def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper,
                 calls: StoreCall | None = None, request: Callable[[Item], Request] | None = None,
-                shutdown: Shutdown | None = None, idle_exit: float = 0.0) -> list[BatchReport]:
+                shutdown: Shutdown | None = None, idle_exit: float = 0.0,
+                shards: ShardWriter | None = None) -> list[BatchReport]:
     """One device works on `config.run` until it is finished (and `idle_exit` seconds more) or
     the worker stops: `calls` are its store calls (by default `StoreCalls` without Prefect task
-    runs; the worker's Prefect step makes one a minute a task run)."""
+    runs; the worker's Prefect step makes one a minute a task run). With --texts (`shards`),
+    what it answered is written to a shard, then completed, whenever it finds nothing to claim
+    and when it stops, besides every --shard-seconds."""
 
     def ask(item: Item) -> Request:
         request = Request(key=item.id, prompt=item_messages(item, config.prompt),
@@ -83,9 +87,18 @@ def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: L
         return continued(request, before.text, max_new_tokens=max(1, config.sampling.max_new_tokens - before.tokens),
                          tokens_so_far=before.tokens)
 
-    exchange = Exchange(call=calls or StoreCalls(store=store, config=config, engine=engine),
-                        finished=lambda: run_finished(store, config.run), keeper=keeper, request=request or ask,
+    def finished() -> bool:
+        if shards is not None:
+            shards.flush()  # what waits for a shard is running in the store: the run is not finished before
+        return run_finished(store, config.run)
+
+    exchange = Exchange(call=calls or StoreCalls(store=store, config=config, engine=engine, shards=shards),
+                        finished=finished, keeper=keeper, request=request or ask,
                         claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds,
                         shutdown=shutdown, idle_exit=idle_exit)
     extract = (lambda group: extract_with_llm(engine, group, config.sampling)) if config.extract == "llm" else None
-    return device_loop(engine=engine, exchange=exchange, sampling=config.sampling, on_answers=extract)
+    try:
+        return device_loop(engine=engine, exchange=exchange, sampling=config.sampling, on_answers=extract)
+    finally:
+        if shards is not None:
+            shards.flush()

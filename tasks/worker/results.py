@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.config import SamplingConfig, WorkerConfig
 from tasks.engines import Finished, Generation, Request, UnanswerableItem, answer_all
@@ -20,6 +20,9 @@ from tasks.store import Store
 from tasks.store.models import Checkpoint, Claim, Item, Result
 from tasks.throughput import BatchReport
 from tasks.worker.chat import prompt_provenance
+
+if TYPE_CHECKING:
+    from tasks.worker.shards import ShardWriter
 
 log = logging.getLogger("fleetgen")
 EXTRACT_SAMPLING = SamplingConfig(max_new_tokens=16, thinking="off")
@@ -58,10 +61,12 @@ def to_result(outcome: Outcome, answer: Generation, engine: str, device: str, co
                   code_seconds=answer.code_seconds, seed=answer.seed, **prompt_provenance(outcome.item, config.prompt))
 
 
-def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device: str,
-                   config: WorkerConfig) -> BatchReport:
-    """Grade the answers and write them through their claims' tokens (one round trip); give
-    the errored items back (attempts + 1), failed with their error after the last attempt."""
+def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device: str, config: WorkerConfig,
+                   shards: ShardWriter | None = None) -> BatchReport:
+    """Grade the answers and write them through their claims' tokens (one round trip), or with
+    --texts stage them for the worker's next shard (`shards.py` completes them once it is
+    written); give the errored items back (attempts + 1), failed with their error after the
+    last attempt."""
     answered = [(o, to_result(o, o.answer, engine, device, config)) for o in outcomes
                 if isinstance(o.answer, Generation)]
     grade_results([(outcome.item, result) for outcome, result in answered])
@@ -77,7 +82,10 @@ def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device
     report = BatchReport(device=device, items=len(outcomes), ids=[o.item.id for o in outcomes],
                          tokens=sum(result.tokens or 0 for _, result in answered),
                          seconds=sum(result.seconds or 0.0 for _, result in answered))
-    report.done = store.complete_many(list(parts.values())) if parts else 0
+    if shards is not None:
+        report.done = shards.stage(list(parts.values()))
+    else:
+        report.done = store.complete_many(list(parts.values())) if parts else 0
     if report.done < len(answered):  # the only sure sign of a takeover (a heartbeat races with writes)
         log.warning(f"{device}: {len(answered) - report.done} answers were not written: their items are no longer this "
                     "worker's (given back at shutdown, or their lease expired and another worker took them: raise "

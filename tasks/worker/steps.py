@@ -20,6 +20,7 @@ from tasks.store import Store
 from tasks.throughput import BatchReport
 from tasks.worker.leases import LeaseKeeper
 from tasks.worker.loop import work_on_run
+from tasks.worker.shards import ShardWriter
 from tasks.worker.shutdown import Shutdown
 from tasks.worker.writes import StoreCalls
 
@@ -42,10 +43,12 @@ def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
 
 @task(cache_policy=NO_CACHE)
 def run_device(store: Store, engine: Engine, config: WorkerConfig, keeper: LeaseKeeper, shutdown: Shutdown,
-               idle_exit: float, on_report: Callable[[BatchReport], None] = lambda report: None) -> list[BatchReport]:
+               idle_exit: float, on_report: Callable[[BatchReport], None] = lambda report: None,
+               shards: ShardWriter | None = None) -> list[BatchReport]:
     """One device's loop, in its own thread, until the run has nothing pending or running (and
     `idle_exit` seconds more), or the worker stops. Its store calls show in Prefect as task runs
-    about once a minute (`writes.py`). `on_report` sees each batch written."""
-    calls = StoreCalls(store=store, config=config, engine=engine, task_runs=True, on_report=on_report)
+    about once a minute (`writes.py`). `on_report` sees each batch written (with --texts: staged
+    for the worker's next shard)."""
+    calls = StoreCalls(store=store, config=config, engine=engine, task_runs=True, on_report=on_report, shards=shards)
     return work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown,
-                       idle_exit=idle_exit, calls=calls)
+                       idle_exit=idle_exit, calls=calls, shards=shards)

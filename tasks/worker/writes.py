@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,13 +20,16 @@ from tasks.store.models import Claim
 from tasks.throughput import BatchReport, tokens_per_second
 from tasks.worker.results import Outcome, store_outcomes
 
+if TYPE_CHECKING:
+    from tasks.worker.shards import ShardWriter
+
 log = logging.getLogger("fleetgen")
 T = TypeVar("T")
 STORE_RETRY_DELAYS = [2, 10, 30]
 REPORT_SECONDS = 60.0  # a device's store call is a Prefect task run at most this often
 
 
-def with_retries(call: Callable[[], T]) -> T:
+def with_retries(call: Callable[[], T], what: str = "store call") -> T:
     """`call`, retried after each of STORE_RETRY_DELAYS seconds on any error but a UserError
     (every write is idempotent: the claim tokens guard it)."""
     for delay in STORE_RETRY_DELAYS:
@@ -35,17 +38,18 @@ def with_retries(call: Callable[[], T]) -> T:
         except UserError:
             raise
         except Exception as error:
-            log.warning(f"store call failed ({error}); retrying in {delay} s")
+            log.warning(f"{what} failed ({error}); retrying in {delay} s")
             time.sleep(delay)
     return call()  # the last attempt: its error goes on up
 
 
 class StoreCalls:
-    """One device's store calls (the exchange's `call`); `on_report` sees each batch written."""
+    """One device's store calls (the exchange's `call`); `on_report` sees each batch written
+    (with --texts: staged for the worker's next shard, `shards`)."""
 
     def __init__(self, *, store: Store, config: WorkerConfig, engine: Engine, task_runs: bool = False,
-                 on_report: Callable[[BatchReport], None] = lambda report: None):
-        self.store, self.config, self.engine, self.on_report = store, config, engine, on_report
+                 on_report: Callable[[BatchReport], None] = lambda report: None, shards: ShardWriter | None = None):
+        self.store, self.config, self.engine, self.on_report, self.shards = store, config, engine, on_report, shards
         self.task_runs = task_runs
         self.until_correct = bool(store.run_config(config.run).get("until_correct"))
         self._last_task_run = -REPORT_SECONDS
@@ -67,8 +71,9 @@ class StoreCalls:
         report = None
         if outcomes:
             report = store_outcomes(self.store, outcomes, engine=self.engine.name, device=self.engine.label,
-                                    config=self.config)
-            log.info(f"{report.device}: {report.done} answers written ({report.failed} failed back), {report.tokens} "
+                                    config=self.config, shards=self.shards)
+            written = "staged for the next shard" if self.shards else "written"
+            log.info(f"{report.device}: {report.done} answers {written} ({report.failed} failed back), {report.tokens} "
                      f"tokens at {tokens_per_second(report.tokens, report.seconds):.1f} tokens/s")
         claim = None
         if want:
