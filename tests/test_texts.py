@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import sqlite3
 import uuid
 from pathlib import Path
@@ -35,7 +36,7 @@ from tasks.worker.loop import work_on_run
 from tasks.worker.shards import ShardWriter, shard_writer
 from tasks.worker.shutdown import Shutdown
 from tests.conftest import run_flow_cli
-from tests.support import FakeClock, ScriptedEngine, SerializedStore
+from tests.support import FakeClock, ScriptedEngine, SerializedStore, wait_until
 
 TRACE_WORDS = 400  # a trace of some 2.4 KB: long enough to be packed, and to tell apart
 
@@ -338,6 +339,28 @@ def test_the_command_lines_with_texts_in_a_folder(tmp_path: Path, tiny_model: Pa
     again = run_flow_cli("export.py", "--store", url, "--run", "r", "--out", str(out), "--texts", str(moved),
                          cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_sigterm_to_a_worker_writing_shards_leaves_every_done_answer_readable(tmp_path: Path, tiny_model: Path) -> None:
+    """The real command line: shards every 2 s, then SIGTERM: it exits 0, nothing is left running,
+    and every answer the store calls done is in a shard, none of them twice."""
+    from tests.test_generate_flow import start_worker
+
+    url, texts = f"sqlite:///{tmp_path / 'fleetgen.db'}", tmp_path / "texts"
+    store = seeded(SqliteStore(tmp_path / "fleetgen.db"), 60)
+    worker = start_worker(tmp_path, tiny_model, "preempted", "--store", url, "--batch-size", "4", "--max-new-tokens",
+                          "48", "--texts", str(texts), "--shard-seconds", "2")
+    assert wait_until(lambda: any(item.status == "done" for item in store.items("r")) or worker.poll() is not None,
+                      timeout=240)
+    worker.send_signal(signal.SIGTERM)
+    output = worker.communicate(timeout=120)[0]
+    assert worker.returncode == 0 and "stopped (SIGTERM)" in output and "Traceback" not in output, output
+    items = read_items.fn(store, "r")
+    done = [item for item in items if item.status == "done"]
+    assert done and {item.status for item in items} <= {"done", "pending"}
+    assert all(item.result.texts and item.result.response for item in done)
+    rows = [row["id"] for path in TextsLocation(str(texts)).shards("r") for row in TextsLocation(str(texts)).read(path)]
+    assert sorted(rows) == sorted(item.id for item in done)  # each once, and no orphan: nothing was taken over
 
 
 @pytest.mark.skipif(not (os.environ.get("HF_TOKEN") and os.environ.get("FLEETGEN_TEST_HF_REPO")),

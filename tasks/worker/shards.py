@@ -68,14 +68,14 @@ class ShardWriter:
                 if item.id in results]
         try:
             try:
-                self.bytes_written += with_retries(lambda: self.location.write(path, rows), what="shard write")
+                size = with_retries(lambda: self.location.write(path, rows), what="shard write")
             except Exception as error:
                 why = f"texts not written to {self.location.url}: {type(error).__name__}: {error}"[:500]
                 log.error(f"{why}; {len(rows)} answers go back to the store (attempts + 1)")
                 for claim, results in parts:
                     with_retries(lambda: self.store.fail(claim, list(results), why, self.max_attempts))
                 return 0
-            self.shards_written += 1
+            self.shards_written, self.bytes_written = self.shards_written + 1, self.bytes_written + size
             pointing = [(claim, {id_: replace(result, response="", reasoning=None, texts={"shard": path})
                                  for id_, result in results.items()}) for claim, results in parts]
             done = with_retries(lambda: self.store.complete_many(pointing))
@@ -86,6 +86,8 @@ class ShardWriter:
         finally:
             for claim, results in parts:
                 self.keeper.unstage(claim, list(results))
+        log.info(f"shard {path}: {len(rows)} answers, {size / 1024:,.1f} KB, written to {self.location.url}; {done} "
+                 "done in the store")
         if done < len(rows):
             log.warning(f"{len(rows) - done} answers of shard {path} were not written to the store: their items are "
                         "no longer this worker's (their lease expired and another worker took them); their rows are "
