@@ -64,8 +64,8 @@ def work(store: Store, location: TextsLocation, *, engine: ScriptedEngine | None
          shard_seconds: float = 3600.0, **settings) -> ShardWriter:
     """One device of a worker with --texts drains the run (its shard writer's timer never fires)."""
     store.set_texts_url("r", location.url)  # as the worker's flow records it
-    config = WorkerConfig(store="sqlite:///unused.db", run="r", batch_size=4, lease_seconds=60, worker=worker,
-                          **settings)
+    config = WorkerConfig(store="sqlite:///unused.db", run="r", **{"batch_size": 4, "lease_seconds": 60,
+                                                                   "worker": worker, **settings})
     with LeaseKeeper(store, config.lease_seconds) as keeper, ShardWriter(
             location=location, store=store, keeper=keeper, worker=worker, shard_seconds=shard_seconds,
             max_attempts=config.max_attempts) as writer:
@@ -165,30 +165,48 @@ def test_answers_are_done_only_with_their_shard_and_readers_follow_the_pointers(
     assert "So it is 7." in seen[0]
 
 
-def test_a_shard_that_cannot_be_written_leaves_its_items_undone_and_given_back(tmp_path: Path, monkeypatch) -> None:
+def test_a_shard_that_cannot_be_written_leaves_its_items_undone_kept_then_given_back(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
     monkeypatch.setattr(writes, "STORE_RETRY_DELAYS", [0, 0])
     location = TextsLocation(f"memory://{uuid.uuid4().hex}")
-    write, tries = location.write, []
+    write, tries, statuses = location.write, [], []
+    store = seeded(SqliteStore(tmp_path / "w.db"), 8)
 
-    def flaky(path: str, rows: list) -> int:  # the first shard's three tries are refused, then the storage is back
+    def flaky(path: str, rows: list) -> int:  # the first shard's three tries are refused (a hub's 429), then it is back
         tries.append(path)
+        statuses.append({item.status for item in store.items("r")})
         if len(tries) <= 3:
-            raise OSError("the bucket refused the write (503)")
+            raise OSError("429 Too Many Requests: you have exceeded the rate limit for repository commits")
         return write(path, rows)
 
     monkeypatch.setattr(location, "write", flaky)
-    store = seeded(SqliteStore(tmp_path / "w.db"), 8)
-    work(store, location, engine=Thinker(batch_size=8))
+    writer = work(store, location, engine=Thinker(batch_size=8), lease_seconds=10)
     items = read_items.fn(store, "r")
-    assert len(tries) == 4 and {item.status for item in items} == {"done"}
-    assert {item.attempts for item in items} == {1}  # given back once (attempts + 1), then answered again
+    assert statuses == [{"running"}] * 4  # none done before its shard was written
+    assert len(tries) == 4 and writer.shards_written == 1 and {item.status for item in items} == {"done"}
+    assert {item.attempts for item in items} == {0}  # kept for the next shard: answered once, no attempt spent
     assert all(item.result.reasoning and item.error is None for item in items)
 
     monkeypatch.setattr(location, "write", lambda path, rows: (_ for _ in ()).throw(OSError("no space left")))
     down = seeded(SqliteStore(tmp_path / "down.db"), 4)
-    work(down, location, engine=Thinker(batch_size=4))  # the storage stays down: the worker ends, nothing done
+    work(down, location, engine=Thinker(batch_size=4), lease_seconds=10)  # it stays down: the worker ends, none done
     assert {(item.status, item.attempts) for item in down.items("r")} == {("failed", 3)}
     assert all("texts not written" in item.error and "no space left" in item.error for item in down.items("r"))
+
+
+def test_a_stopping_worker_whose_last_shard_fails_gives_its_items_back_untouched(tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    monkeypatch.setattr(writes, "STORE_RETRY_DELAYS", [0])
+    store = seeded(SqliteStore(tmp_path / "w.db"), 4)
+    location = TextsLocation(f"memory://{uuid.uuid4().hex}")
+    monkeypatch.setattr(location, "write", lambda path, rows: (_ for _ in ()).throw(OSError("bucket gone")))
+    keeper = LeaseKeeper(store, 60)
+    claim = store.claim("r", "w", 4, 60)
+    keeper.hold(claim)
+    with ShardWriter(location=location, store=store, keeper=keeper, worker="w", shard_seconds=3600,
+                     max_attempts=3) as writer:
+        writer.stage([(claim, answered(claim, "late"))])
+    assert {(item.status, item.attempts) for item in store.items("r")} == {("pending", 0)}  # at once, for others
 
 
 class Killed(BaseException):

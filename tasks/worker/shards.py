@@ -23,6 +23,7 @@ from tasks.worker.writes import with_retries
 
 log = logging.getLogger("fleetgen")
 Part = tuple[Claim, dict[str, Result]]
+FAILED_SHARDS_BEFORE_GIVING_BACK = 3
 
 
 class ShardWriter:
@@ -30,7 +31,7 @@ class ShardWriter:
                  shard_seconds: float, max_attempts: int):
         self.location, self.store, self.keeper, self.worker = location, store, keeper, worker
         self.shard_seconds, self.max_attempts = shard_seconds, max_attempts
-        self.shards_written = self.bytes_written = 0
+        self.shards_written = self.bytes_written = self.failed_in_a_row = 0
         self._staged: list[Part] = []
         self._lock, self._flushing, self._stop = threading.Lock(), threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._often, name="shards", daemon=True)
@@ -42,7 +43,7 @@ class ShardWriter:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.flush()
+        self.flush(last=True)
 
     def stage(self, parts: list[Part]) -> int:
         """Keep graded answers for the next shard (their claims held until it is written); return how many."""
@@ -52,30 +53,30 @@ class ShardWriter:
             self._staged += parts
         return sum(len(results) for _, results in parts)
 
-    def flush(self) -> int:
-        """Write what is staged, a shard per run, then complete those answers in the store; return how many."""
+    def flush(self, *, last: bool = False) -> int:
+        """Write what is staged, a shard per run, then complete those answers in the store; return
+        how many (`last`: the worker is stopping, what cannot be written goes back untouched)."""
         with self._flushing:
             with self._lock:
                 staged, self._staged = self._staged, []
             by_run: dict[str, list[Part]] = defaultdict(list)
             for claim, results in staged:
                 by_run[claim.run].append((claim, results))
-            return sum(self._write(run, parts) for run, parts in by_run.items())
+            return sum(self._write(run, parts, last=last) for run, parts in by_run.items())
 
-    def _write(self, run: str, parts: list[Part]) -> int:
+    def _write(self, run: str, parts: list[Part], *, last: bool) -> int:
         path = self.location.new_shard(run, self.worker)
         rows = [texts_row(item, claim.token, results[item.id]) for claim, results in parts for item in claim.items
                 if item.id in results]
+        kept = False
         try:
             try:
                 size = with_retries(lambda: self.location.write(path, rows), what="shard write")
             except Exception as error:
-                why = f"texts not written to {self.location.url}: {type(error).__name__}: {error}"[:500]
-                log.error(f"{why}; {len(rows)} answers go back to the store (attempts + 1)")
-                for claim, results in parts:
-                    with_retries(lambda: self.store.fail(claim, list(results), why, self.max_attempts))
+                kept = self._failed(parts, error, last=last)
                 return 0
-            self.shards_written, self.bytes_written = self.shards_written + 1, self.bytes_written + size
+            self.shards_written, self.bytes_written, self.failed_in_a_row = (
+                self.shards_written + 1, self.bytes_written + size, 0)
             pointing = [(claim, {id_: replace(result, response="", reasoning=None, texts={"shard": path})
                                  for id_, result in results.items()}) for claim, results in parts]
             done = with_retries(lambda: self.store.complete_many(pointing))
@@ -84,8 +85,9 @@ class ShardWriter:
                       "return to the run when their lease ends")
             return 0
         finally:
-            for claim, results in parts:
-                self.keeper.unstage(claim, list(results))
+            if not kept:
+                for claim, results in parts:
+                    self.keeper.unstage(claim, list(results))
         log.info(f"shard {path}: {len(rows)} answers, {size / 1024:,.1f} KB, written to {self.location.url}; {done} "
                  "done in the store")
         if done < len(rows):
@@ -93,6 +95,27 @@ class ShardWriter:
                         "no longer this worker's (their lease expired and another worker took them); their rows are "
                         "orphans, never read (python flows/texts.py --drop-orphans removes them)")
         return done
+
+    def _failed(self, parts: list[Part], error: Exception, *, last: bool) -> bool:
+        """A shard not written: keep its answers for the next one (True), or give their items back
+        (the third time in a row: attempts + 1, the error kept; when stopping: untouched)."""
+        self.failed_in_a_row += 1
+        why = f"texts not written to {self.location.url}: {type(error).__name__}: {error}"[:500]
+        answers = sum(len(results) for _, results in parts)
+        if not last and self.failed_in_a_row < FAILED_SHARDS_BEFORE_GIVING_BACK:
+            log.error(f"{why}; its {answers} answers wait for the next shard ({self.failed_in_a_row} of "
+                      f"{FAILED_SHARDS_BEFORE_GIVING_BACK} tries)")
+            with self._lock:
+                self._staged[:0] = parts
+            return True
+        log.error(f"{why}; {answers} answers go back to the store" + ("" if last else " (attempts + 1)"))
+        for claim, results in parts:
+            if last:
+                with_retries(lambda: self.store.release(Claim(claim.token, claim.worker, [
+                    item for item in claim.items if item.id in results], claim.run)))
+            else:
+                with_retries(lambda: self.store.fail(claim, list(results), why, self.max_attempts))
+        return False
 
     def _often(self) -> None:
         while not self._stop.wait(self.shard_seconds):
