@@ -178,8 +178,8 @@ def check_run(items: list[Item], config: DecontaminateConfig) -> dict[str, Any]:
     questions = {item.question_id: item.question for item in items if item.stage == 0}
     answers: dict[str, list[str]] = {}
     for item in items:
-        if config.answers and item.status == "done" and item.result is not None:
-            answers.setdefault(item.question_id, []).append(item.result.response)
+        if config.answers and item.status == "done" and item.result is not None:  # the trace too: it is trained on
+            answers.setdefault(item.question_id, []).extend(filter(None, (item.result.reasoning, item.result.response)))
     tests, missing = held_out_questions(benchmarks=config.benchmarks, data_dir=config.data_dir,
                                     against=config.against_files)
     matches = ngram_matches(NgramIndex(tests, config.ngram), questions, answers)

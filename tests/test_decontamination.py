@@ -13,6 +13,7 @@ from flows.seed import seed
 from tasks.benchmarks import load_rows, resolve_source
 from tasks.config import DecontaminateConfig, SeedConfig
 from tasks.decontamination import HeldOutQuestion, NgramIndex, check_run, contaminated_ids, ngram_matches, words
+from tasks.store.models import Item, Result
 from tasks.store.sqlite import SqliteStore
 from tests.conftest import ROOT, run_flow_cli
 from tests.support import ScriptedEngine
@@ -57,6 +58,16 @@ def test_real_test_questions_are_found_with_their_test_item() -> None:
     reworded = [json.loads(line) for line in (ROOT / "tests/data/reworded_gsm8k_test.jsonl").read_text().splitlines()]
     hits = ngram_matches(index, {row["id"]: row["question"] for row in reworded})
     assert not any(match["test_id"] == question_id for question_id, match in hits.items())  # rewording escapes 8-grams
+
+
+def test_answers_are_checked_with_their_reasoning_traces() -> None:
+    test_question = GSM8K_TEST["gsm8k/test/5"]
+    traced = Item(question_id="q", question=FRESH[0], reference="7", status="done",
+                  result=Result(response="#### 7", reasoning=f"I recall this one: {test_question}", correct=True))
+    clean = Item(question_id="c", question=FRESH[1], reference="7", status="done",
+                 result=Result(response="#### 7", reasoning="Adding the two numbers.", correct=True))
+    found = check_run([traced, clean], DecontaminateConfig(run="t", answers=True, test_sets="gsm8k"))
+    assert [match["question_id"] for match in found["matches"]] == ["q"]
 
 
 def mixed_run(tmp_path: Path, run: str = "mixed") -> str:

@@ -402,7 +402,8 @@ class DecontaminateConfig(JudgeConfig):
     title: ClassVar[str] = "decontamination settings"
     ngram: PositiveInt = setting(8, "words per n-gram: a question sharing any run of N words with a test question "
                                     "is contaminated (open-r1's 8)", metavar="N")
-    answers: bool = setting(False, "also check the run's answers for n-grams of test questions")
+    answers: bool = setting(False, "also check the run's answers (reasoning traces included) for n-grams of test "
+                                   "questions")
     test_sets: str = setting("all", "benchmarks whose test split is checked: all (those shipped or in --data-dir), "
                                     "none (--against only), or a comma list such as gsm8k,math", metavar="LIST")
     against: str | None = setting(None, "more test sets: JSONL files with a question field, comma separated",
