@@ -17,6 +17,16 @@ from typing import Callable, Iterator, Protocol
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 
 Prompt = str | list[dict[str, str]]  # a text (one user turn) or chat messages
+
+
+def chat_messages(prompt: Prompt) -> list[dict[str, str]]:
+    """A prompt as chat messages: a text is one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def continues_answer(messages: list[dict[str, str]]) -> bool:
+    """The conversation ends with the assistant's turn: an answer so far, to be continued."""
+    return messages[-1]["role"] == "assistant"
 IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
 
 

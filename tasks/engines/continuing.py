@@ -8,7 +8,7 @@ import threading
 from dataclasses import replace
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
-from tasks.engines import Feeder, Finished, Generation, Request
+from tasks.engines import Feeder, Finished, Generation, Request, chat_messages, continues_answer
 
 Reader = Callable[[], tuple[str, int]]  # an answer so far: its text and tokens
 
@@ -26,8 +26,8 @@ State = TypeVar("State", bound=Opened)
 
 def so_far_text(request: Request) -> str:
     """The answer so far that `request`'s prompt ends with (its assistant turn), or nothing."""
-    prompt = request.prompt
-    return prompt[-1]["content"] if not isinstance(prompt, str) and prompt[-1]["role"] == "assistant" else ""
+    messages = chat_messages(request.prompt)
+    return messages[-1]["content"] if continues_answer(messages) else ""
 
 
 def fixed(text: str, tokens: int) -> Reader:
@@ -39,9 +39,8 @@ def continued(request: Request, text: str, **changes: Any) -> Request:
     """`request` going on from `text`: the conversation with the answer so far as the assistant's
     turn (continued by the chat template, or by the server: `continue_final_message`). A request
     that already went on from a checkpoint goes on from it followed by `text`."""
-    prompt = request.prompt
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if messages[-1]["role"] == "assistant":
+    messages = chat_messages(request.prompt)
+    if continues_answer(messages):
         messages, text = messages[:-1], messages[-1]["content"] + text
     return replace(request, prompt=[*messages, {"role": "assistant", "content": text}], **changes)
 

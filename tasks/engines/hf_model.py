@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Generation, Prompt, UnanswerableItem
+from tasks.engines import Generation, Prompt, UnanswerableItem, chat_messages, continues_answer
 from tasks.engines.devices import dtype_name
 from tasks.errors import UserError
 from tasks.reasoning import template_options
@@ -101,10 +101,10 @@ class HFModel:
         """The text the model sees: the chat template when the tokenizer has one (told whether to
         think, unless `auto`), else the turns joined by blank lines. A conversation ending with the
         assistant's turn is continued."""
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        messages = chat_messages(prompt)
         if not self.chat:
             return "\n\n".join(message["content"] for message in messages)
-        go_on = messages[-1]["role"] == "assistant"
+        go_on = continues_answer(messages)
         return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
                                                       continue_final_message=go_on, **template_options(thinking)))
 

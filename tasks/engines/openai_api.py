@@ -15,7 +15,17 @@ from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from tasks.config import EngineConfig, SamplingConfig
-from tasks.engines import IDLE_YIELD_SECONDS, Feeder, Finished, Generation, Request, UnanswerableItem, keep_in_flight
+from tasks.engines import (
+    IDLE_YIELD_SECONDS,
+    Feeder,
+    Finished,
+    Generation,
+    Request,
+    UnanswerableItem,
+    chat_messages,
+    continues_answer,
+    keep_in_flight,
+)
 from tasks.errors import UserError
 from tasks.reasoning import joined, opening, template_options
 from tasks.secrets import register_secret
@@ -87,14 +97,15 @@ class OpenAIEngine:
 
     def _ask(self, request: Request, sampling: SamplingConfig) -> Generation:
         prompt = request.prompt
-        messages: Any = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        messages: Any = chat_messages(prompt)
         options: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if request.seed is not None:
             options["seed"] = request.seed
         if request.stop:
             options["stop"] = list(request.stop)
         extra: dict[str, Any] = {}
-        if messages[-1]["role"] == "assistant":  # continue the answer so far (vLLM, SGLang, transformers serve)
+        continuing = continues_answer(messages)
+        if continuing:  # continue the answer so far (vLLM, SGLang, transformers serve)
             extra = {"continue_final_message": True, "add_generation_prompt": False}
         if template := template_options(sampling.thinking):  # vLLM and SGLang pass these to the chat template
             extra["chat_template_kwargs"] = template
@@ -109,7 +120,6 @@ class OpenAIEngine:
                 raise UnanswerableItem(f"the server refused the prompt as too long ({_gist(error)}): shorten the "
                                        "question, lower --max-new-tokens or serve a longer --max-model-len") from error
             raise
-        continuing = messages[-1]["role"] == "assistant"
         text = content.rstrip() if continuing else content.strip()  # a continuation keeps its leading space
         if trace:  # a server that parts traces itself (vLLM's --reasoning-parser): joined again, read as ours
             marker = sampling.thinking_marker
