@@ -20,7 +20,7 @@ from tasks.store.sqlite import SqliteStore
 from tasks.throughput import BatchReport, summarize_reports
 from tasks.worker.exchange import Exchange
 from tasks.worker.leases import LeaseKeeper
-from tasks.worker.loop import device_loop
+from tasks.worker.loop import device_loop, work_on_run
 from tasks.worker.results import Outcome, extract_with_llm, store_outcomes
 from tests.support import ScriptedEngine
 
@@ -225,3 +225,24 @@ def test_store_calls_retry_on_any_error_but_a_user_error(monkeypatch) -> None:
     with pytest.raises(UserError):
         writes.with_retries(lambda: (_ for _ in ()).throw(UserError("disk full")))
     assert slept == [2, 10, 30]  # a user error is not retried
+
+
+def test_engines_keeping_requests_in_flight_claim_at_least_as_many(tmp_path: Path) -> None:
+    """A server kept 12 requests busy claims 12 at once, not --batch-size 4 three times (store operations)."""
+    store = SqliteStore(tmp_path / "w.db")
+    store.seed("r", [Item(question_id=f"q{n:02d}", question=f"question {n}", reference="1") for n in range(24)])
+    sizes: list[int] = []
+    claim = store.claim
+
+    def recorded(run, worker, limit, *args, **kwargs):
+        sizes.append(limit)
+        return claim(run, worker, limit, *args, **kwargs)
+
+    store.claim = recorded
+    config = WorkerConfig(store="sqlite:///unused.db", run="r", worker="w", batch_size=4, lease_seconds=60,
+                          engine={"name": "openai", "api_base": "http://127.0.0.1:1/v1", "concurrency": 12})
+    assert config.claim_size == 12 and WorkerConfig(batch_size=4).claim_size == 4  # hf-static: its batch
+    assert config.model_copy(update={"engine": config.engine.model_copy(update={"max_in_flight": 20})}).claim_size == 20
+    with LeaseKeeper(store, 60) as keeper:
+        work_on_run(store=store, engine=ScriptedEngine({"": "#### 1"}, batch_size=12), config=config, keeper=keeper)
+    assert sizes and set(sizes) == {12} and {item.status for item in store.items("r")} == {"done"}

@@ -202,7 +202,8 @@ class WorkerConfig(RunConfig):
     engine: EngineConfig = EngineConfig()
     devices: str = setting("auto", "one model copy per listed device: auto (every visible GPU, else cpu), "
                                    "cuda:0,cuda:1, cpu, cpu,cpu", metavar="LIST")
-    batch_size: PositiveInt = setting(16, "items claimed and generated together", metavar="B")
+    batch_size: PositiveInt = setting(16, "items claimed and generated together (hf, openai, vllm: claimed at least as "
+                                          "many as they keep in flight)", metavar="B")
     cpu_threads: PositiveInt | None = setting(
         None, "torch threads of the worker's CPU model copies (default: this machine's cores / its CPU copies; "
               "with several CPU workers on one machine give each cores / all their copies)", metavar="N")
@@ -313,6 +314,16 @@ class WorkerConfig(RunConfig):
     def worker_name(self) -> str:
         """The worker's name: as given, else this machine's host name and process id."""
         return self.worker or default_worker_name()
+
+    @property
+    def claim_size(self) -> int:
+        """Items claimed (and written) at once: --batch-size, and for the engines that keep requests in
+        flight (hf, openai, vllm) at least as many as they keep (--max-in-flight, else the servers'
+        --concurrency): one claim fills the engine's batch, with fewer store operations."""
+        if self.engine.name not in ("hf", "openai", "vllm"):
+            return self.batch_size
+        in_flight = self.engine.max_in_flight or (self.engine.concurrency if self.engine.name != "hf" else 0)
+        return max(self.batch_size, in_flight)
 
     @property
     def poll_seconds(self) -> float:

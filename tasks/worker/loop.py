@@ -94,7 +94,7 @@ def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: L
 
     exchange = Exchange(call=calls or StoreCalls(store=store, config=config, engine=engine, shards=shards),
                         finished=finished, keeper=keeper, request=request or ask,
-                        claim_size=config.batch_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds,
+                        claim_size=config.claim_size, flush_seconds=FLUSH_SECONDS, poll_seconds=config.poll_seconds,
                         shutdown=shutdown, idle_exit=idle_exit)
     extract = (lambda group: extract_with_llm(engine, group, config.sampling)) if config.extract == "llm" else None
     try:
