@@ -91,11 +91,11 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds):
+    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds, abandoned):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds)
+        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds, abandoned=abandoned)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     texts = ["a", "b", "c", "poison", "e", "f", "g", "h"]

@@ -292,3 +292,58 @@ def test_an_idle_device_ends_as_soon_as_its_sibling_finishes_the_run(tmp_path: P
         work_on_run(store=store, engine=TimedEngine(0.0), config=config, keeper=keeper)
         slow.join()
     assert statuses(store) == {"done": 8} and time.monotonic() - started < 7, time.monotonic() - started
+
+
+def test_at_the_grace_periods_end_the_engine_stops_generating(tmp_path: Path, tiny_model: Path) -> None:
+    """A batch far from its end when the grace runs out is stopped (not generated to its end for
+    nothing: its items are back in the store), on hf-static's model.generate."""
+    from tasks.config import ModelConfig, SamplingConfig
+    from tasks.engines.hf_static import HFStaticEngine
+
+    store, config = seeded(tmp_path, 4)
+    config = config.model_copy(update={"sampling": SamplingConfig(max_new_tokens=3500)})  # ~4 s here, alone
+    engine = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu", batch_size=4)
+    shutdown = Shutdown(grace_seconds=0.2)
+    generated: list[int] = []
+    generate = engine.model.generate
+
+    def stopped_as_it_starts(**kwargs):
+        shutdown.request("SIGTERM")  # the batch has 0.2 s of grace
+        output = generate(**kwargs)
+        generated.append(output.shape[1] - kwargs["input_ids"].shape[1])
+        return output
+
+    engine.model.generate = stopped_as_it_starts
+    with LeaseKeeper(store, config.lease_seconds) as keeper, shutdown.on_signals(keeper.give_back_all):
+        work_on_run(store=store, engine=engine, config=config, keeper=keeper, shutdown=shutdown)
+    assert generated == [generated[0]] and generated[0] < 3500  # stopped, not run to its 3,500 tokens
+    assert statuses(store) == {"pending": 4} and {item.attempts for item in store.items("r")} == {0}
+
+
+def test_a_streamed_answer_stops_at_the_grace_periods_end() -> None:
+    """The openai/vllm engines close the stream of an answer whose item went back (the server then
+    drops the request) instead of reading it to its end."""
+    from tasks.config import EngineConfig, SamplingConfig
+    from tasks.engines import Abandoned, Request, answer_all
+    from tasks.engines.openai_api import OpenAIEngine
+    from tests.support import ScriptedServer
+
+    server = ScriptedServer([], reply=lambda body: (" word" * 400, "stop"), stream_delay=0.01)
+    grace_over = threading.Event()
+    try:
+        engine = OpenAIEngine(api_base=server.url, model="scripted-model", label="api",
+                              settings=EngineConfig(name="openai", api_base=server.url))
+        request = Request(key="1", prompt="Eggs?", on_progress=lambda read: grace_over.set(),  # as it starts
+                          abandoned=grace_over.is_set)
+        [answer] = answer_all(engine, [request], SamplingConfig(max_new_tokens=1000))
+        assert isinstance(answer, Abandoned) and "1 streamed pieces of its answer dropped" in str(answer)
+        counts: list[int] = []
+
+        def stopped_growing() -> bool:  # a server still streaming to its end grows 30 words between looks
+            counts.append(server.streamed[-1])
+            time.sleep(0.3)
+            return len(counts) > 1 and counts[-1] == counts[-2]
+
+        assert wait_until(stopped_growing, timeout=20) and counts[-1] < 400
+    finally:
+        server.close()

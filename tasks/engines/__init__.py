@@ -30,6 +30,11 @@ def continues_answer(messages: list[dict[str, str]]) -> bool:
 IDLE_YIELD_SECONDS = 1.0  # an empty group this often while answers are still being written
 
 
+class Abandoned(RuntimeError):
+    """The worker gave the item back while it was being generated (its stop's grace was over): the
+    engine stopped; the answer so far is no answer."""
+
+
 class UnanswerableItem(ValueError):
     """The item itself cannot be answered (a prompt longer than the model reads): it fails at
     once, with no retry, and says nothing about the device."""
@@ -46,6 +51,8 @@ class Request:
     # streaming engines (openai, vllm) hand this, when the answer starts, what reads it so far (text, tokens)
     on_progress: Callable[[Callable[[], tuple[str, int]]], None] | None = field(default=None, compare=False,
                                                                                  repr=False)
+    # True once the worker gave the item back (its stop's grace is over): an engine may stop generating it
+    abandoned: Callable[[], bool] = field(default=lambda: False, compare=False, repr=False)
 
 
 @dataclass

@@ -4,12 +4,12 @@ engines: dtype per device, bitsandbytes quantization, a PEFT adapter, the chat t
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Generation, Prompt, UnanswerableItem, chat_messages, continues_answer
+from tasks.engines import Abandoned, Generation, Prompt, UnanswerableItem, chat_messages, continues_answer
 from tasks.engines.devices import dtype_name
 from tasks.errors import UserError
 from tasks.reasoning import template_options
@@ -32,6 +32,16 @@ class SeededDraws:
         uniform = torch.stack([torch.rand(scores.shape[-1], generator=generator, device=scores.device)
                                for generator in self.generators])
         return scores.float() - torch.log(-torch.log(uniform.clamp_min(1e-20)))
+
+
+class WhenAbandoned:
+    """A stopping criterion: every row of the batch ends once `abandoned` says so."""
+
+    def __init__(self, abandoned: Callable[[], bool]):
+        self.abandoned = abandoned
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.abandoned(), dtype=torch.bool, device=input_ids.device)
 
 
 def seeded_processors(sampling: SamplingConfig, seeds: list[int], device: str) -> list[Any]:
@@ -152,11 +162,13 @@ class HFModel:
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
-                 stop: tuple[str, ...] = (), seeds: list[int | None] | None = None) -> list[Generation]:
+                 stop: tuple[str, ...] = (), seeds: list[int | None] | None = None,
+                 abandoned: Callable[[], bool] = lambda: False) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
         `limits`, each answer stops at its own length (the batch runs to the longest); with
         `stop`, at the first of those texts; with a seed for every prompt, each is drawn with its
-        own (recorded on its generation), else from the device's generator."""
+        own (recorded on its generation), else from the device's generator. Once `abandoned` says
+        so, the batch stops at the next token and raises Abandoned."""
         draws = [seed for seed in seeds or [] if seed is not None] if sampling.temperature > 0 else []
         seeded = bool(prompts) and len(draws) == len(prompts)
         if limits:
@@ -169,11 +181,14 @@ class HFModel:
                 output = self.model.generate(
                     **batch, generation_config=self.generation_config(sampling, seeded=seeded),
                     logits_processor=seeded_processors(sampling, draws, self.device) if seeded else None,
+                    stopping_criteria=[WhenAbandoned(abandoned)],
                     **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}))
         except Exception:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
             raise
+        if abandoned():
+            raise Abandoned("the worker gave the item back while it was being generated")
         rows = output[:, batch["input_ids"].shape[1]:].cpu().tolist()
         ends = limits or [len(row) for row in rows]
         answers = [self.answer(row[:end], sampling.thinking_marker) for row, end in zip(rows, ends)]

@@ -8,7 +8,7 @@ import time
 from typing import Iterator
 
 from tasks.config import ModelConfig, SamplingConfig
-from tasks.engines import Feeder, Finished, Generation, Request, share_time
+from tasks.engines import Abandoned, Feeder, Finished, Generation, Request, share_time
 from tasks.engines.hf_model import HFModel
 
 
@@ -54,7 +54,9 @@ def generate_splitting(model: HFModel, requests: list[Request],
         return list(model.generate([request.prompt for request in requests], sampling,
                                    limits=[request.max_new_tokens or sampling.max_new_tokens for request in requests],
                                    stop=tuple(sorted({text for request in requests for text in request.stop})),
-                                   seeds=[request.seed for request in requests]))
+                                   seeds=[request.seed for request in requests], abandoned=requests[0].abandoned))
+    except Abandoned as error:  # the worker stopped: no half is worth a try
+        return [error] * len(requests)
     except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
         if len(requests) == 1:
             return [error]

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from tasks.config import EngineConfig, SamplingConfig
 from tasks.engines import (
     IDLE_YIELD_SECONDS,
+    Abandoned,
     Feeder,
     Finished,
     Generation,
@@ -153,6 +154,9 @@ class OpenAIEngine:
         with self.client.chat.completions.with_streaming_response.create(
                 **options, stream=True, stream_options={"include_usage": True}) as response:
             for line in response.iter_lines():
+                if request.abandoned():  # closing the stream makes the server drop the request
+                    raise Abandoned(f"the worker gave the item back; {len(content)} streamed pieces of its answer "
+                                    "dropped")
                 if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                     continue
                 event = json.loads(line[5:])

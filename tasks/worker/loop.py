@@ -80,7 +80,8 @@ def work_on_run(*, store: Store, engine: Engine, config: WorkerConfig, keeper: L
 
     def ask(item: Item) -> Request:
         request = Request(key=item.id, prompt=item_messages(item, config.prompt),
-                          seed=draw_seed(config.sampling.seed, item), on_progress=keeper.progress(item))
+                          seed=draw_seed(config.sampling.seed, item), on_progress=keeper.progress(item),
+                          abandoned=shutdown.grace_ended.is_set if shutdown else lambda: False)
         if not item.partial:
             return request
         before = Checkpoint.from_dict(item.partial)  # given back or taken over mid-answer: go on from there

@@ -24,6 +24,7 @@ class Shutdown:
         self.deadline = time.monotonic() + max_runtime if max_runtime else None
         self.reason: str | None = None
         self._requested = threading.Event()
+        self.grace_ended = threading.Event()  # what was still generating went back: engines may stop it
         self._grace_over: Callable[[], None] = lambda: None
 
     @property
@@ -38,9 +39,14 @@ class Shutdown:
         self._requested.set()
         log.warning(f"stopping ({reason}): no more claims; answers being generated have {self.grace_seconds:.0f} s "
                     "to finish, everything else is given back now")
-        timer = threading.Timer(self.grace_seconds, self._grace_over)
+        timer = threading.Timer(self.grace_seconds, self.end_grace)
         timer.daemon = True
         timer.start()
+
+    def end_grace(self) -> None:
+        """Give back what is still held, and tell the engines to stop generating it."""
+        self.grace_ended.set()
+        self._grace_over()
 
     def stop_claiming(self, batch_seconds: float) -> bool:
         """True once stopping; with `--max-runtime`, also when less time is left than a batch takes."""
@@ -58,7 +64,7 @@ class Shutdown:
         def handle(number: int, frame: Any) -> None:
             if self.requested:
                 log.warning(f"{signal.Signals(number).name} again: giving everything back now")
-                grace_over()
+                self.end_grace()
             else:
                 self.request(signal.Signals(number).name)
 
