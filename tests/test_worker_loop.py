@@ -144,7 +144,7 @@ def test_a_failed_write_stops_the_loop_with_its_error() -> None:
 def test_llm_extraction_reads_unparsable_responses_and_keeps_them_verbatim(tiny_model, tmp_path: Path) -> None:
     model = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu")
 
-    def scripted(prompts, sampling, limits=None, stop=(), seeds=None):  # the extraction pass says 18
+    def scripted(prompts, sampling, **options):  # the extraction pass says 18
         return [Generation("Answer: 18", 3, "stop") for _ in prompts]
 
     model.generate = scripted
