@@ -38,7 +38,7 @@ from tasks.sandbox import check_sandbox
 from tasks.store import open_store
 from tasks.store.runs import match_runs
 from tasks.throughput import BatchReport, summarize_reports
-from tasks.worker.chat import check_solutions
+from tasks.worker.chat import check_solutions, longest_prompt
 from tasks.worker.leases import LeaseKeeper, checkpoint_plan
 from tasks.worker.loop import run_finished, sampling_warnings
 from tasks.worker.outbox import DeviceBroken
@@ -86,9 +86,16 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
         if shared := share_cores(devices, config.cpu_threads):
             logger.info(shared)
         transformers.utils.logging.disable_progress_bar()  # one loading bar per copy garbles the others
+        prompt = 0
+        if config.engine.name == "vllm":  # the servers' context: the run's longest prompt and the longest answer
+            prompt = longest_prompt(store, runs, model=config.model.model, template=config.prompt,
+                                    thinking=config.sampling.thinking)
+            logger.info(f"server context: {config.sampling.context_tokens(prompt):,} tokens (the longest prompt to "
+                        f"answer has {prompt:,}; at least 2,048 are kept for the prompt, with the longest answer)")
         try:
-            engines += [future.result() for future in [load_engine.submit(config, device=device, label=label)
-                                                       for device, label in devices]]
+            engines += [future.result() for future in [
+                load_engine.submit(config, device=device, label=label, longest_prompt=prompt)
+                for device, label in devices]]
             logger.info(f"worker {config.worker_name}: {config.model.model} with {chosen} on "
                         f"{', '.join(engine.label for engine in engines)}, batch {config.batch_size}, "
                         f"runs {', '.join(runs)}")

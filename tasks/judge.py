@@ -22,7 +22,7 @@ def judge_engine(config: JudgeConfig) -> Engine:
     device, label = engine_devices(engine, config.devices)[0]
     logging.getLogger("fleetgen").info(f"judge: {config.model.model} with {chosen} on {label}")
     return create_engine(engine=engine, model=config.model, device=device, label=label,
-                         batch_size=config.batch_size, context_tokens=config.sampling.context_tokens)
+                         batch_size=config.batch_size, context_tokens=config.sampling.context_tokens())
 
 
 def to_judge(items: list[Item]) -> list[Item]:

@@ -242,3 +242,31 @@ def test_managed_servers_per_device_and_none_left_behind(prefect_env, tmp_path: 
     assert {item.status for item in store.items("r")} == {"done"} and {item.result.engine for item in
                                                                        store.items("r")} == {"vllm"}
     assert server_pids(tiny_model) == []  # stopped at the end of the run
+
+
+def test_a_started_servers_context_holds_the_runs_longest_prompt(prefect_env, tmp_path: Path,
+                                                                   tiny_model: Path) -> None:
+    """A question of some 5,000 tokens (past the 2,048 kept for prompts): the worker measures the run's
+    longest prompts with the model's tokenizer and starts the server with room for it."""
+    from transformers import AutoTokenizer
+
+    from tasks.engines.hf_model import prompt_tokens
+    from tasks.store.models import Item
+    from tasks.worker.chat import item_messages
+
+    script = tmp_path / "tiny_server.py"  # records the {max_model_len} it was started with
+    script.write_text(TINY_SERVER.replace("http.server.HTTPServer(", 'open(sys.argv[4], "w").write(sys.argv[3])\n'
+                                                                     "http.server.HTTPServer("))
+    recorded = tmp_path / "context.txt"
+    store = SqliteStore(tmp_path / "w.db")
+    long_one = Item(question_id="long", question="How many apples? " * 1250, reference="7")
+    store.ensure_run("r", {})
+    store.seed("r", [Item(question_id="short", question="1+1?", reference="2"), long_one])
+    generate(WorkerConfig(store=f"sqlite:///{tmp_path / 'w.db'}", run="r", model={"model": str(tiny_model)},
+                          devices="cpu", sampling={"max_new_tokens": 8}, checkpoint_seconds=0, engine={  # unstreamed
+                              "name": "vllm", "serve_timeout": 60,
+                              "serve_command": f"{sys.executable} {script} {{model}} {{port}} {{max_model_len}} "
+                                               f"{recorded}"}))
+    tokens = len(prompt_tokens(AutoTokenizer.from_pretrained(tiny_model), item_messages(long_one, "step_by_step")))
+    assert tokens > 4096 and int(recorded.read_text()) == tokens + 8
+    assert {item.status for item in store.items("r")} == {"done"}

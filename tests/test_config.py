@@ -148,5 +148,5 @@ def test_the_sandbox_layers_a_worker_requires(tmp_path: Path) -> None:
     ({"thinking_budget": 8000, "answer_budget": 1024}, 2048 + 8000 + 1024),  # budget forcing: both parts
 ])
 def test_a_started_server_gets_the_context_the_answers_need(sampling: dict, context: int) -> None:
-    assert SamplingConfig(**sampling).context_tokens == context
+    assert SamplingConfig(**sampling).context_tokens() == context
     assert "--max-model-len {max_model_len}" in EngineConfig().serve_command

@@ -338,6 +338,20 @@ def test_evaluate_reads_the_run_without_its_long_texts(store: Store) -> None:
     assert full.question.startswith("a long question") and full.result.response.startswith("a long answer")
 
 
+def test_the_longest_prompts_still_to_answer_are_found_by_the_store(store: Store) -> None:
+    store.seed("r", [Item(question_id="short", question="1+1?", reference="2"),
+                     Item(question_id="long", question="a long question " * 40, reference="7"),
+                     Item(question_id="retried", question="1+2?", reference="3", stage=1, previous="an answer " * 80),
+                     Item(question_id="done", question="the longest question of all " * 40, reference="1")])
+    claim = store.claim("r", "w", 4, 60)
+    done = next(item for item in claim.items if item.question_id == "done")
+    store.complete(claim, {done.id: Result(response="#### 1", correct=True)})  # answered: no prompt to send
+    longest = store.longest_prompts("r", 2)
+    assert [item.question_id for item in longest] == ["retried", "long"]  # question and previous answer count
+    assert longest[0].previous == "an answer " * 80 and longest[1].question == "a long question " * 40
+    assert [item.question_id for item in store.longest_prompts("r", 5)] == ["retried", "long", "short"]
+
+
 def test_a_worker_holds_at_most_three_connections_per_mongodb_server(monkeypatch) -> None:
     import mongomock
 

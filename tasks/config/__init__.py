@@ -131,12 +131,13 @@ class SamplingConfig(Config):
     answer_budget: PositiveInt = setting(1024, "with --thinking-budget: tokens of the answer after the trace at most",
                                          metavar="M")
 
-    @property
-    def context_tokens(self) -> int:
+    def context_tokens(self, longest_prompt: int = 0) -> int:
         """The context a server is started with (`{max_model_len}`): the longest answer these settings
-        allow (with budget forcing, both budgets) and PROMPT_TOKENS for the prompt; at least 4,096."""
+        allow (with budget forcing, both budgets) and room for the prompt: the run's longest prompt
+        where it was measured, at least PROMPT_TOKENS (a refine round's prompts come later); at
+        least 4,096."""
         longest = self.thinking_budget + self.answer_budget if self.thinking_budget else self.max_new_tokens
-        return max(4096, PROMPT_TOKENS + longest)
+        return max(4096, max(PROMPT_TOKENS, longest_prompt) + longest)
 
     @model_validator(mode="after")
     def _budget_needs_thinking(self) -> Self:
@@ -170,8 +171,9 @@ class EngineConfig(Config):
                                      gt=0)
     serve_command: str = setting(
         DEFAULT_SERVE_COMMAND, "vllm: the command starting one OpenAI-compatible server per device; {model}, {port}, "
-        "{dtype}, {device} and {max_model_len} (the longest answer the sampling settings allow + 2,048 tokens of "
-        "prompt, at least 4,096) are filled in", metavar="TEMPLATE")
+        "{dtype}, {device} and {max_model_len} (the longest answer the sampling settings allow + the runs' longest "
+        "prompt to answer, measured with the model's tokenizer, at least 2,048; at least 4,096 in all) are filled in",
+        metavar="TEMPLATE")
     serve_timeout: float = setting(900.0, "vllm: seconds a server may take to become healthy", metavar="S", gt=0)
 
     @model_validator(mode="after")

@@ -53,6 +53,24 @@ def seeded_processors(sampling: SamplingConfig, seeds: list[int], device: str) -
     return [*warpers, SeededDraws(seeds, device)]
 
 
+def prompt_text(tokenizer: Any, prompt: Prompt, thinking: str = "auto") -> str:
+    """The text a model sees: its chat template when the tokenizer has one (told whether to think,
+    unless `auto`), else the turns joined by blank lines. A conversation ending with the
+    assistant's turn is continued."""
+    messages = chat_messages(prompt)
+    if not getattr(tokenizer, "chat_template", None):
+        return "\n\n".join(message["content"] for message in messages)
+    go_on = continues_answer(messages)
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
+                                             continue_final_message=go_on, **template_options(thinking)))
+
+
+def prompt_tokens(tokenizer: Any, prompt: Prompt, thinking: str = "auto") -> list[int]:
+    """The prompt's tokens as the model reads them."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(prompt_text(tokenizer, prompt, thinking), add_special_tokens=not chat)["input_ids"]
+
+
 class HFModel:
     """A model and its tokenizer loaded with `from_pretrained`, a PEFT adapter applied if asked."""
 
@@ -108,18 +126,10 @@ class HFModel:
         return model.merge_and_unload() if config.merge_adapter else model
 
     def prompt_text(self, prompt: Prompt, thinking: str = "auto") -> str:
-        """The text the model sees: the chat template when the tokenizer has one (told whether to
-        think, unless `auto`), else the turns joined by blank lines. A conversation ending with the
-        assistant's turn is continued."""
-        messages = chat_messages(prompt)
-        if not self.chat:
-            return "\n\n".join(message["content"] for message in messages)
-        go_on = continues_answer(messages)
-        return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not go_on,
-                                                      continue_final_message=go_on, **template_options(thinking)))
+        return prompt_text(self.tokenizer, prompt, thinking)
 
     def encode(self, prompt: Prompt, thinking: str = "auto") -> list[int]:
-        return self.tokenizer(self.prompt_text(prompt, thinking), add_special_tokens=not self.chat)["input_ids"]
+        return prompt_tokens(self.tokenizer, prompt, thinking)
 
     def too_long(self, tokens: list[int]) -> UnanswerableItem | None:
         """The error of a prompt the model cannot read (longer than its context): that item

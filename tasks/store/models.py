@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 STATUSES = ("pending", "running", "done", "failed")
 SAMPLING_STATUSES = ("waiting", "cancelled")  # runs seeded with --until-correct: a sample waits for the one before it
+TO_ANSWER = ("pending", "running", "waiting")  # items a worker may still be asked to answer
 Clock = Callable[[], float]  # what leases are timed with: time.time, or a test's clock
 LEASE_EXPIRED = "gave up after %d attempts: the lease expired (the worker died while holding it)"
 MIN_LEASE_SECONDS = 10.0  # shorter leases expire under live workers (a batch takes seconds to write)

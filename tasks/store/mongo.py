@@ -18,14 +18,14 @@ from datetime import timezone
 from typing import Any, Iterable
 
 from bson import ObjectId
-from pymongo import ASCENDING, MongoClient, UpdateMany, UpdateOne
+from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateMany, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidURI, OperationFailure, PyMongoError
 from pymongo.server_api import ServerApi
 
 from tasks.errors import UserError
 from tasks.secrets import redact
-from tasks.store.models import LEASE_EXPIRED, Checkpoint, Claim, Clock, Item, Result, settling
+from tasks.store.models import LEASE_EXPIRED, TO_ANSWER, Checkpoint, Claim, Clock, Item, Result, settling
 from tasks.store.packing import CHECKPOINT_TEXTS, RESULT_TEXTS, pack, unpack
 
 DEFAULT_DATABASE = "fleetgen"
@@ -153,7 +153,7 @@ class MongoStore:
         for item in items:
             doc = {"run": run, "stage": item.stage, "question_id": item.question_id, "sample": item.sample,
                    "question": item.question, "reference": item.reference, "status": item.status,
-                   "attempts": 0, "r": random.random()}
+                   "attempts": 0, "r": random.random(), "chars": len(item.question) + len(item.previous or "")}
             if item.result is not None:
                 doc["result"] = _packed(item.result)
             if item.previous is not None:
@@ -347,6 +347,11 @@ class MongoStore:
             return None
         return {"bytes": stats["dataSize"] + stats["indexSize"], "documents": stats["objects"],
                 "bytes_per_document": stats.get("avgObjSize") or 0, "counted": "dbStats"}
+
+    def longest_prompts(self, run: str, limit: int) -> list[Item]:
+        """By the `chars` each item was seeded with (items seeded before it have none: never longest)."""
+        docs = self._items.find({"run": run, "status": {"$in": list(TO_ANSWER)}}, {"result": 0, "partial": 0})
+        return [_item(doc) for doc in docs.sort("chars", DESCENDING).limit(limit)]
 
     def items(self, run: str, *, texts: bool = True) -> list[Item]:
         fields = None if texts else dict.fromkeys(("question", "previous", "partial", "result.response",

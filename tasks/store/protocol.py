@@ -79,6 +79,10 @@ class Store(Protocol):
     def storage(self) -> dict[str, float] | None:
         """{bytes, documents, bytes_per_document} where a quota applies (MongoDB), else None."""
 
+    def longest_prompts(self, run: str, limit: int) -> list[Item]:
+        """Of the items still to answer (pending, running, waiting), the `limit` whose question and
+        previous answer are longest in characters (found by the store: only those are read)."""
+
     def items(self, run: str, *, texts: bool = True) -> list[Item]:
         """Every item of the run (for reports, exports and tests); `texts=False` leaves the long
         texts out (question, previous answer, response: empty), which is all evaluate needs."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from tasks.errors import UserError
-from tasks.store.models import LEASE_EXPIRED, Checkpoint, Claim, Clock, Item, Result, settling
+from tasks.store.models import LEASE_EXPIRED, TO_ANSWER, Checkpoint, Claim, Clock, Item, Result, settling
 from tasks.store.packing import CHECKPOINT_TEXTS, RESULT_TEXTS, pack, unpack
 
 SCHEMA = """
@@ -278,6 +278,13 @@ class SqliteStore:
     def storage(self) -> dict[str, float] | None:
         """None: a local file has no quota."""
         return None
+
+    def longest_prompts(self, run: str, limit: int) -> list[Item]:
+        marks = ",".join("?" * len(TO_ANSWER))
+        rows = self._read(f"SELECT {SELECTED} FROM items WHERE run = ? AND status IN ({marks}) "
+                          "ORDER BY length(question) + length(coalesce(previous, '')) DESC LIMIT ?",
+                          (run, *TO_ANSWER, limit))
+        return [_item(row) for row in rows]
 
     def items(self, run: str, *, texts: bool = True) -> list[Item]:
         columns = SELECTED if texts else ", ".join(WITHOUT_TEXTS.get(column, column) for column in ITEM_COLUMNS)

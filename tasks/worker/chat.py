@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TypedDict
 
 from tasks.engines import Prompt
@@ -12,7 +13,9 @@ from tasks.prompts import prompt_hash, render, template_text
 from tasks.store import Store
 from tasks.store.models import Item
 
+log = logging.getLogger("fleetgen")
 RETRY_TEMPLATE = "retry"
+LONGEST_PROMPTS = 32  # the longest questions (in characters) whose prompts are measured in tokens
 
 
 def item_messages(item: Item, template: str) -> Prompt:
@@ -60,3 +63,20 @@ def prompt_provenance(item: Item, template: str) -> PromptProvenance:
     """The prompt's name and a hash of its text(s), as stored with the answer."""
     names = [template, RETRY_TEMPLATE] if item.stage > 0 and item.previous else [template]
     return {"prompt": "+".join(names), "prompt_hash": prompt_hash(*names)}
+
+
+def longest_prompt(store: Store, runs: list[str], *, model: str, template: str, thinking: str) -> int:
+    """Tokens of the longest prompt a started server will be sent (for its context): of the runs'
+    items still to answer, the LONGEST_PROMPTS longest in characters, through the model's tokenizer
+    and chat template; 0 when the tokenizer cannot be loaded here (the server then says so)."""
+    from transformers import AutoTokenizer
+
+    from tasks.engines.hf_model import prompt_tokens
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        log.warning(f"could not load {model}'s tokenizer to measure the prompts ({str(error)[:200]})")
+        return 0
+    items = [item for run in runs for item in store.longest_prompts(run, LONGEST_PROMPTS)]
+    return max((len(prompt_tokens(tokenizer, item_messages(item, template), thinking)) for item in items), default=0)

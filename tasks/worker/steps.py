@@ -26,11 +26,12 @@ from tasks.worker.writes import StoreCalls
 
 
 @task(retries=2, retry_delay_seconds=10, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
-def load_engine(config: WorkerConfig, *, device: str, label: str) -> Engine:
+def load_engine(config: WorkerConfig, *, device: str, label: str, longest_prompt: int = 0) -> Engine:
     """Load one engine copy on one device (or for one endpoint); with code execution, in the code
-    loop; with a thinking budget, in budget forcing (around the code loop)."""
+    loop; with a thinking budget, in budget forcing (around the code loop). A started server's
+    context holds `longest_prompt` tokens of prompt (at least 2,048) and the longest answer."""
     engine = create_engine(engine=config.engine, model=config.model, device=device, label=label,
-                           batch_size=config.batch_size, context_tokens=config.sampling.context_tokens)
+                           batch_size=config.batch_size, context_tokens=config.sampling.context_tokens(longest_prompt))
     if config.code_execution:
         policy = SandboxPolicy(wall_seconds=config.code_timeout, cpu_seconds=max(1, math.ceil(config.code_timeout)),
                                required=config.required_sandbox_layers)
