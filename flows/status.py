@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info(f"store: {store.url}")
         status: dict[str, Any] = run_status(store, config.run) if config.run else {"runs": all_runs(store)}
         storage = status["storage"] = store.storage()
-        texts = status["texts"] = texts_sizes(store, [config.run] if config.run else store.runs(), config.texts)
+        runs = [config.run] if config.run else [row["run"] for row in status["runs"]]
+        texts = status["texts"] = texts_sizes(store, runs, config.texts)
     if warning := quota_warning(storage):
         log.warning(warning)
     if config.json_output:

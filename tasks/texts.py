@@ -13,7 +13,6 @@ from __future__ import annotations
 import calendar
 import gzip
 import json
-import logging
 import re
 import time
 import uuid
@@ -27,13 +26,10 @@ from tasks.errors import UserError
 from tasks.store.models import Item, Result
 from tasks.store.protocol import Store
 
-log = logging.getLogger("fleetgen")
 SHARD_SUFFIX = ".jsonl.gz"
 STAMP = "%Y%m%dT%H%M%SZ"
 # the Hugging Face hub's limits (huggingface.co/docs/hub/repositories-recommendations, and the 429 it answers)
 HUB_COMMITS_PER_HOUR = 128  # per repository; a shard is one commit
-HUB_FILES_PER_REPO = 100_000
-HUB_ENTRIES_PER_FOLDER = 10_000
 FLEET_WORKERS = 50  # the fleet the default windows are sized for
 HUB_SHARD_SECONDS = 1800.0  # 50 workers x 2 shards an hour = 100 commits an hour, under the hub's 128
 SHARD_SECONDS = 60.0  # elsewhere (a folder, S3, GCS): a shard a minute per worker
@@ -44,13 +40,18 @@ def path_part(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
 
 
+def on_hub(url: str) -> bool:
+    """The URL names the Hugging Face hub (its commit limits apply)."""
+    return url.startswith("hf://")
+
+
 def default_shard_seconds(url: str) -> float:
-    return HUB_SHARD_SECONDS if url.startswith("hf://") else SHARD_SECONDS
+    return HUB_SHARD_SECONDS if on_hub(url) else SHARD_SECONDS
 
 
 def hub_plan(url: str, shard_seconds: float) -> str | None:
     """Said once at start on the hub: how many workers writing this often fit its commit limit."""
-    if not url.startswith("hf://"):
+    if not on_hub(url):
         return None
     fit = int(HUB_COMMITS_PER_HOUR * shard_seconds // 3600)
     plan = (f"texts: a shard every {shard_seconds:g} s to {url}; the hub takes {HUB_COMMITS_PER_HOUR} commits an hour "
@@ -80,17 +81,13 @@ class TextsLocation:
             raise UserError(f"--texts {url} is not a storage URL fsspec knows ({error}): use a folder, "
                             "hf://datasets/<user>/<repo>, s3://bucket/prefix or gs://bucket/prefix.") from None
 
-    @property
-    def on_hub(self) -> bool:
-        return self.url.startswith("hf://")
-
     def _full(self, path: str) -> str:
         return f"{self.root.rstrip('/')}/{path}"
 
     def check(self) -> None:
         """Before any answer is generated: the location can be written (a folder is made)."""
         try:
-            if self.on_hub:
+            if on_hub(self.url):
                 if not self.fs.exists(self.root):
                     raise UserError(f"--texts {self.url}: no such dataset repository, or this token may not see it. "
                                     "Create it first (`hf repo create <user>/<repo> --repo-type dataset`) and set "
@@ -133,10 +130,10 @@ class TextsLocation:
         return {name[len(self.root.rstrip('/')) + 1:]: int(info.get("size") or 0) for name, info in found.items()
                 if name.endswith(SHARD_SUFFIX)}
 
-    def fill(self, items: Iterable[Item], run: str) -> int:
+    def fill(self, items: Iterable[Item], run: str) -> None:
         """Put the texts of the items' answers that point at shards back into their results,
-        reading each shard once; return how many shards were read. An answer whose row is not
-        there is said plainly (a moved or deleted shard)."""
+        reading each shard once. An answer whose row is not there is said plainly (a moved or
+        deleted shard)."""
         wanted: dict[str, list[Item]] = defaultdict(list)
         for item in items:
             if item.result is not None and item.result.texts:
@@ -153,7 +150,6 @@ class TextsLocation:
                     raise UserError(f"Shard {path} in {self.url} has no row for item {item.id} of run {run!r}: the "
                                     "shard was replaced or damaged.")
                 fill_texts(item.result, row)  # type: ignore[arg-type]  # pointing: has a result
-        return len(wanted)
 
 
 def run_texts(store: Store, run: str, texts_url: str | None = None) -> TextsLocation | None:

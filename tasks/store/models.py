@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 STATUSES = ("pending", "running", "done", "failed")
 SAMPLING_STATUSES = ("waiting", "cancelled")  # runs seeded with --until-correct: a sample waits for the one before it
@@ -113,6 +113,10 @@ class Claim:
     @property
     def ids(self) -> list[str]:
         return [item.id for item in self.items]
+
+    def only(self, ids: Collection[str]) -> Claim:
+        """This claim narrowed to the items with these ids (to give some back, not all)."""
+        return Claim(self.token, self.worker, [item for item in self.items if item.id in ids], self.run)
 
 
 def settling(items: list[Item]) -> tuple[set[str], int | None]:

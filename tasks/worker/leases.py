@@ -132,7 +132,7 @@ class LeaseKeeper:
             self.keep_checkpoints(streamed_for=0.0, of_claims=[claim.token])
         with self._lock:
             staged = self._staged.get(claim.token, set())
-        unstaged = Claim(claim.token, claim.worker, [item for item in claim.items if item.id not in staged], claim.run)
+        unstaged = claim.only(set(claim.ids) - staged)
         self.drop(claim)
         if not unstaged.items:
             return

@@ -31,7 +31,7 @@ class ShardWriter:
                  shard_seconds: float, max_attempts: int):
         self.location, self.store, self.keeper, self.worker = location, store, keeper, worker
         self.shard_seconds, self.max_attempts = shard_seconds, max_attempts
-        self.shards_written = self.bytes_written = self.failed_in_a_row = 0
+        self.shards_written = self.failed_in_a_row = 0
         self._staged: list[Part] = []
         self._lock, self._flushing, self._stop = threading.Lock(), threading.Lock(), threading.Event()
         self._thread = threading.Thread(target=self._often, name="shards", daemon=True)
@@ -75,8 +75,7 @@ class ShardWriter:
             except Exception as error:
                 kept = self._failed(parts, error, last=last)
                 return 0
-            self.shards_written, self.bytes_written, self.failed_in_a_row = (
-                self.shards_written + 1, self.bytes_written + size, 0)
+            self.shards_written, self.failed_in_a_row = self.shards_written + 1, 0
             pointing = [(claim, {id_: replace(result, response="", reasoning=None, texts={"shard": path})
                                  for id_, result in results.items()}) for claim, results in parts]
             done = with_retries(lambda: self.store.complete_many(pointing))
@@ -111,8 +110,7 @@ class ShardWriter:
         log.error(f"{why}; {answers} answers go back to the store" + ("" if last else " (attempts + 1)"))
         for claim, results in parts:
             if last:
-                with_retries(lambda: self.store.release(Claim(claim.token, claim.worker, [
-                    item for item in claim.items if item.id in results], claim.run)))
+                with_retries(lambda: self.store.release(claim.only(results)))
             else:
                 with_retries(lambda: self.store.fail(claim, list(results), why, self.max_attempts))
         return False
