@@ -1,8 +1,10 @@
 """A worker's answers' texts on their way to shards (`--texts`, `tasks/texts.py`): gathered for
 `--shard-seconds`, written as one shard per run, and only then are the answers completed in the
 store, pointing at it (durable before done). Their claims stay held, heartbeats going on, until
-then. A shard that cannot be written gives its items back (attempts + 1); an answer the store
-refuses (its lease was taken over) leaves an orphan row that no reader follows."""
+then. A shard that cannot be written (after the retries) keeps its answers for the next shard (a
+hub's 429 passes); the third failure in a row gives their items back (attempts + 1), and a
+stopping worker's last failure gives them back untouched. An answer the store refuses (its lease
+was taken over) leaves an orphan row that no reader follows."""
 
 from __future__ import annotations
 
