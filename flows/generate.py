@@ -33,6 +33,7 @@ from tasks.dashboard import RunDashboard
 from tasks.engines.devices import choose_engine, engine_devices, share_cores
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.errors import UserError
+from tasks.grading import symbolic
 from tasks.progress import TerminalProgress
 from tasks.sandbox import check_sandbox
 from tasks.store import open_store
@@ -92,6 +93,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
                                     thinking=config.sampling.thinking)
             logger.info(f"server context: {config.sampling.context_tokens(prompt):,} tokens (the longest prompt to "
                         f"answer has {prompt:,}; at least 2,048 are kept for the prompt, with the longest answer)")
+        symbolic.start()  # the grader's processes import (seconds of CPU) while the models load
         try:
             engines += [future.result() for future in [
                 load_engine.submit(config, device=device, label=label, longest_prompt=prompt)

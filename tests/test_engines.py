@@ -38,7 +38,7 @@ def test_chat_template_and_left_padding_with_pad_fallback(tiny_model: Path) -> N
     assert (short.finish_reason == "length") == (short.tokens == 8)
 
 
-def test_batched_greedy_matches_one_by_one(tiny_plain_model: Path) -> None:
+def test_batched_greedy_matches_one_by_one(tiny_plain_model: Path, tiny_model: Path) -> None:
     model = engine(tiny_plain_model)
     assert not model.chat and model.prompt_text("Q") == "Q"
     turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, {"role": "user", "content": "R"}]
@@ -47,6 +47,10 @@ def test_batched_greedy_matches_one_by_one(tiny_plain_model: Path) -> None:
     batched = model.generate(prompts, GREEDY)
     alone = [model.generate([prompt], GREEDY)[0] for prompt in prompts]
     assert [g.text for g in batched] == [g.text for g in alone]
+    encoded = model.encode_all(prompts)
+    assert [g.text for g in model.generate(prompts, GREEDY, tokens=encoded)] == [g.text for g in alone]
+    for chat_or_not in (model, engine(tiny_model)):  # one call of the tokenizer reads each prompt as alone
+        assert chat_or_not.encode_all(prompts + [turns]) == [chat_or_not.encode(p) for p in prompts + [turns]]
 
 
 def test_temperature_and_top_p_reach_generation(tiny_model: Path) -> None:
@@ -91,16 +95,18 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds, abandoned):
+    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds, abandoned, tokens):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds, abandoned=abandoned)
+        assert tokens == model.encode_all(prompts)  # each half keeps its prompts' tokens
+        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds, abandoned=abandoned, tokens=tokens)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     texts = ["a", "b", "c", "poison", "e", "f", "g", "h"]
     requests = [Request(key=text, prompt=text, seed=n) for n, text in enumerate(texts)]
-    results = generate_splitting(model, requests, SamplingConfig(max_new_tokens=8, temperature=1.0))
+    tokens = dict(zip(texts, model.encode_all(texts)))
+    results = generate_splitting(model, requests, SamplingConfig(max_new_tokens=8, temperature=1.0), tokens)
     assert sizes[0] == 8 and 4 in sizes and 1 in sizes
     assert [type(r) for r in results] == [Generation] * 3 + [RuntimeError] + [Generation] * 4
     alone = real(["h"], SamplingConfig(max_new_tokens=8, temperature=1.0), seeds=[7])[0]

@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tasks.benchmarks import load_rows, resolve_source
@@ -50,6 +51,8 @@ CASES = Path(__file__).parent / "data" / "grader_cases.jsonl"
     ("earlier \\boxed{255}; in all 10,200 + 255. Final Answer: The final answer is $10,455$.", "10,455"),
     ("no digits here at all", None),
     ("", None),
+    ("cB\x19 6 B\x05", "6"),  # noise (control characters, undecodable bytes) is no answer in itself:
+    ("\ufffdBU\x18 wU\x18 many", None),  # its last number, if any, is read
 ])
 def test_extract_answer(text: str, answer: str | None) -> None:
     assert extract_answer(text) == answer
@@ -193,7 +196,38 @@ def test_gsm8k_references_grade_their_own_solutions() -> None:
     assert len(grades) == 1319 and all(g.correct for g in grades)
 
 
+def pool_processes() -> list[int]:
+    """The grader's processes, as the host lists this process's children."""
+    symbolic.run_all([(os.getpid, ())])  # started
+    return [child.pid for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())]
+
+
 def test_the_graders_processes_yield_the_cpu_to_generation() -> None:
-    """Symbolic comparisons run below the worker in CPU priority: on a machine of few cores a
-    device's generation loop does not wait for them."""
-    assert symbolic.run_all([(os.nice, (0,))]) == [min(19, os.nice(0) + symbolic.NICENESS)]
+    """Symbolic comparisons run at the lowest priority, as the kernel reports for each of the
+    pool's processes: on a machine of few cores a device's generation loop does not wait for them."""
+    pids = pool_processes()
+    assert len(pids) == symbolic.WORKERS
+    assert {os.getpriority(os.PRIO_PROCESS, pid) for pid in pids} == {symbolic.NICENESS} == {19}
+
+
+def test_a_busy_machine_does_not_cut_a_comparison_short(monkeypatch) -> None:
+    """The deadline is a comparison's own CPU time: one whose process waits past it on the wall
+    clock (here for a command that sleeps; on a busy machine, for a core) still gives its result,
+    while the CPU-bound one of the test above is cut off."""
+    monkeypatch.setattr(symbolic, "TIMEOUT_SECONDS", 1.0)
+    started = time.monotonic()
+    assert symbolic.run_all([(os.system, ("sleep 3",))]) == [0]
+    assert time.monotonic() - started > 2 * symbolic.TIMEOUT_SECONDS
+
+
+def test_responses_without_digits_or_latex_are_not_sent_to_math_verify() -> None:
+    """What `might_read` keeps from the pool is what math-verify's own reading finds nothing in."""
+    from math_verify import parse
+
+    nothing = ["The answer is Evelyn.", "Final answer: x + y, I hope it is correct.", "answer: seven (pi/two)",
+               "\ufffdBU\x18 wU\x18 many\x05 asy", "final answer is infinity", "x^y = z * w; answer = e^(i pi)", ""]
+    assert [symbolic.might_read(text) for text in nothing] == [False] * len(nothing)
+    assert [parse(text, parsing_timeout=None) for text in nothing] == [[]] * len(nothing)
+    found = ["The answer is 7.", "so $x$", "\\boxed{y}", "it is [ a ] then", "answer: 3/4"]
+    assert all(symbolic.might_read(text) for text in found)
+    assert all(parse(text, parsing_timeout=None) for text in found[:3])

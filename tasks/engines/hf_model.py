@@ -131,6 +131,11 @@ class HFModel:
     def encode(self, prompt: Prompt, thinking: str = "auto") -> list[int]:
         return prompt_tokens(self.tokenizer, prompt, thinking)
 
+    def encode_all(self, prompts: Sequence[Prompt], thinking: str = "auto") -> list[list[int]]:
+        """Each prompt's tokens, as `encode` reads them, in one call of the tokenizer."""
+        texts = [self.prompt_text(prompt, thinking) for prompt in prompts]
+        return list(self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]) if texts else []
+
     def too_long(self, tokens: list[int]) -> UnanswerableItem | None:
         """The error of a prompt the model cannot read (longer than its context): that item
         fails with it, instead of taking the machine's memory (a likely poison item)."""
@@ -173,19 +178,20 @@ class HFModel:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
                  stop: tuple[str, ...] = (), seeds: list[int | None] | None = None,
-                 abandoned: Callable[[], bool] = lambda: False) -> list[Generation]:
+                 abandoned: Callable[[], bool] = lambda: False, tokens: list[list[int]] | None = None
+                 ) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
         `limits`, each answer stops at its own length (the batch runs to the longest); with
         `stop`, at the first of those texts; with a seed for every prompt, each is drawn with its
         own (recorded on its generation), else from the device's generator. Once `abandoned` says
-        so, the batch stops at the next token and raises Abandoned."""
+        so, the batch stops at the next token and raises Abandoned. `tokens`: the prompts already
+        encoded (`encode_all`), not encoded again."""
         draws = [seed for seed in seeds or [] if seed is not None] if sampling.temperature > 0 else []
         seeded = bool(prompts) and len(draws) == len(prompts)
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
-        texts = [self.prompt_text(prompt, sampling.thinking) for prompt in prompts]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True,
-                               add_special_tokens=not self.chat).to(self.device)
+        ids = tokens if tokens is not None else self.encode_all(prompts, sampling.thinking)
+        batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
         try:
             with torch.inference_mode():
                 output = self.model.generate(

@@ -29,8 +29,9 @@ class HFStaticEngine(HFModel):
 def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_size: int) -> Iterator[list[Finished]]:
     """Take a batch, generate it (length-sorted), yield it; until the feeder is done."""
     while (requests := feeder.take(batch_size, wait=True)) is not None:
-        # each prompt templated once
-        tokens = {request.key: model.encode(request.prompt, sampling.thinking) for request in requests}
+        # each prompt templated and encoded once, the batch in one call
+        tokens = dict(zip([request.key for request in requests],
+                          model.encode_all([request.prompt for request in requests], sampling.thinking)))
         unreadable: list[Finished] = [(request, error) for request in requests
                                       if (error := model.too_long(tokens[request.key]))]
         if unreadable:
@@ -41,12 +42,12 @@ def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_s
             continue
         requests = sorted(requests, key=lambda request: len(tokens[request.key]))
         started = time.perf_counter()
-        outputs = generate_splitting(model, requests, sampling)
+        outputs = generate_splitting(model, requests, sampling, tokens)
         yield share_time(list(zip(requests, outputs)), time.perf_counter() - started)
 
 
-def generate_splitting(model: HFModel, requests: list[Request],
-                       sampling: SamplingConfig) -> list[Generation | Exception]:
+def generate_splitting(model: HFModel, requests: list[Request], sampling: SamplingConfig,
+                       tokens: dict[str, list[int]]) -> list[Generation | Exception]:
     """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own
     (each request keeps its own length, stop texts and seed). A single request that still fails
     yields its exception instead of a generation."""
@@ -54,12 +55,13 @@ def generate_splitting(model: HFModel, requests: list[Request],
         return list(model.generate([request.prompt for request in requests], sampling,
                                    limits=[request.max_new_tokens or sampling.max_new_tokens for request in requests],
                                    stop=tuple(sorted({text for request in requests for text in request.stop})),
-                                   seeds=[request.seed for request in requests], abandoned=requests[0].abandoned))
+                                   seeds=[request.seed for request in requests], abandoned=requests[0].abandoned,
+                                   tokens=[tokens[request.key] for request in requests]))
     except Abandoned as error:  # the worker stopped: no half is worth a try
         return [error] * len(requests)
     except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
         if len(requests) == 1:
             return [error]
         half = len(requests) // 2
-        return (generate_splitting(model, requests[:half], sampling)
-                + generate_splitting(model, requests[half:], sampling))
+        return (generate_splitting(model, requests[:half], sampling, tokens)
+                + generate_splitting(model, requests[half:], sampling, tokens))

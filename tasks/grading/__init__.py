@@ -29,7 +29,8 @@ def grade_many(pairs: list[tuple[str, str]]) -> list[Grade]:
         verdicts[index] = bool(equal)
     # Where our reading of the answer is not decisive and not equal, math-verify reads the
     # whole response its own way (the answer it finds equal becomes the predicted one).
-    second = [i for i, verdict in enumerate(verdicts) if not verdict and _undecided(predicted[i], pairs[i][1])]
+    second = [i for i, verdict in enumerate(verdicts)
+              if not verdict and _undecided(predicted[i], pairs[i][1]) and symbolic.might_read(pairs[i][0])]
     readings = [(symbolic.compare_response, (pairs[i][1], pairs[i][0])) for i in second]
     for index, found in zip(second, symbolic.run_all(readings)):
         if found is not None:

@@ -34,6 +34,7 @@ NUMBER = re.compile(
     r"|\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?"  # 12, 0.5, 3/4
     r"|\.\d+)")  # .5
 THOUSANDS = re.compile(r"-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
+UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
 LATEX_SEGMENT = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:[^$\\]|\\.)+?)\$", re.S)
 
 
@@ -109,6 +110,8 @@ def _is_bare_answer(text: str) -> bool:
     `Evelyn`), not a sentence around one."""
     text = text.strip()
     if len(text) > 80 or "\n" in text or LATEX_SEGMENT.search(text) and not LATEX_SEGMENT.fullmatch(text):
+        return False
+    if UNPRINTABLE.search(text):  # control characters, undecodable bytes: noise, not an answer
         return False
     plain = re.sub(r"\\[a-zA-Z]+", " ", strip_math(text))
     words = re.findall(r"[A-Za-z]{2,}", plain)

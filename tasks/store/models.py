@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Collection
 
 STATUSES = ("pending", "running", "done", "failed")
@@ -47,7 +47,7 @@ class Result:
     texts: dict[str, Any] | None = None  # with --texts: {"shard": path} where response and trace are (tasks/texts/)
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) is not None}
 
     def provenance(self) -> dict[str, Any]:
         """How the answer was made: the fields that must agree for answers to be compared or mixed."""
