@@ -1,11 +1,12 @@
-"""A device's traffic with the store, one background call at a time: each call writes the answers
-that finished and claims the next batch together (`writes.py`).
+"""A device's traffic with the store, in two background lanes: claims (the next batch, claimed
+ahead so it is ready when the last one ends) and writes (the answers that finished, graded on
+the way: `writes.py`). A claim never waits behind a slow write (grading that yields the CPU to
+generation, a store that retries), one of each at a time.
 
-The engine `take`s requests (claimed ahead, so a batch is ready when the last one ends) and
-`put`s back finished answers; they wait in the outbox until due. Its parts, one job each:
-`ClaimedWork` (claims.py: what is claimed, until written), `Outbox` and `FailureBreaker`
-(outbox.py), `IdlePolling` (polling.py). Claims are held by the heartbeat until every item of
-theirs is written."""
+The engine `take`s requests and `put`s back finished answers; they wait in the outbox until due.
+Its parts, one job each: `ClaimedWork` (claims.py: what is claimed, until written), `Outbox` and
+`FailureBreaker` (outbox.py), `IdlePolling` (polling.py). Claims are held by the heartbeat until
+every item of theirs is written."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tasks.worker.polling import IdlePolling
 from tasks.worker.results import Outcome
 from tasks.worker.shutdown import Shutdown
 
-# call(finished answers with their items and claims, how many to claim) -> (what was written, the new claim)
+# call(finished answers with their items and claims, how many to claim) -> (what was written, the new claim);
+# the exchange asks for one of the two at a time, each in its lane
 StoreCall = Callable[[list[Outcome], int], tuple[BatchReport | None, Claim | None]]
 
 
@@ -38,43 +40,59 @@ class Exchange:
         self.breaker = FailureBreaker(max(8, 2 * claim_size))
         self.polling = IdlePolling(poll_seconds=poll_seconds, idle_exit=idle_exit, finished=finished)
         self.reports: list[BatchReport] = []
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="store-calls")
-        self._pending: Future[tuple[BatchReport | None, Claim | None]] | None = None
-        self._pending_want = 0
+        self._lanes = ThreadPoolExecutor(2, thread_name_prefix="store-calls")
+        self._claiming: Future[Claim | None] | None = None
+        self._given_back = False  # a write gave items back while the claim under way looked: it may not have seen them
+        self._writing: Future[BatchReport | None] | None = None
         self._lock = threading.Lock()
 
-    def _start(self, want: int) -> None:
-        self._pending_want = want
-        self._pending = self._thread.submit(contextvars.copy_context().run, self._call,  # Prefect's context
-                                            self.outbox.drain(), want)
+    def _claim(self) -> None:
+        """Claim ahead, when one is wanted and none is under way."""
+        if self._claiming is None and (want := self._want()):
+            self._given_back = False
+            self._claiming = self._lanes.submit(contextvars.copy_context().run, self._call_claim, want)
 
-    def _call(self, outcomes: list[Outcome], want: int) -> tuple[BatchReport | None, Claim | None]:
-        """The store call; a new claim is in the heartbeat's hands (and a shutdown's) at once."""
-        report, claim = self.call(outcomes, want)
+    def _call_claim(self, want: int) -> Claim | None:
+        """The claim; in the heartbeat's hands (and a shutdown's) at once."""
+        _, claim = self.call([], want)
         if claim is not None and claim.items:
             self.keeper.hold(claim)
-        return report, claim
+        return claim
+
+    def _write(self) -> None:
+        """Write what the outbox holds, unless a write is under way."""
+        if self._writing is None and self.outbox:
+            self._writing = self._lanes.submit(contextvars.copy_context().run, self._call_write, self.outbox.drain())
+
+    def _call_write(self, outcomes: list[Outcome]) -> BatchReport | None:
+        report, _ = self.call(outcomes, 0)
+        return report
 
     def _stopping(self) -> bool:
         return self.shutdown is not None and self.shutdown.requested
 
-    def _settle(self, block: bool = False) -> None:
-        """Take in the last call's outcome when it is back (waiting for it with `block`)."""
-        if self._pending is None or not (block or self._pending.done()):
-            return
-        call, want, self._pending = self._pending, self._pending_want, None
-        report, claim = call.result()  # a call that failed after its retries raises here
-        if report is not None:
-            self.reports.append(report)
-            self.keeper.forget(report.ids)
-            for written in self.work.written(report.ids):
-                self.keeper.drop(written)
-        if claim is not None and claim.items and self._stopping():
-            self.keeper.give_back(claim)  # claimed just before the stop: not started, so given back
-        elif claim is not None and claim.items:
-            self.work.add(claim)
-        elif want:
-            self.polling.nothing_to_claim()
+    def _settle(self, *, claim: bool = False, write: bool = False) -> None:
+        """Take in what came back (waiting for the claim or the write under way, as told); a call
+        that failed after its retries raises here."""
+        if self._writing is not None and (write or self._writing.done()):
+            writing, self._writing = self._writing, None
+            if (report := writing.result()) is not None:
+                self.reports.append(report)
+                self.keeper.forget(report.ids)
+                for written in self.work.written(report.ids):
+                    self.keeper.drop(written)
+                if report.failed:  # items given back for another attempt: claimable at once
+                    self.polling.look_now()
+                    self._given_back = True
+        if self._claiming is not None and (claim or self._claiming.done()):
+            claiming, self._claiming = self._claiming, None
+            claimed = claiming.result()
+            if claimed is not None and claimed.items and self._stopping():
+                self.keeper.give_back(claimed)  # claimed just before the stop: not started, so given back
+            elif claimed is not None and claimed.items:
+                self.work.add(claimed)
+            elif not self._given_back:
+                self.polling.nothing_to_claim()
 
     def _want(self) -> int:
         """Claim when at most one batch is left ready (so the next one is there in time); never
@@ -89,19 +107,18 @@ class Exchange:
                 self._settle()
                 if self._stopping():
                     return None  # the engine finishes what it has; close writes it and gives back the rest
-                if self._pending is None and (want := self._want()) and (len(self.work.ready) < count or self.outbox):
-                    self._start(want)
+                self._claim()
                 if self.work.ready or not wait:
                     taken = self.work.take(count)
-                    if self._pending is None and (want := self._want()):
-                        self._start(want)  # claim ahead while these are answered
+                    self._claim()  # claim ahead while these are answered
                     return taken
-                if self._pending is not None:
-                    self._settle(block=True)
+                if self._claiming is not None:
+                    self._settle(claim=True)
                     continue
                 self.outbox.add(self.breaker.release())  # nothing else to answer: no more evidence is coming
-                if self.outbox:
-                    self._start(0)
+                self._write()
+                if self._writing is not None:
+                    self._settle(write=True)  # what it writes may be all the run is waiting for
                     continue
                 if self.polling.done(holding=bool(self.work.held)):
                     return None
@@ -110,13 +127,14 @@ class Exchange:
 
     def put(self, finished: list[Finished]) -> None:
         """Answers the engine finished, into the outbox (a device whose every answer fails stops
-        here with DeviceBroken); a store call starts when the outbox is due."""
+        here with DeviceBroken); a write starts when the outbox is due."""
         with self._lock:
             self.outbox.add(self.breaker.sort([self.work.outcome(request, answer) for request, answer in finished]))
             self.breaker.check()
             self._settle()
-            if self.outbox.due() and self._pending is None:
-                self._start(self._want())
+            if self.outbox.due():
+                self._write()
+            self._claim()
 
     def close(self) -> None:
         """Write what is left and wait for it, then give back what was claimed but not answered
@@ -124,11 +142,10 @@ class Exchange:
         with self._lock:
             try:
                 self.outbox.add(self.breaker.release())  # the run ended on them: the items' own errors after all
-                self._settle(block=True)
-                if self.outbox:
-                    self._start(0)
-                    self._settle(block=True)
+                self._settle(claim=True, write=True)
+                self._write()
+                self._settle(write=True)
             finally:
-                self._thread.shutdown(wait=True)
+                self._lanes.shutdown(wait=True)
                 for claim in self.work.claims():
                     self.keeper.give_back(claim)
