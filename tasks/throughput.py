@@ -4,7 +4,7 @@ devices of a worker (and the workers of a fleet) run in parallel, so their rates
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 TOTALS = ("items", "done", "failed", "tokens", "seconds")
@@ -30,7 +30,6 @@ class BatchReport:
     seconds: float
     done: int = 0
     failed: int = 0
-    ids: list[str] = field(default_factory=list)  # the items written or failed back
 
 
 def summarize_reports(reports: list[BatchReport], devices_loaded: Sequence[str] = ()) -> dict[str, dict[str, Any]]:

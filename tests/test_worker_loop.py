@@ -57,7 +57,7 @@ class FakeStore:
         started = time.monotonic()
         self.calls.append((len(outcomes), want, self.generating.is_set()))
         report = BatchReport(device="cpu", items=len(outcomes), tokens=len(outcomes), seconds=0.1,
-                             done=len(outcomes), ids=[o.item.id for o in outcomes]) if outcomes else None
+                             done=len(outcomes)) if outcomes else None
         claim = (self.queue.pop(0) if self.queue else Claim("empty", "w")) if want else None
         if outcomes:
             time.sleep(self.write_seconds)
@@ -265,3 +265,49 @@ def test_engines_keeping_requests_in_flight_claim_at_least_as_many(tmp_path: Pat
     with LeaseKeeper(store, 60) as keeper:
         work_on_run(store=store, engine=ScriptedEngine({"": "#### 1"}, batch_size=12), config=config, keeper=keeper)
     assert sizes and set(sizes) == {12} and {item.status for item in store.items("r")} == {"done"}
+
+
+def test_an_item_given_back_and_claimed_again_before_its_write_comes_back_stays_the_new_claims() -> None:
+    """A write gives an item back for another attempt and, before that write comes back, the claim
+    lane claims the item again: the exchange keeps it as the new claim's, answers and writes it
+    (an engine that asks for more while it answers, as the continuous ones do, takes the write in
+    meanwhile)."""
+    keeper, first = FakeKeeper(), claims(1)[0]
+    again = Claim("t-again", "w", [first.items[0]])
+    writing, taken_in, written_back, writes, handed = (threading.Event(), threading.Event(), threading.Event(),
+                                                        [], [])
+
+    def call(outcomes: list[Outcome], want: int) -> tuple[BatchReport | None, Claim | None]:
+        if outcomes:  # the first write gives 0-0 back, and comes back once 0-0 is claimed again
+            writes.append([(o.item.id, o.claim.token, isinstance(o.answer, Generation)) for o in outcomes])
+            writing.set()
+            assert len(writes) > 1 or taken_in.wait(10)
+            written_back.set()
+            failed = sum(not ok for _, _, ok in writes[-1])
+            return BatchReport(device="cpu", items=len(outcomes), tokens=0, seconds=0.1, done=len(outcomes) - failed,
+                               failed=failed), None
+        handed.append(len(handed))
+        if handed == [0]:
+            return None, first
+        if handed == [0, 1]:  # the claim made ahead while the first batch is answered: it sees 0-0 given back
+            assert writing.wait(10)
+            return None, again
+        return None, Claim("e", "w")
+
+    class AsksWhileAnswering:
+        def run(self, feeder, sampling):
+            while (requests := feeder.take(2, wait=True)) is not None:
+                if writes:  # 0-0 again: the first write comes back while it is answered
+                    taken_in.set()
+                    assert written_back.wait(10)
+                    time.sleep(0.05)
+                    assert feeder.take(2, wait=False) == []
+                yield [(request, RuntimeError("bad item") if request.key == "0-0" and not writes else
+                        Generation("1", tokens=1, finish_reason="stop")) for request in requests]
+
+    lanes = Exchange(call=call, finished=lambda: len(writes) == 2, keeper=keeper, claim_size=2,
+                     request=lambda item: Request(key=item.id, prompt=item.question), flush_seconds=0,
+                     poll_seconds=0.01)
+    device_loop(engine=AsksWhileAnswering(), exchange=lanes, sampling=SAMPLING)
+    assert writes == [[("0-0", "t0", False), ("0-1", "t0", True)], [("0-0", "t-again", True)]]
+    assert keeper.held == set()

@@ -37,16 +37,19 @@ class ClaimedWork:
         item, claim = self.held[request.key]
         return Outcome(item=item, claim=claim, answer=answer)
 
-    def written(self, ids: list[str]) -> list[Claim]:
-        """Forget the items written (or failed back); the claims that have none left."""
+    def written(self, outcomes: list[Outcome]) -> list[Claim]:
+        """Forget the items written (or failed back), unless claimed again since (given back, then
+        claimed by the other lane before this write was taken in); the claims that have none left."""
         done = []
-        for id_ in ids:
-            _, claim = self.held.pop(id_)
-            self.unwritten[claim.token] -= 1
-            if self.unwritten[claim.token] == 0:
-                del self.unwritten[claim.token]
-                self.batch_seconds = time.monotonic() - self.claimed_at.pop(claim.token)
-                done.append(claim)
+        for outcome in outcomes:
+            token = outcome.claim.token
+            if (held := self.held.get(outcome.item.id)) is not None and held[1].token == token:
+                del self.held[outcome.item.id]
+            self.unwritten[token] -= 1
+            if self.unwritten[token] == 0:
+                del self.unwritten[token]
+                self.batch_seconds = time.monotonic() - self.claimed_at.pop(token)
+                done.append(outcome.claim)
         return done
 
     def claims(self) -> list[Claim]:

@@ -43,7 +43,7 @@ class Exchange:
         self._lanes = ThreadPoolExecutor(2, thread_name_prefix="store-calls")
         self._claiming: Future[Claim | None] | None = None
         self._given_back = False  # a write gave items back while the claim under way looked: it may not have seen them
-        self._writing: Future[BatchReport | None] | None = None
+        self._writing: Future[tuple[BatchReport | None, list[Outcome]]] | None = None
         self._lock = threading.Lock()
 
     def _claim(self) -> None:
@@ -64,9 +64,9 @@ class Exchange:
         if self._writing is None and self.outbox:
             self._writing = self._lanes.submit(contextvars.copy_context().run, self._call_write, self.outbox.drain())
 
-    def _call_write(self, outcomes: list[Outcome]) -> BatchReport | None:
+    def _call_write(self, outcomes: list[Outcome]) -> tuple[BatchReport | None, list[Outcome]]:
         report, _ = self.call(outcomes, 0)
-        return report
+        return report, outcomes
 
     def _stopping(self) -> bool:
         return self.shutdown is not None and self.shutdown.requested
@@ -76,11 +76,12 @@ class Exchange:
         that failed after its retries raises here."""
         if self._writing is not None and (write or self._writing.done()):
             writing, self._writing = self._writing, None
-            if (report := writing.result()) is not None:
+            report, outcomes = writing.result()
+            for written in self.work.written(outcomes):
+                self.keeper.drop(written)
+            self.keeper.forget([outcome.item.id for outcome in outcomes if outcome.item.id not in self.work.held])
+            if report is not None:
                 self.reports.append(report)
-                self.keeper.forget(report.ids)
-                for written in self.work.written(report.ids):
-                    self.keeper.drop(written)
                 if report.failed:  # items given back for another attempt: claimable at once
                     self.polling.look_now()
                     self._given_back = True

@@ -79,7 +79,7 @@ def store_outcomes(store: Store, outcomes: list[Outcome], *, engine: str, device
             message = f"{type(outcome.answer).__name__}: {outcome.answer}"[:500]
             attempts = 1 if isinstance(outcome.answer, UnanswerableItem) else config.max_attempts  # no retry helps
             errors.setdefault((outcome.claim.token, message, attempts), (outcome.claim, []))[1].append(outcome.item.id)
-    report = BatchReport(device=device, items=len(outcomes), ids=[o.item.id for o in outcomes],
+    report = BatchReport(device=device, items=len(outcomes),
                          tokens=sum(result.tokens or 0 for _, result in answered),
                          seconds=sum(result.seconds or 0.0 for _, result in answered))
     if shards is not None:
