@@ -125,14 +125,14 @@ def _shut_down(pool: Any) -> None:
 
 
 def start() -> None:
-    """Start the pool's processes now (each imports math-verify and sympy and compares once:
-    about 2 s of CPU), e.g. while a worker loads its models, rather than during its first batches."""
+    """Start the pool's processes now (each imports math-verify and sympy and makes its warm-up
+    comparisons: seconds of CPU), e.g. while a worker loads its models, not during its first batches."""
     _get_pool().schedule(os.getpid)
 
 
 def run_all(calls: list[tuple[Any, tuple[str, str]]]) -> list[Any]:
-    """Run `function(*args)` for each call in the pool, in parallel; a call that raises or
-    overruns `TIMEOUT_SECONDS` gives None."""
+    """Run `function(*args)` for each call in the pool, in parallel; a call that raises, uses
+    `TIMEOUT_SECONDS` of CPU time or runs `WALL_SECONDS` gives None."""
     if not calls:
         return []
     pool = _get_pool()

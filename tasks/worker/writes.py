@@ -1,7 +1,7 @@
-"""The worker's store calls, the one way answers go to the store: each call grades the answers
-that finished (`results.py`), writes them through their claims' tokens and claims the next
-batch, with one retry policy. About once a minute the call shows in Prefect as a task run (the
-free tier's event budget); the others are the same call without Prefect."""
+"""The worker's store calls, the one way answers go to the store: a call grades the answers that
+finished (`results.py`) and writes them through their claims' tokens, or claims the next batch
+(the exchange's two lanes), with one retry policy. About once a minute a call shows in Prefect
+as a task run (the free tier's event budget); the others are the same call without Prefect."""
 
 from __future__ import annotations
 
