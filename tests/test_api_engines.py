@@ -250,7 +250,7 @@ def test_a_started_servers_context_holds_the_runs_longest_prompt(prefect_env, tm
     longest prompts with the model's tokenizer and starts the server with room for it."""
     from transformers import AutoTokenizer
 
-    from tasks.engines.hf_model import prompt_tokens
+    from tasks.engines.hf_model import encode_prompts
     from tasks.store.models import Item
     from tasks.worker.chat import item_messages
 
@@ -267,6 +267,7 @@ def test_a_started_servers_context_holds_the_runs_longest_prompt(prefect_env, tm
                               "name": "vllm", "serve_timeout": 60,
                               "serve_command": f"{sys.executable} {script} {{model}} {{port}} {{max_model_len}} "
                                                f"{recorded}"}))
-    tokens = len(prompt_tokens(AutoTokenizer.from_pretrained(tiny_model), item_messages(long_one, "step_by_step")))
+    (encoded,) = encode_prompts(AutoTokenizer.from_pretrained(tiny_model), [item_messages(long_one, "step_by_step")])
+    tokens = len(encoded)
     assert tokens > 4096 and int(recorded.read_text()) == tokens + 8
     assert {item.status for item in store.items("r")} == {"done"}

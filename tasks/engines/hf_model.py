@@ -65,10 +65,11 @@ def prompt_text(tokenizer: Any, prompt: Prompt, thinking: str = "auto") -> str:
                                              continue_final_message=go_on, **template_options(thinking)))
 
 
-def prompt_tokens(tokenizer: Any, prompt: Prompt, thinking: str = "auto") -> list[int]:
-    """The prompt's tokens as the model reads them."""
+def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], thinking: str = "auto") -> list[list[int]]:
+    """Each prompt's tokens as the model reads them, in one call of the tokenizer."""
     chat = bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer(prompt_text(tokenizer, prompt, thinking), add_special_tokens=not chat)["input_ids"]
+    texts = [prompt_text(tokenizer, prompt, thinking) for prompt in prompts]
+    return list(tokenizer(texts, add_special_tokens=not chat)["input_ids"]) if texts else []
 
 
 class HFModel:
@@ -129,12 +130,10 @@ class HFModel:
         return prompt_text(self.tokenizer, prompt, thinking)
 
     def encode(self, prompt: Prompt, thinking: str = "auto") -> list[int]:
-        return prompt_tokens(self.tokenizer, prompt, thinking)
+        return self.encode_all([prompt], thinking)[0]
 
     def encode_all(self, prompts: Sequence[Prompt], thinking: str = "auto") -> list[list[int]]:
-        """Each prompt's tokens, as `encode` reads them, in one call of the tokenizer."""
-        texts = [self.prompt_text(prompt, thinking) for prompt in prompts]
-        return list(self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]) if texts else []
+        return encode_prompts(self.tokenizer, prompts, thinking)
 
     def too_long(self, tokens: list[int]) -> UnanswerableItem | None:
         """The error of a prompt the model cannot read (longer than its context): that item

@@ -71,7 +71,7 @@ def longest_prompt(store: Store, runs: list[str], *, model: str, template: str, 
     and chat template; 0 when the tokenizer cannot be loaded here (the server then says so)."""
     from transformers import AutoTokenizer
 
-    from tasks.engines.hf_model import prompt_tokens
+    from tasks.engines.hf_model import encode_prompts
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model)
@@ -79,4 +79,5 @@ def longest_prompt(store: Store, runs: list[str], *, model: str, template: str, 
         log.warning(f"could not load {model}'s tokenizer to measure the prompts ({str(error)[:200]})")
         return 0
     items = [item for run in runs for item in store.longest_prompts(run, LONGEST_PROMPTS)]
-    return max((len(prompt_tokens(tokenizer, item_messages(item, template), thinking)) for item in items), default=0)
+    return max(map(len, encode_prompts(tokenizer, [item_messages(item, template) for item in items], thinking)),
+               default=0)
