@@ -11,7 +11,9 @@ Ratios measured side by side in one run (repeats interleaved, medians), on GSM8K
   (d) `hf-static` drawing each answer with its own seed (temperature 1, top-p 0.95) / the same
       drawing from the device's generator: the price of per-sample seeds; and how many of 8 seeded
       answers come out the same when their request is generated alone (the seed fixes the draws;
-      a batch's other numerics, bfloat16 kernels on a GPU, may still change a token).
+      a batch's other numerics, bfloat16 kernels on a GPU, may still change a token);
+  (s) with `--compile`: `hf-static --compile` (a static cache and a compiled decode step; CUDA
+      graphs on a GPU) / `hf-static`, the compile done in a warm-up on the measured lengths.
 Random weights never stop on their own, so every prompt gets its own length: max new tokens drawn
 from the token lengths of GSM8K reference solutions (the same draw for every engine), and only
 those useful tokens count (a static batch computes up to its longest). The model is a randomly
@@ -37,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import httpx
 import torch
+from torch._dynamo.utils import counters
 
 from bench.reasoning import reasoning_lengths
 from bench.standins import ARCHITECTURES, build_model
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="a real configuration instead of the "
                                                                              "small Llama")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="also measure hf-static --compile (s)")
     parser.add_argument("--lengths", choices=("gsm8k", "reasoning"), default="gsm8k",
                         help="new tokens drawn from GSM8K solutions, or reasoning traces' long tail scaled to "
                              "--max-new-tokens (bench/reasoning.py)")
@@ -169,24 +173,36 @@ def main() -> None:
         static.batch_size = in_flight
         continuous = HFContinuousEngine(model, device=args.device,
                                         settings=EngineConfig(name="hf", max_in_flight=in_flight))
-        rates: dict[str, list[float]] = {"hf-static": [], "hf": [], "pipeline": [], "seeded": [], "generator": []}
+        rates: dict[str, list[float]] = {"hf-static": [], "hf": [], "pipeline": [], "seeded": [], "generator": [],
+                                         "compiled": []}
         for warming in (static, continuous):  # warm-up at this batch size (a GPU's first kernels at a shape are slow)
             answer_all(warming, requests_for(prompts, [8] * len(prompts)), sampling)
+        compiled = HFStaticEngine(model, device=args.device, batch_size=in_flight, compiled=True) \
+            if args.compile else None
+        if compiled is not None:  # compiles for the measured lengths' cache sizes
+            answer_all(compiled, requests_for(prompts, lengths), sampling)
+        graphs = counters["stats"]["unique_graphs"]
         for _ in range(args.repeats):
             rates["hf-static"].append(timed(lambda: answer_all(static, requests_for(prompts, lengths), sampling),
                                             lengths))
+            if compiled is not None:
+                rates["compiled"].append(timed(lambda: answer_all(compiled, requests_for(prompts, lengths), sampling),
+                                               lengths))
             rates["hf"].append(timed(lambda: answer_all(continuous, requests_for(prompts, lengths), sampling), lengths))
             rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling, batch_size=in_flight))
             for name, with_seeds in (("seeded", True), ("generator", False)):
                 rates[name].append(timed(lambda: answer_all(static, requests_for(prompts, lengths, with_seeds), hot),
                                          lengths))
-        median = {name: statistics.median(values) for name, values in rates.items()}
+        median = {name: statistics.median(values) for name, values in rates.items() if values}
         print(f"  {in_flight:>2} in flight: hf-static {median['hf-static']:7.1f}, hf {median['hf']:7.1f}, worker "
               f"pipeline with hf {median['pipeline']:7.1f} useful tokens/s | (a) hf / hf-static = "
               f"{median['hf'] / median['hf-static']:.2f}, "
               f"(b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}, "
               f"(d) hf-static seeded {median['seeded']:.1f} / from the generator {median['generator']:.1f} = "
-              f"{median['seeded'] / median['generator']:.2f}")
+              f"{median['seeded'] / median['generator']:.2f}"
+              + (f", (s) hf-static --compile {median['compiled']:.1f} / hf-static = "
+                 f"{median['compiled'] / median['hf-static']:.2f} ({graphs} graphs compiled in the warm-up, "
+                 f"{counters['stats']['unique_graphs'] - graphs} more in the repeats)" if compiled is not None else ""))
     seeded = requests_for(prompts, lengths, seeded=True)
     batched = answer_all(static, seeded, hot)[:8]
     alone = [answer_all(static, [request], hot)[0] for request in seeded[:8]]

@@ -119,10 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     python = make()
     engine_cores, client_cores = engine_core(not args.no_pin)
-
-    def on_engine_core() -> None:  # in the child, before it starts
-        os.sched_setaffinity(0, engine_cores)
-
+    pinned = ["taskset", "--cpu-list", ",".join(map(str, sorted(engine_cores)))]
     with tempfile.TemporaryDirectory() as scratch:
         model = build_model(Path(scratch) / "model", chat=True, hidden=args.hidden, layers=args.layers)
         static = HFStaticEngine(ModelConfig(model=str(model)), device="cpu", batch_size=args.concurrency)
@@ -136,9 +133,9 @@ def main() -> None:
         os.sched_setaffinity(0, client_cores)
         start_grader()
         port = free_port()
-        server = subprocess.Popen([str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                                   "--port", str(port), *SERVER_FLAGS], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=on_engine_core)
+        server = subprocess.Popen([*pinned, str(python), "-m", "vllm.entrypoints.openai.api_server", "--model",
+                                   str(model), "--port", str(port), *SERVER_FLAGS], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             while not healthy(f"http://127.0.0.1:{port}"):
                 if server.poll() is not None:
@@ -174,8 +171,8 @@ def main() -> None:
               f"hf-static {static_rate:.1f} tokens/s")
         print(f"  (e) worker / server driven directly = {worker_rate / direct_rate:.2f} (each repeat: "
               + ", ".join(f"{w / d:.2f}" for w, d in zip(through, plain)) + ")", flush=True)
-        output = subprocess.run([str(python), "-c", OFFLINE, str(job)], capture_output=True, text=True, check=True,
-                                preexec_fn=on_engine_core)
+        output = subprocess.run([*pinned, str(python), "-c", OFFLINE, str(job)], capture_output=True,
+                                text=True, check=True)
         result = next(line for line in output.stdout.splitlines() if line.startswith("RESULT "))
         offline = json.loads(result.removeprefix("RESULT "))["tokens_per_second"]
     print(f"  vLLM offline LLM.chat {offline:.1f} tokens/s")

@@ -103,7 +103,7 @@ def create_engine(*, engine: EngineConfig, model: ModelConfig, device: str, labe
     if engine.name == "hf-static":
         from tasks.engines.hf_static import HFStaticEngine
 
-        return HFStaticEngine(model, device=device, label=label, batch_size=batch_size)
+        return HFStaticEngine(model, device=device, label=label, batch_size=batch_size, compiled=engine.compile)
     if engine.name == "hf":
         from tasks.engines.hf_continuous import HFContinuousEngine
 

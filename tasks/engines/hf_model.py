@@ -14,6 +14,8 @@ from tasks.engines.devices import dtype_name
 from tasks.errors import UserError
 from tasks.reasoning import template_options
 
+CACHE_STEP = 512  # a compiled model's static cache is sized in steps of this many tokens (one compile per size)
+
 
 def _dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, dtype_name(name, device))
@@ -112,6 +114,9 @@ class HFModel:
         eos = self.model.generation_config.eos_token_id or self.tokenizer.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.pad_token_id}
         self.eos = eos
+        # --compile: a static KV cache and a compiled decode step (CUDA graphs on a GPU), every batch
+        # padded to this many rows and the cache sized in CACHE_STEP steps, so each size compiles once
+        self.compiled_batch: int | None = None
 
     @staticmethod
     def _with_adapter(model: Any, config: ModelConfig, adapter: str) -> Any:
@@ -175,6 +180,15 @@ class HFModel:
             top_k=None, repetition_penalty=sampling.repetition_penalty,
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos)
 
+    def _compiled_options(self, prompt_length: int, max_new_tokens: int) -> dict[str, Any]:
+        """`model.generate`'s settings for a compiled batch (see `compiled_batch`)."""
+        from transformers import CompileConfig
+
+        compiling = CompileConfig(mode="reduce-overhead" if self.device.startswith("cuda") else "default")
+        compiling._compile_all_devices = True  # transformers compiles on GPUs only unless told
+        cache = -(-(prompt_length + max_new_tokens) // CACHE_STEP) * CACHE_STEP
+        return {"cache_implementation": "static", "max_cache_len": cache, "compile_config": compiling}
+
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
                  stop: tuple[str, ...] = (), seeds: list[int | None] | None = None,
                  abandoned: Callable[[], bool] = lambda: False, tokens: list[list[int]] | None = None
@@ -190,11 +204,16 @@ class HFModel:
         if limits:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
         ids = tokens if tokens is not None else self.encode_all(prompts, sampling.thinking)
+        config = self.generation_config(sampling, seeded=seeded)
+        if self.compiled_batch:  # the same shape every time: rows repeated, their answers dropped
+            filler = max(0, self.compiled_batch - len(ids))
+            ids, draws = [*ids, *[ids[-1]] * filler], [*draws, *draws[-1:] * filler]
+            config.update(**self._compiled_options(max(map(len, ids)), sampling.max_new_tokens))
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
         try:
             with torch.inference_mode():
                 output = self.model.generate(
-                    **batch, generation_config=self.generation_config(sampling, seeded=seeded),
+                    **batch, generation_config=config,
                     logits_processor=seeded_processors(sampling, draws, self.device) if seeded else None,
                     stopping_criteria=[WhenAbandoned(abandoned)],
                     **({"stop_strings": list(stop), "tokenizer": self.tokenizer} if stop else {}))
@@ -204,7 +223,7 @@ class HFModel:
             raise
         if abandoned():
             raise Abandoned("the worker gave the item back while it was being generated")
-        rows = output[:, batch["input_ids"].shape[1]:].cpu().tolist()
+        rows = output[:len(prompts), batch["input_ids"].shape[1]:].cpu().tolist()
         ends = limits or [len(row) for row in rows]
         answers = [self.answer(row[:end], sampling.thinking_marker) for row, end in zip(rows, ends)]
         return [replace(answer, seed=seed) for answer, seed in zip(answers, draws)] if seeded else answers

@@ -4,6 +4,7 @@ halves; a prompt that still fails alone gives its error back."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Iterator
 
@@ -11,13 +12,21 @@ from tasks.config import ModelConfig, SamplingConfig
 from tasks.engines import Abandoned, Feeder, Finished, Generation, Request, share_time
 from tasks.engines.hf_model import HFModel
 
+log = logging.getLogger("fleetgen")
+
 
 class HFStaticEngine(HFModel):
     name = "hf-static"
 
-    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None, batch_size: int = 16):
+    def __init__(self, config: ModelConfig, *, device: str, label: str | None = None, batch_size: int = 16,
+                 compiled: bool = False):
         super().__init__(config, device=device, label=label)
         self.batch_size = batch_size
+        if compiled:
+            self.compiled_batch = batch_size
+            if not device.startswith("cuda"):
+                log.warning(f"{self.label}: --compile on {device}: measured 0.24-0.26x the speed without it on a CPU "
+                            "(docs/benchmarks.md); it is meant for GPUs. Drop --compile here.")
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
         return run_static(self, feeder, sampling, self.batch_size)
