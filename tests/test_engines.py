@@ -1,6 +1,7 @@
 """The Hugging Face engines with tiny local models: templates, padding, new tokens only, sampling
-settings that really reach generation, adapters, load errors, splitting failed batches; and the
-`hf` continuous-batching engine answering as `hf-static` does, each request its own length."""
+settings that really reach generation, adapters, load errors, splitting failed batches; the
+`hf` continuous-batching engine answering as `hf-static` does, each request its own length; and
+`hf-static --compile` answering as without it, compiling once."""
 
 from __future__ import annotations
 
@@ -240,6 +241,8 @@ def test_engine_auto_picks_vllm_only_with_vllm_and_gpus_and_says_why(monkeypatch
     assert "vLLM is not installed here" in chosen()[1]
     installed["vllm"] = object()
     assert chosen() == ("vllm", "engine vllm (--engine auto: vLLM is installed and the devices are CUDA GPUs)")
+    assert chosen(compile=True) == ("vllm", "engine vllm (--engine auto: vLLM is installed and the devices are CUDA "
+                                            "GPUs; --compile is for hf-static, so it does not apply)")
     assert chosen("cuda:0,cpu")[0] == "hf-static"  # a CPU copy among the devices
     engine, why = choose_engine(EngineConfig(), devices="auto", static_only=True)
     assert engine.name == "hf-static" and "--extract llm" in why

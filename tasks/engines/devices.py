@@ -52,7 +52,10 @@ def choose_engine(engine: EngineConfig, *, devices: str, static_only: bool = Fal
         name, why = "hf-static", "vLLM is not installed here (pip install vllm: the fastest engine on a GPU)"
     else:
         name, why = "vllm", "vLLM is installed and the devices are CUDA GPUs"
-    return engine.model_copy(update={"name": name}), f"engine {name} (--engine auto: {why})"
+    if engine.compile and name != "hf-static":
+        why += "; --compile is for hf-static, so it does not apply"
+    return engine.model_copy(update={"name": name, "compile": engine.compile and name == "hf-static"}), \
+        f"engine {name} (--engine auto: {why})"
 
 
 def compute_capability(device: str) -> tuple[int, int] | None:
