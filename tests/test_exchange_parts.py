@@ -4,8 +4,11 @@ one-way write of `writes.py` (on every store backend)."""
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +17,7 @@ from tasks.engines import Generation, Request, UnanswerableItem
 from tasks.store import Store
 from tasks.store.models import Claim, Item, Result
 from tasks.store.sqlite import SqliteStore
+from tasks.worker import writes
 from tasks.worker.claims import ClaimedWork
 from tasks.worker.loop import run_finished
 from tasks.worker.outbox import DeviceBroken, FailureBreaker, Outbox
@@ -130,3 +134,23 @@ def test_a_plain_run_is_finished_when_nothing_is_pending_or_running(tmp_path: Pa
     taken = store.claim("r", "w", 1, 60)
     store.fail(taken, taken.ids, "bad", max_attempts=1)
     assert run_finished(store, "r")  # failed items stay failed
+
+
+def test_the_two_lanes_asking_at_once_make_one_task_run_a_minute(tmp_path: Path, monkeypatch) -> None:
+    """A claim and a write asking together whether their call is the minute's Prefect task run:
+    one is (the free tier's event budget counts one a minute per device)."""
+    store = SqliteStore(tmp_path / "s.db")
+    store.ensure_run("r", {})
+    calls = StoreCalls(store=store, config=WorkerConfig(run="r", worker="w"), engine=ScriptedEngine({}),
+                       task_runs=True)
+    slow_clock = SimpleNamespace(monotonic=lambda: (time.sleep(0.3), time.monotonic())[1], sleep=time.sleep)
+    monkeypatch.setattr(writes, "time", slow_clock)  # reading the clock takes a while: the lanes overlap
+    together = threading.Barrier(4)
+
+    def ask(_: int) -> bool:
+        together.wait()
+        return calls._task_run_due()
+
+    with ThreadPoolExecutor(4) as lanes:
+        assert list(lanes.map(ask, range(4))).count(True) == 1
+    assert not calls._task_run_due()  # and not again within the minute

@@ -6,6 +6,7 @@ as a task run (the free tier's event budget); the others are the same call witho
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
@@ -53,10 +54,18 @@ class StoreCalls:
         self.task_runs = task_runs
         self.until_correct = bool(store.run_config(config.run).get("until_correct"))
         self._last_task_run = -REPORT_SECONDS
+        self._task_run_lock = threading.Lock()  # the exchange's two lanes call at once
+
+    def _task_run_due(self) -> bool:
+        """Whether this call shows in Prefect: one in REPORT_SECONDS at most, whichever lane asks first."""
+        with self._task_run_lock:
+            due = self.task_runs and time.monotonic() - self._last_task_run >= REPORT_SECONDS
+            if due:
+                self._last_task_run = time.monotonic()
+            return due
 
     def __call__(self, outcomes: list[Outcome], want: int) -> tuple[BatchReport | None, Claim | None]:
-        if self.task_runs and time.monotonic() - self._last_task_run >= REPORT_SECONDS:
-            self._last_task_run = time.monotonic()
+        if self._task_run_due():
             report, claim = store_call(self, outcomes, want)
         else:
             report, claim = with_retries(lambda: self.write_and_claim(outcomes, want))
