@@ -13,7 +13,12 @@ Ratios measured side by side in one run (repeats interleaved, medians), on GSM8K
       answers come out the same when their request is generated alone (the seed fixes the draws;
       a batch's other numerics, bfloat16 kernels on a GPU, may still change a token);
   (s) with `--compile`: `hf-static --compile` (a static cache and a compiled decode step; CUDA
-      graphs on a GPU) / `hf-static`, the compile done in a warm-up on the measured lengths.
+      graphs on a GPU) / `hf-static`, and `hf --compile` (transformers' compiled batching steps,
+      CUDA graphs on a GPU) / `hf`, the compiles done in a warm-up on the measured lengths.
+Each figure is also given as a share of the memory-bandwidth bound: in flight x the device's
+bandwidth (measured with a copy) / the weights' bytes, the tokens/s if every decoding step only
+read the weights once at full speed. `--no-pipeline` leaves (b) out, for a GPU machine without
+prefect (`bench/gpu.sh`).
 Random weights never stop on their own, so every prompt gets its own length: max new tokens drawn
 from the token lengths of GSM8K reference solutions (the same draw for every engine), and only
 those useful tokens count (a static batch computes up to its longest). The model is a randomly
@@ -53,7 +58,6 @@ from tasks.prompts import render
 from tasks.store.sqlite import SqliteStore
 from tasks.worker.chat import item_messages
 from tasks.worker.leases import LeaseKeeper
-from tasks.worker.loop import work_on_run
 
 
 def lengths_from_gsm8k(model: HFStaticEngine, count: int, cap: int, seed: int = 0) -> list[int]:
@@ -70,9 +74,17 @@ def useful(answers: list[Generation | Exception], lengths: list[int]) -> int:
 
 
 def timed(run: Callable[[], list[Generation | Exception]], lengths: list[int]) -> float:
+    if torch.cuda.is_available():  # `hf` sizes its cache from the GPU's free memory: give back the last run's
+        torch.cuda.empty_cache()
     started = time.perf_counter()
     answers = run()
     return useful(answers, lengths) / (time.perf_counter() - started)
+
+
+def same(answers: list[Generation | Exception], others: list[Generation | Exception]) -> int:
+    """How many answers have the same text as the other engine's (greedy: they should, save rounding)."""
+    return sum(isinstance(a, Generation) and isinstance(b, Generation) and a.text == b.text
+               for a, b in zip(answers, others))
 
 
 def requests_for(prompts: list[str], lengths: list[int], seeded: bool = False) -> list[Request]:
@@ -83,6 +95,8 @@ def requests_for(prompts: list[str], lengths: list[int], seeded: bool = False) -
 def pipeline(engine: Engine, rows: list[Any], lengths: list[int], sampling: SamplingConfig, *,
              batch_size: int) -> float:
     """The worker's device loop with the engine on a fresh SQLite store: useful tokens/s."""
+    from tasks.worker.loop import work_on_run  # imports prefect, which a bare GPU machine may lack (--no-pipeline)
+
     config = WorkerConfig(run="bench", worker="bench", batch_size=batch_size, sampling=sampling, devices="cpu")
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(Path(folder) / "bench.db")
@@ -95,6 +109,21 @@ def pipeline(engine: Engine, rows: list[Any], lengths: list[int], sampling: Samp
         seconds = time.perf_counter() - started
         tokens = sum(min(item.result.tokens or 0, length_of[item.id]) for item in store.items("bench") if item.result)
     return tokens / seconds
+
+
+def copy_bandwidth(device: str, megabytes: int = 1024) -> float:
+    """The device memory's bandwidth as a copy sees it: bytes read and written per second, best of 5."""
+    source = torch.ones(megabytes << 20, dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    settle = torch.cuda.synchronize if device.startswith("cuda") else lambda device: None
+    best = 0.0
+    for _ in range(6):  # the first one warms up
+        settle(device)
+        started = time.perf_counter()
+        target.copy_(source)
+        settle(device)
+        best = max(best, 2 * source.numel() / (time.perf_counter() - started))
+    return best
 
 
 def serve(model: Path) -> tuple[subprocess.Popen, str]:
@@ -145,7 +174,8 @@ def main() -> None:
     parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), help="a real configuration instead of the "
                                                                              "small Llama")
     parser.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--compile", action="store_true", help="also measure hf-static --compile (s)")
+    parser.add_argument("--compile", action="store_true", help="also measure hf-static --compile and hf --compile (s)")
+    parser.add_argument("--no-pipeline", action="store_true", help="leave (b) out (the worker's loop needs prefect)")
     parser.add_argument("--lengths", choices=("gsm8k", "reasoning"), default="gsm8k",
                         help="new tokens drawn from GSM8K solutions, or reasoning traces' long tail scaled to "
                              "--max-new-tokens (bench/reasoning.py)")
@@ -169,46 +199,64 @@ def main() -> None:
     print(f"{where}, {shape}, "
           f"{len(prompts)} GSM8K questions, new tokens drawn from {drawn_from[args.lengths]} (mean "
           f"{statistics.mean(lengths):.0f}, max {max(lengths)}), greedy, {args.repeats} interleaved repeats (medians):")
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in static.model.parameters())
+    bandwidth = copy_bandwidth(args.device)
+    print(f"  memory-bandwidth bound: in flight x {bandwidth / 1e9:,.0f} GB/s (a copy's bytes read and written, "
+          f"measured here) / {weights / 1e9:.2f} GB of weights (each decoding step reads them all once)")
     for in_flight in map(int, args.in_flight.split(",")):
         static.batch_size = in_flight
         continuous = HFContinuousEngine(model, device=args.device,
                                         settings=EngineConfig(name="hf", max_in_flight=in_flight))
-        rates: dict[str, list[float]] = {"hf-static": [], "hf": [], "pipeline": [], "seeded": [], "generator": [],
-                                         "compiled": []}
-        for warming in (static, continuous):  # warm-up at this batch size (a GPU's first kernels at a shape are slow)
-            answer_all(warming, requests_for(prompts, [8] * len(prompts)), sampling)
-        compiled = HFStaticEngine(model, device=args.device, batch_size=in_flight, compiled=True) \
-            if args.compile else None
-        if compiled is not None:  # compiles for the measured lengths' cache sizes
-            answer_all(compiled, requests_for(prompts, lengths), sampling)
+        engines: dict[str, Engine] = {"hf-static": static, "hf": continuous}
+        if args.compile:
+            engines["hf-static --compile"] = HFStaticEngine(model, device=args.device, batch_size=in_flight,
+                                                            compiled=True)
+            engines["hf --compile"] = HFContinuousEngine(model, device=args.device, settings=EngineConfig(
+                name="hf", max_in_flight=in_flight, compile=True))
+        # warm-up on the measured lengths (a GPU's first kernels at a shape are slow; compiles happen here)
+        first, warm_up = {}, {}
+        for name, warming in engines.items():
+            started = time.perf_counter()
+            first[name] = answer_all(warming, requests_for(prompts, lengths), sampling)
+            warm_up[name] = time.perf_counter() - started
+        print(f"  {in_flight:>2} in flight, warm-up (compiles included): "
+              + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in warm_up.items()), flush=True)
         graphs = counters["stats"]["unique_graphs"]
+        rates: dict[str, list[float]] = {name: [] for name in [*engines, "pipeline", "seeded", "generator"]}
         for _ in range(args.repeats):
-            rates["hf-static"].append(timed(lambda: answer_all(static, requests_for(prompts, lengths), sampling),
-                                            lengths))
-            if compiled is not None:
-                rates["compiled"].append(timed(lambda: answer_all(compiled, requests_for(prompts, lengths), sampling),
-                                               lengths))
-            rates["hf"].append(timed(lambda: answer_all(continuous, requests_for(prompts, lengths), sampling), lengths))
-            rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling, batch_size=in_flight))
+            for name, engine in engines.items():
+                rates[name].append(timed(lambda: answer_all(engine, requests_for(prompts, lengths), sampling),
+                                         lengths))
+            if not args.no_pipeline:
+                rates["pipeline"].append(pipeline(continuous, rows, lengths, sampling, batch_size=in_flight))
             for name, with_seeds in (("seeded", True), ("generator", False)):
                 rates[name].append(timed(lambda: answer_all(static, requests_for(prompts, lengths, with_seeds), hot),
                                          lengths))
         median = {name: statistics.median(values) for name, values in rates.items() if values}
-        print(f"  {in_flight:>2} in flight: hf-static {median['hf-static']:7.1f}, hf {median['hf']:7.1f}, worker "
-              f"pipeline with hf {median['pipeline']:7.1f} useful tokens/s | (a) hf / hf-static = "
-              f"{median['hf'] / median['hf-static']:.2f}, "
-              f"(b) pipeline / raw hf = {median['pipeline'] / median['hf']:.2f}, "
-              f"(d) hf-static seeded {median['seeded']:.1f} / from the generator {median['generator']:.1f} = "
-              f"{median['seeded'] / median['generator']:.2f}"
-              + (f", (s) hf-static --compile {median['compiled']:.1f} / hf-static = "
-                 f"{median['compiled'] / median['hf-static']:.2f} ({graphs} graphs compiled in the warm-up, "
-                 f"{counters['stats']['unique_graphs'] - graphs} more in the repeats)" if compiled is not None else ""))
+        bound = in_flight * bandwidth / weights
+        ratios = [f"(a) hf / hf-static = {median['hf'] / median['hf-static']:.2f}"]
+        if "pipeline" in median:
+            ratios.append(f"(b) worker pipeline with hf {median['pipeline']:.1f} / raw hf = "
+                          f"{median['pipeline'] / median['hf']:.2f}")
+        ratios.append(f"(d) hf-static seeded {median['seeded']:.1f} / from the generator {median['generator']:.1f} = "
+                      f"{median['seeded'] / median['generator']:.2f}")
+        if args.compile:
+            ratios.append(f"(s) hf-static --compile / hf-static = "
+                          f"{median['hf-static --compile'] / median['hf-static']:.2f}, hf --compile / hf = "
+                          f"{median['hf --compile'] / median['hf']:.2f} "
+                          f"({counters['stats']['unique_graphs'] - graphs} graphs compiled in the repeats); answers "
+                          "the same as without --compile: hf-static "
+                          f"{same(first['hf-static --compile'], first['hf-static'])}, hf "
+                          f"{same(first['hf --compile'], first['hf'])} of {len(prompts)}")
+        print(f"  {in_flight:>2} in flight, useful tokens/s (share of the bound, {bound:,.0f}): " + ", ".join(
+            f"{name} {median[name]:,.1f} ({median[name] / bound:.1%})" for name in [*engines, "pipeline"]
+            if name in median))
+        print("      " + "; ".join(ratios))
     seeded = requests_for(prompts, lengths, seeded=True)
     batched = answer_all(static, seeded, hot)[:8]
     alone = [answer_all(static, [request], hot)[0] for request in seeded[:8]]
-    same = sum(isinstance(a, Generation) and isinstance(b, Generation) and a.text == b.text
-               for a, b in zip(batched, alone))
-    print(f"  (d) seeded answers the same alone as in a batch of {static.batch_size}: {same} of {len(alone)}")
+    print(f"  (d) seeded answers the same alone as in a batch of {static.batch_size}: {same(batched, alone)} of "
+          f"{len(alone)}")
     if args.no_server:
         return
     process, api = serve(folder)

@@ -8,9 +8,10 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tasks.store.mongo import MongoStore
+if TYPE_CHECKING:
+    from tasks.store.mongo import MongoStore
 
 # Qwen3's way with thinking: `enable_thinking=False` writes an empty trace into the prompt
 CHAT_TEMPLATE = ("{% for message in messages %}<s>{{ message['role'] }}: {{ message['content'] }}</s>{% endfor %}"
@@ -108,6 +109,8 @@ def mongomock_store(clock: Any = time.time) -> MongoStore:
     not thread-safe: tests that share it between threads serialise their calls."""
     import mongomock
     from mongomock.collection import BulkOperationBuilder
+
+    from tasks.store.mongo import MongoStore
 
     # mongomock 4.3 predates pymongo 4.11's `sort` argument of bulk updates (always None here).
     add_update = BulkOperationBuilder.add_update

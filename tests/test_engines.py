@@ -1,7 +1,7 @@
 """The Hugging Face engines with tiny local models: templates, padding, new tokens only, sampling
 settings that really reach generation, adapters, load errors, splitting failed batches; the
 `hf` continuous-batching engine answering as `hf-static` does, each request its own length; and
-`hf-static --compile` answering as without it, compiling once."""
+`hf-static --compile` and `hf --compile` answering as without it, compiling once."""
 
 from __future__ import annotations
 
@@ -97,12 +97,13 @@ def test_failing_batches_are_split_before_giving_up(tiny_model: Path, monkeypatc
     model = engine(tiny_model)
     real, sizes = model.generate, []
 
-    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds, abandoned, tokens):
+    def fails_on_big_batches_and_poison(prompts, sampling, *, limits, stop, seeds, abandoned, tokens, pad_to):
         sizes.append(len(prompts))
         if len(prompts) > 2 or "poison" in prompts:
             raise RuntimeError("CUDA out of memory (simulated)")
         assert tokens == model.encode_all(prompts)  # each half keeps its prompts' tokens
-        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds, abandoned=abandoned, tokens=tokens)
+        return real(prompts, sampling, limits=limits, stop=stop, seeds=seeds, abandoned=abandoned, tokens=tokens,
+                    pad_to=pad_to)
 
     monkeypatch.setattr(model, "generate", fails_on_big_batches_and_poison)
     texts = ["a", "b", "c", "poison", "e", "f", "g", "h"]
@@ -242,7 +243,7 @@ def test_engine_auto_picks_vllm_only_with_vllm_and_gpus_and_says_why(monkeypatch
     installed["vllm"] = object()
     assert chosen() == ("vllm", "engine vllm (--engine auto: vLLM is installed and the devices are CUDA GPUs)")
     assert chosen(compile=True) == ("vllm", "engine vllm (--engine auto: vLLM is installed and the devices are CUDA "
-                                            "GPUs; --compile is for hf-static, so it does not apply)")
+                                            "GPUs; --compile is for the HF engines, so it does not apply)")
     assert chosen("cuda:0,cpu")[0] == "hf-static"  # a CPU copy among the devices
     engine, why = choose_engine(EngineConfig(), devices="auto", static_only=True)
     assert engine.name == "hf-static" and "--extract llm" in why
@@ -266,14 +267,15 @@ def test_a_compiled_model_answers_as_the_eager_one_and_compiles_once_per_cache_s
                                                                                     caplog) -> None:
     """--compile: a static cache and a compiled decode step, every batch padded to the batch size:
     greedy and seeded answers as the eager model's; later batches of other sizes and prompt lengths
-    within one cache step compile nothing more."""
+    within one cache step compile nothing more; a batch that runs out of memory is retried in
+    halves padded to half the rows."""
     from torch._dynamo.utils import counters
 
     eager = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu", batch_size=4)
     compiled = create_engine(engine=EngineConfig(compile=True), model=ModelConfig(model=str(tiny_model)),
                              device="cpu", label="cpu#0", batch_size=4)
     assert compiled.name == "hf-static" and compiled.compiled_batch == 4
-    assert "--compile on cpu: measured 0.24-0.26x the speed without it on a CPU" in caplog.text  # and so said
+    assert "--compile on cpu: measured 0.24-0.33x the speed without it on a CPU" in caplog.text  # and so said
     sampling = SamplingConfig(max_new_tokens=12)
     first = compiled.generate(["Hi", "How many eggs?"], sampling)
     graphs = counters["stats"]["unique_graphs"]
@@ -286,5 +288,36 @@ def test_a_compiled_model_answers_as_the_eager_one_and_compiles_once_per_cache_s
     assert [(g.text, g.seed) for g in seeded] == [
         (g.text, g.seed) for g in eager.generate(["How many eggs?", "Hi"], hot, seeds=[11, 12])]
     assert counters["stats"]["unique_graphs"] == graphs
-    with pytest.raises(ConfigError, match="--compile is for --engine hf-static"):
-        EngineConfig(name="hf", compile=True)
+    shapes, generate = [], compiled.model.generate
+
+    def short_of_memory(**kwargs):  # as a GPU that holds two rows at most
+        shapes.append(len(kwargs["input_ids"]))
+        if shapes[-1] > 2:
+            raise RuntimeError("CUDA out of memory")
+        return generate(**kwargs)
+
+    compiled.model.generate = short_of_memory
+    assert [g.text for g in answer_all(compiled, requests(4), sampling)] == [  # in halves, each padded to 2 rows
+        g.text for g in answer_all(eager, requests(4), sampling)]
+    assert shapes == [4, 2, 2]
+    with pytest.raises(ConfigError, match=r"--compile is for the HF engines \(hf-static, hf\), not vllm"):
+        EngineConfig(name="vllm", compile=True)
+
+
+def test_compiled_continuous_batching_answers_as_without_it_and_compiles_once(tiny_model: Path, caplog) -> None:
+    """hf --compile: transformers compiles its batching steps (CUDA graphs need a GPU); the same
+    greedy answers as without it, and a second run compiles nothing more."""
+    from torch._dynamo.utils import counters
+
+    plain, compiled = (create_engine(engine=EngineConfig(name="hf", max_in_flight=3, compile=on),
+                                     model=ModelConfig(model=str(tiny_model)), device="cpu", label="cpu#0",
+                                     batch_size=4) for on in (False, True))
+    assert "cpu#0: --compile on cpu: measured 0.26-0.29x the speed without it" in caplog.text
+    sampling = SamplingConfig(max_new_tokens=12)
+    graphs = counters["stats"]["unique_graphs"]
+    expected = [g.text for g in answer_all(plain, requests(7), sampling)]
+    assert [g.text for g in answer_all(compiled, requests(7), sampling)] == expected
+    compiled_graphs = counters["stats"]["unique_graphs"]
+    assert compiled_graphs > graphs  # its steps were compiled
+    assert [g.text for g in answer_all(compiled, requests(7), sampling)] == expected
+    assert counters["stats"]["unique_graphs"] == compiled_graphs

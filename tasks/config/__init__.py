@@ -178,7 +178,8 @@ class EngineConfig(Config):
     compile: bool = setting(False, "hf-static (also where --engine auto picks it): a static KV cache and a compiled "
                                    "decode step (torch.compile; CUDA graphs on a GPU), batches padded to --batch-size "
                                    "and the cache sized in steps of 512 tokens, so each size compiles once (its first "
-                                   "batch waits for it). Measured no faster on a CPU; not yet measured on a GPU")
+                                   "batch waits for it); hf: its batching steps compiled, with CUDA graphs on a GPU. "
+                                   "Measured slower on a CPU; not yet measured on a GPU")
 
     @model_validator(mode="after")
     def _engine_needs(self) -> Self:
@@ -186,8 +187,8 @@ class EngineConfig(Config):
             raise ValueError("--engine openai needs --api-base, the server's URL (e.g. http://127.0.0.1:8000/v1)")
         if self.name not in ("openai", "auto") and self.api_base:
             raise ValueError("--api-base is for --engine openai (--engine vllm starts its own servers)")
-        if self.compile and self.name not in ("hf-static", "auto"):
-            raise ValueError(f"--compile is for --engine hf-static, not {self.name}: drop --compile")
+        if self.compile and self.name not in ("hf-static", "hf", "auto"):
+            raise ValueError(f"--compile is for the HF engines (hf-static, hf), not {self.name}: drop --compile")
         if self.name == "vllm" and not {"{port}", "{model}"} <= set(re.findall(r"\{\w+\}", self.serve_command)):
             raise ValueError("--serve-command must contain {model} and {port} (each server gets its own port)")
         return self

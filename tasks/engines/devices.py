@@ -53,7 +53,7 @@ def choose_engine(engine: EngineConfig, *, devices: str, static_only: bool = Fal
     else:
         name, why = "vllm", "vLLM is installed and the devices are CUDA GPUs"
     if engine.compile and name != "hf-static":
-        why += "; --compile is for hf-static, so it does not apply"
+        why += "; --compile is for the HF engines, so it does not apply"
     return engine.model_copy(update={"name": name, "compile": engine.compile and name == "hf-static"}), \
         f"engine {name} (--engine auto: {why})"
 

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 from tasks.engines import Feeder, Finished, Request, keep_in_flight
-from tasks.engines.hf_model import HFModel
+from tasks.engines.hf_model import HFModel, warn_if_compiled_on_cpu
 from tasks.engines.hf_static import run_static
 
 log = logging.getLogger("fleetgen")
@@ -30,17 +30,23 @@ class HFContinuousEngine(HFModel):
     def __init__(self, config: ModelConfig, *, device: str, label: str | None = None, settings: EngineConfig):
         super().__init__(config, device=device, label=label)
         self.max_in_flight = settings.max_in_flight or DEFAULT_IN_FLIGHT["cuda" if device.startswith("cuda") else "cpu"]
+        self.compiled = settings.compile
+        warn_if_compiled_on_cpu(compiled=self.compiled, label=self.label, device=device, measured="0.26-0.29x")
 
     def _cache_config(self, sampling: SamplingConfig) -> Any:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         seed = secrets.randbits(31)  # this device's own stream (transformers seeds torch's generators with it)
+        # --compile: transformers' own compile settings for its batching steps (level 1: mode "default",
+        # dynamic shapes), and on a GPU its CUDA graphs, which it leaves off with sdpa's attention masks
+        compiling = {"default_compile_level": 1, "use_cuda_graph": self.device.startswith("cuda")} \
+            if self.compiled else {}
         if self.device.startswith("cuda"):
-            return ContinuousBatchingConfig(max_requests_per_batch=self.max_in_flight, seed=seed)
+            return ContinuousBatchingConfig(max_requests_per_batch=self.max_in_flight, seed=seed, **compiling)
         longest = PROMPT_TOKENS + sampling.max_new_tokens  # a request's prompt and answer, in tokens
         return ContinuousBatchingConfig(page_size=PAGE_SIZE, max_requests_per_batch=self.max_in_flight,
                                         num_blocks=self.max_in_flight * (longest // PAGE_SIZE + 1),
-                                        max_batch_tokens=PROMPT_TOKENS + self.max_in_flight, seed=seed)
+                                        max_batch_tokens=PROMPT_TOKENS + self.max_in_flight, seed=seed, **compiling)
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
         if sampling.repetition_penalty != 1.0:

@@ -3,6 +3,7 @@ engines: dtype per device, bitsandbytes quantization, a PEFT adapter, the chat t
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -15,6 +16,14 @@ from tasks.errors import UserError
 from tasks.reasoning import template_options
 
 CACHE_STEP = 512  # a compiled model's static cache is sized in steps of this many tokens (one compile per size)
+log = logging.getLogger("fleetgen")
+
+
+def warn_if_compiled_on_cpu(*, compiled: bool, label: str, device: str, measured: str) -> None:
+    """--compile is for GPUs: on a CPU, say how much slower it was measured (bench/engines.py)."""
+    if compiled and not device.startswith("cuda"):
+        log.warning(f"{label}: --compile on {device}: measured {measured} the speed without it on a CPU "
+                    "(docs/benchmarks.md); it is meant for GPUs. Drop --compile here.")
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
@@ -191,14 +200,15 @@ class HFModel:
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig, *, limits: list[int] | None = None,
                  stop: tuple[str, ...] = (), seeds: list[int | None] | None = None,
-                 abandoned: Callable[[], bool] = lambda: False, tokens: list[list[int]] | None = None
-                 ) -> list[Generation]:
+                 abandoned: Callable[[], bool] = lambda: False, tokens: list[list[int]] | None = None,
+                 pad_to: int | None = None) -> list[Generation]:
         """One static batch through `model.generate` (left padding; greedy at temperature 0). With
         `limits`, each answer stops at its own length (the batch runs to the longest); with
         `stop`, at the first of those texts; with a seed for every prompt, each is drawn with its
         own (recorded on its generation), else from the device's generator. Once `abandoned` says
         so, the batch stops at the next token and raises Abandoned. `tokens`: the prompts already
-        encoded (`encode_all`), not encoded again."""
+        encoded (`encode_all`), not encoded again. `pad_to`: with --compile, the rows the batch is
+        padded to (default `compiled_batch`; smaller for the halves of a batch that failed)."""
         draws = [seed for seed in seeds or [] if seed is not None] if sampling.temperature > 0 else []
         seeded = bool(prompts) and len(draws) == len(prompts)
         if limits:
@@ -206,7 +216,7 @@ class HFModel:
         ids = tokens if tokens is not None else self.encode_all(prompts, sampling.thinking)
         config = self.generation_config(sampling, seeded=seeded)
         if self.compiled_batch:  # the same shape every time: rows repeated, their answers dropped
-            filler = max(0, self.compiled_batch - len(ids))
+            filler = max(0, (pad_to or self.compiled_batch) - len(ids))
             ids, draws = [*ids, *[ids[-1]] * filler], [*draws, *draws[-1:] * filler]
             config.update(**self._compiled_options(max(map(len, ids)), sampling.max_new_tokens))
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)

@@ -4,15 +4,12 @@ halves; a prompt that still fails alone gives its error back."""
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Iterator
 
 from tasks.config import ModelConfig, SamplingConfig
 from tasks.engines import Abandoned, Feeder, Finished, Generation, Request, share_time
-from tasks.engines.hf_model import HFModel
-
-log = logging.getLogger("fleetgen")
+from tasks.engines.hf_model import HFModel, warn_if_compiled_on_cpu
 
 
 class HFStaticEngine(HFModel):
@@ -22,11 +19,8 @@ class HFStaticEngine(HFModel):
                  compiled: bool = False):
         super().__init__(config, device=device, label=label)
         self.batch_size = batch_size
-        if compiled:
-            self.compiled_batch = batch_size
-            if not device.startswith("cuda"):
-                log.warning(f"{self.label}: --compile on {device}: measured 0.24-0.26x the speed without it on a CPU "
-                            "(docs/benchmarks.md); it is meant for GPUs. Drop --compile here.")
+        self.compiled_batch = batch_size if compiled else None
+        warn_if_compiled_on_cpu(compiled=compiled, label=self.label, device=device, measured="0.24-0.33x")
 
     def run(self, feeder: Feeder, sampling: SamplingConfig) -> Iterator[list[Finished]]:
         return run_static(self, feeder, sampling, self.batch_size)
@@ -56,21 +50,23 @@ def run_static(model: HFModel, feeder: Feeder, sampling: SamplingConfig, batch_s
 
 
 def generate_splitting(model: HFModel, requests: list[Request], sampling: SamplingConfig,
-                       tokens: dict[str, list[int]]) -> list[Generation | Exception]:
+                       tokens: dict[str, list[int]], pad_to: int | None = None) -> list[Generation | Exception]:
     """Generate a batch; when it raises (e.g. CUDA out of memory), retry each half on its own
-    (each request keeps its own length, stop texts and seed). A single request that still fails
-    yields its exception instead of a generation."""
+    (each request keeps its own length, stop texts and seed; with --compile, each half padded to
+    half the rows, so it needs less memory). A single request that still fails yields its
+    exception instead of a generation."""
+    pad_to = pad_to or model.compiled_batch
     try:
         return list(model.generate([request.prompt for request in requests], sampling,
                                    limits=[request.max_new_tokens or sampling.max_new_tokens for request in requests],
                                    stop=tuple(sorted({text for request in requests for text in request.stop})),
                                    seeds=[request.seed for request in requests], abandoned=requests[0].abandoned,
-                                   tokens=[tokens[request.key] for request in requests]))
+                                   tokens=[tokens[request.key] for request in requests], pad_to=pad_to))
     except Abandoned as error:  # the worker stopped: no half is worth a try
         return [error] * len(requests)
     except Exception as error:  # out of memory, a bad prompt, a driver error: all worth a smaller try
         if len(requests) == 1:
             return [error]
-        half = len(requests) // 2
-        return (generate_splitting(model, requests[:half], sampling, tokens)
-                + generate_splitting(model, requests[half:], sampling, tokens))
+        half, half_rows = len(requests) // 2, -(-pad_to // 2) if pad_to else None
+        return (generate_splitting(model, requests[:half], sampling, tokens, half_rows)
+                + generate_splitting(model, requests[half:], sampling, tokens, half_rows))
