@@ -5,6 +5,7 @@ settings that really reach generation, adapters, load errors, splitting failed b
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 from tasks.config.base import ConfigError
-from tasks.engines import Generation, Request, UnanswerableItem, answer_all, create_engine
+from tasks.engines import Abandoned, Generation, Request, UnanswerableItem, answer_all, create_engine
 from tasks.engines.devices import device_labels, resolve_devices
 from tasks.engines.hf_continuous import HFContinuousEngine
 from tasks.engines.hf_model import seeded_processors
@@ -174,6 +175,18 @@ def test_continuous_batching_answers_as_static_batches_do(tiny_model: Path) -> N
     lengths = [2, 9, 5, 12, 1, 7, 3]  # each request its own length, as in bench/engines.py
     short = answer_all(continuous, requests(7, lengths), sampling)
     assert all(g.tokens <= n and (g.finish_reason == "stop" or g.tokens == n) for g, n in zip(short, lengths))
+
+
+def test_continuous_batching_cancels_what_the_worker_gave_back(tiny_model: Path) -> None:
+    """A request the worker gave back (its stop's grace over) is cancelled and answered Abandoned at
+    once, instead of generating its 1,500 tokens for nothing; the others go on."""
+    continuous = HFContinuousEngine(ModelConfig(model=str(tiny_model)), device="cpu", settings=EngineConfig(
+        name="hf", max_in_flight=4))
+    kept, given_back = requests(2, [6, 1500])
+    given_back = replace(given_back, abandoned=lambda: True)
+    answers = answer_all(continuous, [kept, given_back], SamplingConfig(max_new_tokens=1500))
+    assert isinstance(answers[0], Generation) and answers[0].tokens <= 6
+    assert isinstance(answers[1], Abandoned)
 
 
 @pytest.mark.parametrize("engine", ["hf-static", "hf"])

@@ -14,7 +14,7 @@ import secrets
 from typing import Any, Iterator
 
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
-from tasks.engines import Feeder, Finished, Request, keep_in_flight
+from tasks.engines import Abandoned, Feeder, Finished, Request, keep_in_flight
 from tasks.engines.hf_model import HFModel, warn_if_compiled_on_cpu
 from tasks.engines.hf_static import run_static
 
@@ -75,13 +75,17 @@ class HFContinuousEngine(HFModel):
 
     def _collect(self, manager: Any, in_flight: dict[str, Request], sampling: SamplingConfig) -> list[Finished]:
         """The requests that ended since the last look (waiting briefly for the first one); all of
-        them, failed, when transformers' batching thread has died (they would never end)."""
+        them, failed, when transformers' batching thread has died (they would never end); those the
+        worker gave back (its stop's grace is over), cancelled, so the device stops at once."""
         if in_flight and not manager.is_running():
             error = RuntimeError(f"continuous batching stopped: {manager.background_thread_status.fatal_error}")
             failed: list[Finished] = [(request, error) for request in in_flight.values()]
             in_flight.clear()
             return failed
         group: list[Finished] = []
+        for key in [key for key, request in in_flight.items() if request.abandoned()]:
+            manager.cancel_request(key)
+            group.append((in_flight.pop(key), Abandoned("the worker gave the item back while it was being generated")))
         timeout = 0.05
         while in_flight and (output := manager.get_result(timeout=timeout)) is not None:
             timeout = 0.0
