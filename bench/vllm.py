@@ -145,16 +145,18 @@ def main() -> None:
                                   settings=EngineConfig(name="openai", api_base=f"http://127.0.0.1:{port}/v1",
                                                         concurrency=args.concurrency))
             direct(engine.device, str(model), chats, lengths, args.concurrency)  # warm-up, not measured
-            through, plain = [], []
+            through: list[float] = []
+            plain: list[float] = []
+            sides: list[tuple[str, Callable[[], float], list[float]]] = [
+                ("the worker", lambda: pipeline(engine, rows, lengths, SamplingConfig(max_new_tokens=max(lengths)),
+                                                batch_size=args.concurrency), through),
+                ("the server driven directly",
+                 lambda: direct(engine.device, str(model), chats, lengths, args.concurrency), plain)]
             for repeat in range(args.repeats):
-                rate, spent = with_cpu(lambda: pipeline(engine, rows, lengths, SamplingConfig(
-                    max_new_tokens=max(lengths)), batch_size=args.concurrency), psutil.Process(server.pid))
-                print(f"  repeat {repeat + 1}: the worker {spent}", flush=True)
-                through.append(rate)
-                rate, spent = with_cpu(lambda: direct(engine.device, str(model), chats, lengths, args.concurrency),
-                                       psutil.Process(server.pid))
-                print(f"  repeat {repeat + 1}: the server driven directly {spent}", flush=True)
-                plain.append(rate)
+                for side, run, rates in sides:
+                    rate, spent = with_cpu(run, psutil.Process(server.pid))
+                    print(f"  repeat {repeat + 1}: {side} {spent}", flush=True)
+                    rates.append(rate)
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -34,6 +34,9 @@ class Abandoned(RuntimeError):
     """The worker gave the item back while it was being generated (its stop's grace was over): the
     engine stopped; the answer so far is no answer."""
 
+    def __init__(self, message: str = "the worker gave the item back while it was being generated"):
+        super().__init__(message)
+
 
 class UnanswerableItem(ValueError):
     """The item itself cannot be answered (a prompt longer than the model reads): it fails at

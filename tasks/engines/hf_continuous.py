@@ -85,7 +85,7 @@ class HFContinuousEngine(HFModel):
         group: list[Finished] = []
         for key in [key for key, request in in_flight.items() if request.abandoned()]:
             manager.cancel_request(key)
-            group.append((in_flight.pop(key), Abandoned("the worker gave the item back while it was being generated")))
+            group.append((in_flight.pop(key), Abandoned()))
         timeout = 0.05
         while in_flight and (output := manager.get_result(timeout=timeout)) is not None:
             timeout = 0.0

@@ -232,7 +232,7 @@ class HFModel:
                 torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
             raise
         if abandoned():
-            raise Abandoned("the worker gave the item back while it was being generated")
+            raise Abandoned()
         rows = output[:len(prompts), batch["input_ids"].shape[1]:].cpu().tolist()
         ends = limits or [len(row) for row in rows]
         answers = [self.answer(row[:end], sampling.thinking_marker) for row, end in zip(rows, ends)]
