@@ -5,6 +5,7 @@ settings that really reach generation, adapters, load errors, splitting failed b
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -317,9 +318,50 @@ def test_a_compiled_model_answers_as_the_eager_one_and_compiles_once_per_cache_s
         EngineConfig(name="vllm", compile=True)
 
 
+def test_compiled_copies_on_the_worker_threads_compile_one_at_a_time(tiny_model: Path) -> None:
+    """--compile with two devices: a copy per device, each on its own thread, as the worker runs
+    them. While a copy compiles, torch tells every thread it is compiling (one process-wide flag),
+    so a batch starting on the other copy (its first step runs uncompiled) took compile-only paths
+    and broke dynamo's guards (the `kernels` package's compile state, a transformers dependency,
+    is one global); a batch of a shape its copy has not run yet now waits for the others' batches
+    to end, and runs alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch._dynamo.reset()  # every shape compiled afresh, whatever this process compiled before
+    eager = HFStaticEngine(ModelConfig(model=str(tiny_model)), device="cpu", batch_size=4)
+    running, compiling = (create_engine(engine=EngineConfig(compile=True), model=ModelConfig(model=str(tiny_model)),
+                                        device="cpu", label=f"cpu#{index}", batch_size=4) for index in range(2))
+    prompts = ["Hi", "How many eggs?", "Two and two?", "Add 5 and 7."]
+    short, new = SamplingConfig(max_new_tokens=2), SamplingConfig(max_new_tokens=12)  # the same cache size
+    expected = {rows: [g.text for g in eager.generate(prompts[:rows], new)] for rows in (2, 1, 3)}
+    expected_short = [g.text for g in eager.generate(prompts, short)]
+    running.generate(prompts, short)  # its shape compiled before the threads start
+    compiled = threading.Event()
+
+    def start_batches() -> list[list[str]]:  # short batches (mostly an uncompiled first step) till the other compiled
+        answers: list[list[str]] = []
+        while not compiled.is_set() or not answers:
+            answers.append([g.text for g in running.generate(prompts, short)])
+        return answers
+
+    def compile_new_shapes() -> dict[int, list[str]]:
+        torch._dynamo.config.automatic_dynamic_shapes = False  # (this thread's setting) a compile for each shape
+        try:
+            return {rows: [g.text for g in compiling.generate(prompts[:rows], new, pad_to=rows)] for rows in (2, 1, 3)}
+        finally:
+            compiled.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        batches, new_shapes = pool.submit(start_batches), pool.submit(compile_new_shapes)
+        assert new_shapes.result() == expected
+        assert batches.result() == [expected_short] * len(batches.result())
+    assert compiling.compiled_shapes == {(rows, 512, False, False) for rows in (2, 1, 3)}
+
+
 def test_compiled_continuous_batching_answers_as_without_it_and_compiles_once(tiny_model: Path, caplog) -> None:
     """hf --compile: transformers compiles its batching steps (CUDA graphs need a GPU); the same
-    greedy answers as without it, and a second run compiles nothing more."""
+    greedy answers as without it, and a second run compiles nothing more; with a repetition
+    penalty (hf-static's work) the static batches are compiled."""
     from torch._dynamo.utils import counters
 
     plain, compiled = (create_engine(engine=EngineConfig(name="hf", max_in_flight=3, compile=on),
@@ -334,3 +376,7 @@ def test_compiled_continuous_batching_answers_as_without_it_and_compiles_once(ti
     assert compiled_graphs > graphs  # its steps were compiled
     assert [g.text for g in answer_all(compiled, requests(7), sampling)] == expected
     assert counters["stats"]["unique_graphs"] == compiled_graphs
+    penalised = SamplingConfig(max_new_tokens=12, repetition_penalty=1.3)  # hf-static's turn, compiled as well
+    assert [g.text for g in answer_all(compiled, requests(7), penalised)] == [
+        g.text for g in answer_all(plain, requests(7), penalised)]
+    assert compiled.compiled_shapes == {(3, 512, False, False)}  # its batches padded to 3 rows, a static cache

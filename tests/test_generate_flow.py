@@ -270,6 +270,8 @@ def test_a_worker_on_a_finished_run_says_what_to_do_next_without_loading_a_model
     (["--run", "never-seeded"], "Run 'never-seeded' is not in the store"),
     (["--devices", "cuda:9"], "visible GPU"),
     (["--devices", "tpu"], "devices (--devices) = 'tpu': unknown device 'tpu'"),
+    (["--engine", "hf", "--compile", "--devices", "cpu,cpu"],
+     "--engine hf --compile runs on one device per worker, and --devices gives 2 (cpu, cpu)"),
     (["--prompt", "nope"], "prompt (--prompt) = 'nope': not a question template"),
     (["--prompt", "retry"], "prompt (--prompt) = 'retry': not a question template"),
     (["--temperature", "-1"],

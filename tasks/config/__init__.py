@@ -178,8 +178,9 @@ class EngineConfig(Config):
     compile: bool = setting(False, "hf-static (also where --engine auto picks it): a static KV cache and a compiled "
                                    "decode step (torch.compile; CUDA graphs on a GPU), batches padded to --batch-size "
                                    "and the cache sized in steps of 512 tokens, so each size compiles once (its first "
-                                   "batch waits for it); hf: its batching steps compiled, with CUDA graphs on a GPU. "
-                                   "Measured slower on a CPU; not yet measured on a GPU")
+                                   "batch waits for it, and runs alone among the devices); hf: its batching steps "
+                                   "compiled, with CUDA graphs on a GPU, one device per worker. Measured slower on a "
+                                   "CPU; not yet measured on a GPU")
 
     @model_validator(mode="after")
     def _engine_needs(self) -> Self:

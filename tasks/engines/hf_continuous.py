@@ -2,10 +2,11 @@
 attention). Requests enter as they are claimed and leave as each sequence ends, so one long
 answer never holds a batch; up to `--max-in-flight` are generated at once (8 on a CPU, 64 on a
 GPU). It does not honour `repetition_penalty` (transformers drops it with a warning): asked for
-one, the worker uses `hf-static` instead and says so. Nor does it take a seed per request: it
-samples from one generator, seeded at random when it starts (a fixed seed would give every worker
-of a fleet the same stream), so its answers carry no seed to draw them again with. On a CPU its
-paged cache is sized here (it would otherwise take 60% of the machine's memory)."""
+one, the worker uses `hf-static` instead (compiled with --compile) and says so. Nor does it take
+a seed per request: it samples from one generator, seeded at random when it starts (a fixed seed
+would give every worker of a fleet the same stream), so its answers carry no seed to draw them
+again with. On a CPU its paged cache is sized here (it would otherwise take 60% of the machine's
+memory)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class HFContinuousEngine(HFModel):
         super().__init__(config, device=device, label=label)
         self.max_in_flight = settings.max_in_flight or DEFAULT_IN_FLIGHT["cuda" if device.startswith("cuda") else "cpu"]
         self.compiled = settings.compile
+        self.compiled_batch = self.max_in_flight if self.compiled else None  # the hf-static fallback compiles too
         warn_if_compiled_on_cpu(compiled=self.compiled, label=self.label, device=device, measured="0.26-0.29x")
 
     def _cache_config(self, sampling: SamplingConfig) -> Any:

@@ -4,8 +4,10 @@ engines: dtype per device, bitsandbytes quantization, a PEFT adapter, the chat t
 from __future__ import annotations
 
 import logging
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
 
@@ -24,6 +26,41 @@ def warn_if_compiled_on_cpu(*, compiled: bool, label: str, device: str, measured
     if compiled and not device.startswith("cuda"):
         log.warning(f"{label}: --compile on {device}: measured {measured} the speed without it on a CPU "
                     "(docs/benchmarks.md); it is meant for GPUs. Drop --compile here.")
+
+
+class CompileGate:
+    """The compiled models of one process (one per device): a batch of a shape its model has not
+    run yet (it may compile) runs alone, the others together. While one thread compiles,
+    `torch.compiler.is_compiling()` is true on every thread (one process-wide flag), so a batch
+    running meanwhile on another copy (a batch's first step is never compiled) takes compile-only
+    paths: transformers' models route rotary embeddings through the `kernels` package (one of its
+    dependencies), which then writes its compile-time global, and dynamo's guards failed
+    ("Unexpected type <class 'dict'>"; tests/test_engines.py, in every run without this gate)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._running = 0
+        self._compiling = False  # a batch that may compile runs, or waits for the others to end
+
+    @contextmanager
+    def enter(self, *, alone: bool) -> Iterator[None]:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._compiling)
+            if alone:
+                self._compiling = True  # no batch starts meanwhile
+                self._changed.wait_for(lambda: self._running == 0)
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._running -= 1
+                if alone:
+                    self._compiling = False
+                self._changed.notify_all()
+
+
+COMPILING = CompileGate()
 
 
 def _dtype(name: str, device: str) -> torch.dtype:
@@ -126,6 +163,7 @@ class HFModel:
         # --compile: a static KV cache and a compiled decode step (CUDA graphs on a GPU), every batch
         # padded to this many rows and the cache sized in CACHE_STEP steps, so each size compiles once
         self.compiled_batch: int | None = None
+        self.compiled_shapes: set[tuple[Any, ...]] = set()  # those run once (compiled): see CompileGate
 
     @staticmethod
     def _with_adapter(model: Any, config: ModelConfig, adapter: str) -> Any:
@@ -215,13 +253,17 @@ class HFModel:
             sampling = sampling.model_copy(update={"max_new_tokens": max(limits)})
         ids = tokens if tokens is not None else self.encode_all(prompts, sampling.thinking)
         config = self.generation_config(sampling, seeded=seeded)
+        shape = None
         if self.compiled_batch:  # the same shape every time: rows repeated, their answers dropped
             filler = max(0, (pad_to or self.compiled_batch) - len(ids))
             ids, draws = [*ids, *[ids[-1]] * filler], [*draws, *draws[-1:] * filler]
             config.update(**self._compiled_options(max(map(len, ids)), sampling.max_new_tokens))
+            shape = (len(ids), config.max_cache_len, seeded, config.do_sample)
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
+        gate: ContextManager[None] = nullcontext() if shape is None else COMPILING.enter(
+            alone=shape not in self.compiled_shapes)
         try:
-            with torch.inference_mode():
+            with gate, torch.inference_mode():
                 output = self.model.generate(
                     **batch, generation_config=config,
                     logits_processor=seeded_processors(sampling, draws, self.device) if seeded else None,
@@ -231,6 +273,8 @@ class HFModel:
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()  # an out-of-memory batch is retried in halves
             raise
+        if shape:
+            self.compiled_shapes.add(shape)
         if abandoned():
             raise Abandoned()
         rows = output[:len(prompts), batch["input_ids"].shape[1]:].cpu().tolist()
