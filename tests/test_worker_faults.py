@@ -112,8 +112,8 @@ def test_idle_exit_picks_up_work_queued_after_the_run_finished(tmp_path: Path) -
 
 @pytest.mark.parametrize("engine", ["hf-static", "hf"])
 def test_sigterm_ends_a_worker_cleanly_with_exit_0(tmp_path: Path, tiny_model: Path, engine: str) -> None:
-    """The real command line on the machine's shared local Prefect server, as on a bare notebook;
-    both HF engines (`hf` cancels what it has in flight at the grace period's end)."""
+    """The real command line on the machine's shared local Prefect server, as on a bare notebook,
+    with each HF engine."""
     seed(SeedConfig(store=f"sqlite:///{tmp_path / 'fleetgen.db'}", run="r", limit=60))
     store = SqliteStore(tmp_path / "fleetgen.db")
     worker = start_worker(tmp_path, tiny_model, "preempted", "--engine", engine, "--batch-size", "4",
