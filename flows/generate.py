@@ -30,7 +30,7 @@ from flows.seed import seed
 from tasks.cli import parse_command, run_cli
 from tasks.config import DEFAULT_RUN, SeedConfig, WorkerConfig, default_worker_name
 from tasks.dashboard import RunDashboard
-from tasks.engines.devices import choose_engine, engine_devices, share_cores
+from tasks.engines.devices import choose_engine, share_cores, worker_devices
 from tasks.engines.openai_api import OpenAIEngine
 from tasks.errors import UserError
 from tasks.grading import symbolic
@@ -62,7 +62,7 @@ def generate(config: WorkerConfig = WorkerConfig()) -> dict[str, Any]:
     logger = get_run_logger()
     engine, chosen = choose_engine(config.engine, devices=config.devices, static_only=config.extract == "llm")
     config = config.model_copy(update={"engine": engine})
-    devices = engine_devices(config.engine, config.devices)
+    devices = worker_devices(config.engine, config.devices)
     reports: list[BatchReport] = []
     engines: list = []
     broken: dict[str, str] = {}  # device -> why it stopped
@@ -149,7 +149,7 @@ def worker_result(config: WorkerConfig, runs: list[str], reports: list[BatchRepo
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_command(WorkerConfig, argv, "flows/generate.py", __doc__)
-    for device, label in engine_devices(config.engine, config.devices):  # fail fast, before Prefect starts
+    for device, label in worker_devices(config.engine, config.devices):  # fail fast, before Prefect starts
         if config.engine.name == "openai":  # one tiny request: URL, key and model name checked
             OpenAIEngine(api_base=device, model=config.model.model, label=label, settings=config.engine).close()
     result = run_from_command_line(generate, config, runs=None if config.run == DEFAULT_RUN else config.run,

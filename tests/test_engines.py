@@ -15,7 +15,7 @@ import torch
 from tasks.config import EngineConfig, ModelConfig, SamplingConfig
 from tasks.config.base import ConfigError
 from tasks.engines import Abandoned, Generation, Request, UnanswerableItem, answer_all, create_engine
-from tasks.engines.devices import device_labels, resolve_devices
+from tasks.engines.devices import device_labels, engine_devices, resolve_devices, worker_devices
 from tasks.engines.hf_continuous import HFContinuousEngine
 from tasks.engines.hf_model import seeded_processors
 from tasks.engines.hf_static import HFStaticEngine, generate_splitting
@@ -150,8 +150,15 @@ def test_a_sample_draws_the_same_answer_in_any_batch(tiny_model: Path) -> None:
     assert model.generate([question], SamplingConfig(max_new_tokens=16), seeds=[11])[0].seed is None
 
 
-def test_devices() -> None:
+def test_devices(monkeypatch) -> None:
     assert resolve_devices("cpu,cpu") == ["cpu", "cpu"] and device_labels(["cpu", "cpu"]) == ["cpu#0", "cpu#1"]
+    with monkeypatch.context() as two_gpus:  # hf --compile: one copy per worker; the judge's one copy may be it
+        two_gpus.setattr(torch.cuda, "device_count", lambda: 2)
+        compiled = EngineConfig(name="hf", compile=True)
+        assert engine_devices(compiled, "auto")[0] == ("cuda:0", "cuda:0")
+        assert worker_devices(compiled, "cuda:1") == [("cuda:1", "cuda:1")]
+        with pytest.raises(UserError, match=r"--devices gives 2 \(cuda:0, cuda:1\)"):
+            worker_devices(compiled, "auto")
     if not torch.cuda.is_available():
         assert resolve_devices("auto") == ["cpu"]
         with pytest.raises(UserError, match="visible GPU"):

@@ -91,14 +91,20 @@ def engine_devices(engine: EngineConfig, devices: str) -> list[tuple[str, str]]:
         urls = engine.endpoints()
         return list(zip(urls, device_labels([endpoint_label(url) for url in urls])))
     names = resolve_devices(devices)
-    if engine.name == "hf" and engine.compile and len(names) > 1:
-        raise UserError(
-            f"--engine hf --compile runs on one device per worker, and --devices gives {len(names)} "
-            f"({', '.join(names)}): transformers compiles its batching steps on threads of its own, and while one "
-            "compiles torch tells every thread that it is compiling, which breaks the other copies' steps. Start one "
-            "worker per device (--devices cuda:0, and another with --devices cuda:1), or use --engine hf-static "
-            "--compile, which compiles one device at a time.")
     return list(zip(names, device_labels(names)))
+
+
+def worker_devices(engine: EngineConfig, devices: str) -> list[tuple[str, str]]:
+    """`engine_devices` for the worker, which runs a copy on each: `hf --compile` takes one."""
+    copies = engine_devices(engine, devices)
+    if engine.name == "hf" and engine.compile and len(copies) > 1:
+        raise UserError(
+            f"--engine hf --compile runs on one device per worker, and --devices gives {len(copies)} "
+            f"({', '.join(device for device, _ in copies)}): transformers compiles its batching steps on threads of "
+            "its own, and while one compiles torch tells every thread that it is compiling, which breaks the other "
+            "copies' steps. Start one worker per device (--devices cuda:0, and another with --devices cuda:1), or use "
+            "--engine hf-static --compile, which compiles one device at a time.")
+    return copies
 
 
 def share_cores(devices: list[tuple[str, str]], cpu_threads: int | None) -> str | None:
