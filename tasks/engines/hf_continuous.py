@@ -31,19 +31,19 @@ class HFContinuousEngine(HFModel):
     def __init__(self, config: ModelConfig, *, device: str, label: str | None = None, settings: EngineConfig):
         super().__init__(config, device=device, label=label)
         self.max_in_flight = settings.max_in_flight or DEFAULT_IN_FLIGHT["cuda" if device.startswith("cuda") else "cpu"]
-        self.compiled = settings.compile
-        self.compiled_batch = self.max_in_flight if self.compiled else None  # the hf-static fallback compiles too
-        warn_if_compiled_on_cpu(compiled=self.compiled, label=self.label, device=device, measured="0.26-0.29x")
+        # --compile: its batching steps, and the static batches of its hf-static fallback, compiled
+        self.compiled_batch = self.max_in_flight if settings.compile else None
+        warn_if_compiled_on_cpu(compiled=settings.compile, label=self.label, device=device, measured="0.26-0.29x")
 
     def _cache_config(self, sampling: SamplingConfig) -> Any:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         seed = secrets.randbits(31)  # this device's own stream (transformers seeds torch's generators with it)
+        on_gpu = self.device.startswith("cuda")
         # --compile: transformers' own compile settings for its batching steps (level 1: mode "default",
         # dynamic shapes), and on a GPU its CUDA graphs, which it leaves off with sdpa's attention masks
-        compiling = {"default_compile_level": 1, "use_cuda_graph": self.device.startswith("cuda")} \
-            if self.compiled else {}
-        if self.device.startswith("cuda"):
+        compiling = {"default_compile_level": 1, "use_cuda_graph": on_gpu} if self.compiled_batch else {}
+        if on_gpu:
             return ContinuousBatchingConfig(max_requests_per_batch=self.max_in_flight, seed=seed, **compiling)
         longest = PROMPT_TOKENS + sampling.max_new_tokens  # a request's prompt and answer, in tokens
         return ContinuousBatchingConfig(page_size=PAGE_SIZE, max_requests_per_batch=self.max_in_flight,
