@@ -3,6 +3,7 @@ for the session, tiny local models, and running the command lines as a user woul
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -110,6 +111,18 @@ def shared_prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
     COMMAND_PREFECT_HOME = tmp_path_factory.mktemp("prefect-home")
     yield COMMAND_PREFECT_HOME
     stop_server(COMMAND_PREFECT_HOME / "fleetgen-server")
+
+
+@pytest.fixture(autouse=True)
+def fleetgen_logger_as_it_was() -> Iterator[None]:
+    """A test that runs a flow in its own process sets fleetgen's logger up (a handler of its own,
+    no propagation); each test leaves it as it found it, so a later test's caplog sees its lines."""
+    logger = logging.getLogger("fleetgen")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")

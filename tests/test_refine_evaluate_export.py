@@ -298,12 +298,17 @@ def test_workers_that_created_the_dashboard_at_once_adopt_the_latest(prefect_env
     assert first.ids == second.ids and "by worker `w1`" in latest["dashboard-race"].data
 
 
-def test_a_terminal_gets_a_live_bar_with_the_fleet_and_this_worker() -> None:
+def test_a_terminal_gets_a_live_bar_with_the_fleet_and_this_worker(monkeypatch) -> None:
     import io
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
+
+    # a terminal 200 columns wide: tqdm before 4.68 takes the width of a file that has none from
+    # COLUMNS (80 columns in some runs of the suite, which cut the bar's text)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("LINES", "50")
 
     screen = Terminal()
     terminal = TerminalProgress("gsm8k-test", file=screen)
